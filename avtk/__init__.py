@@ -1,0 +1,3 @@
+"""avtk: audio-visual speaker recognition toolkit."""
+
+__version__ = "0.1.0"

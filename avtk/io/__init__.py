@@ -1,0 +1,1 @@
+"""Files on disk: atomic writes, Kaldi ark/scp tables, audio."""

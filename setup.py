@@ -1,0 +1,28 @@
+"""avtk: audio-visual speaker recognition toolkit (Kaldi/ESPnet recipe style)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="avtk",
+    version="0.1.0",
+    description="Audio-visual speaker recognition toolkit: Kaldi-style recipes, "
+    "ark/scp features and embeddings, cosine and fusion scoring.",
+    packages=find_packages(include=["avtk", "avtk.*"]),
+    python_requires=">=3.9",
+    # torch: install the CPU wheel first (`pip install torch==2.13.0`); this range admits it.
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.22",
+        "soundfile>=0.12",
+        "kaldiio>=2.18",
+        "configargparse>=1.5",
+        "scikit-learn>=1.0",
+        "PyYAML>=5.4",
+        "tqdm>=4.60",
+        # Pillow reads and writes the aligned face jpgs (the seed's frame_align layout).
+        "Pillow>=9.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["avtk=avtk.cli:main"]},
+)
