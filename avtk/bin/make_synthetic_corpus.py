@@ -1,0 +1,51 @@
+"""Generate the synthetic audio-visual corpus (voices, faces, sessions) and its Kaldi data dirs."""
+import time
+
+from avtk.command import make_parser
+from avtk.synth.corpus import Config, make_corpus
+
+
+def get_parser():
+    p = make_parser(
+        "Generate a synthetic audio-visual speaker corpus: per-speaker source-filter voices and parametric "
+        "faces, with session variability per video. Writes the VoxCeleb-style tree under OUT_DIR "
+        "(wav/<spk>/<video>/<utt>.wav, frame_align/<spk>/<video>/<utt>/NNNN.jpg aligned 112x112, "
+        "frame_raw/... raw frames with landmarks.txt), the seed's lists (train_all.txt, O_list.txt, "
+        "O_trials.txt) and Kaldi data dirs DATA_DIR/train and DATA_DIR/test (wav.scp, utt2spk, spk2utt, "
+        "utt2dur, frames.scp; test/trials) with disjoint speakers."
+    )
+    d = Config()
+    p.add_argument("out_dir", help="corpus tree to write")
+    p.add_argument("data_dir", help="where to write the Kaldi data dirs train/ and test/")
+    p.add_argument("--num-train-speakers", type=int, default=d.num_train_speakers)
+    p.add_argument("--num-test-speakers", type=int, default=d.num_test_speakers)
+    p.add_argument("--videos-per-speaker", type=int, default=d.videos_per_speaker,
+                   help="sessions per speaker; each has its own channel, noise, lighting and pose")
+    p.add_argument("--utts-per-video", type=int, default=d.utts_per_video)
+    p.add_argument("--min-duration", type=float, default=d.min_duration, help="shortest utterance (s)")
+    p.add_argument("--max-duration", type=float, default=d.max_duration, help="longest utterance (s)")
+    p.add_argument("--frame-interval", type=float, default=d.frame_interval, help="one face frame every this many s")
+    p.add_argument("--label-noise", type=float, default=d.label_noise,
+                   help="fraction of training utterances filed under a wrong speaker; the truth goes to "
+                        "DATA_DIR/train/label_noise.txt (utt labelled_spk true_spk)")
+    p.add_argument("--no-raw-frames", dest="raw_frames", action="store_false",
+                   help="do not write frame_raw/ (raw frames and landmarks, used by alignment)")
+    p.add_argument("--seed", type=int, default=d.seed, help="the same seed gives identical output")
+    p.add_argument("--nj", type=int, default=2, help="parallel worker processes")
+    return p
+
+
+def main(args):
+    import logging
+
+    if not 0.0 <= args.label_noise < 1.0:
+        raise SystemExit("--label-noise must be in [0, 1)")
+    cfg = Config(
+        num_train_speakers=args.num_train_speakers, num_test_speakers=args.num_test_speakers,
+        videos_per_speaker=args.videos_per_speaker, utts_per_video=args.utts_per_video,
+        min_duration=args.min_duration, max_duration=args.max_duration, frame_interval=args.frame_interval,
+        label_noise=args.label_noise, raw_frames=args.raw_frames, seed=args.seed,
+    )
+    start = time.time()
+    make_corpus(cfg, args.out_dir, args.data_dir, nj=args.nj)
+    logging.getLogger(__name__).info("done in %.1f s", time.time() - start)

@@ -1,0 +1,1 @@
+"""Acoustic front ends on torch, shared by extraction, training and export."""
