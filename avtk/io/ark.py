@@ -1,0 +1,561 @@
+"""Kaldi tables of matrices and vectors: rspecifiers and wspecifiers read and written through kaldiio.
+
+Writing (`open_writer`)::
+
+    with open_writer("ark,scp:exp/xvectors/xvector.ark,exp/xvectors/xvector.scp") as writer:
+        writer["utt1"] = np.zeros((3, 40), np.float32)
+
+Supported wspecifiers: ``ark:FILE``, ``ark,scp:FILE.ark,FILE.scp``, ``ark,t:FILE`` (text), ``ark:-``
+(standard output) and ``ark:| COMMAND`` (a pipe), with the Kaldi options ``t`` (text), ``b`` (binary),
+``f``/``nf`` (flush after every item or not) and ``p`` (accepted, no effect). ``scp:FILE`` alone is not a
+valid wspecifier in Kaldi and is refused.
+
+File outputs are atomic: the ark and the scp are written under temporary names
+(`avtk.io.atomic.temp_name`) and renamed over their final names only when the writer closes without an
+error, the ark first and then the scp (an existing scp of the same name is removed before the ark is
+renamed, so an old scp never points into a new ark). On an error both temporary files are removed. The scp
+lines point at the final ark path with the byte offset of each value, as Kaldi writes them. Standard output
+and pipes are not atomic by nature.
+
+Values are written in Kaldi's binary format (``FM``/``FV`` little-endian float32, the format Kaldi's
+``copy-feats`` writes) or its text format. Floating-point arrays of 1 or 2 dimensions are stored as float32;
+a 1-D ``np.int32`` array is stored as a Kaldi int32 vector. An empty matrix is stored as 0 x 0, as Kaldi
+requires. Text values are written with the shortest
+decimal that reads back to the same float32, always with a decimal point (so kaldiio reads them as floats).
+
+Reading (`open_reader`, `load_table`): ``ark:FILE``, ``scp:FILE``, ``ark:-``, ``ark:COMMAND |``, and the
+Kaldi rspecifier options ``o``, ``s``, ``cs``, ``no``, ``ns``, ``ncs``, ``b``, ``t`` (accepted, no effect)
+and ``p`` (permissive: stop at the first unreadable value with a warning instead of failing). Every failure
+(missing file, truncated or corrupt ark, failing pipe) is an `AvtkError` naming the rspecifier, the file
+and, when known, the key.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import kaldiio
+import numpy as np
+
+from avtk.errors import AvtkError
+from avtk.io.atomic import temp_name
+
+log = logging.getLogger(__name__)
+
+_WRITE_OPTIONS = {"t", "b", "f", "nf", "p"}
+_READ_OPTIONS = {"o", "no", "s", "ns", "cs", "ncs", "p", "np", "b", "t"}
+_STDERR_TAIL = 800  # characters of a failing pipe's stderr quoted in an error
+
+
+# --------------------------------------------------------------------------------------------------
+# specifiers
+
+
+def _parse_specifier(spec, kind):
+    """Split `types:files` into (ark, scp, options); kind is 'wspecifier' or 'rspecifier'."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise AvtkError(f"invalid {kind} {spec!r}: expected e.g. 'ark:FILE', 'scp:FILE' or 'ark,scp:FILE.ark,FILE.scp'")
+    types_text, files_text = spec.split(":", 1)
+    types = [t.strip() for t in types_text.split(",")]
+    allowed = _WRITE_OPTIONS if kind == "wspecifier" else _READ_OPTIONS
+    tables = [t for t in types if t in ("ark", "scp")]
+    options = set()
+    for t in types:
+        if t in ("ark", "scp"):
+            continue
+        if t not in allowed:
+            raise AvtkError(f"invalid {kind} {spec!r}: unknown option {t!r}")
+        options.add(t)
+    if len(tables) != len(set(tables)) or not tables:
+        raise AvtkError(f"invalid {kind} {spec!r}: name 'ark' and/or 'scp' once each")
+    if tables == ["ark", "scp"] or tables == ["scp", "ark"]:
+        if kind == "rspecifier":
+            raise AvtkError(f"invalid rspecifier {spec!r}: read either an ark or an scp, not both")
+        if "," not in files_text:
+            raise AvtkError(f"invalid wspecifier {spec!r}: 'ark,scp:' needs two files, 'ark,scp:FILE.ark,FILE.scp'")
+        first, second = (f.strip() for f in files_text.split(",", 1))
+        files = dict(zip(tables, (first, second)))
+    else:
+        files = {tables[0]: files_text.strip()}
+    for name in files.values():
+        if not name:
+            raise AvtkError(f"invalid {kind} {spec!r}: empty file name")
+    return files.get("ark"), files.get("scp"), options
+
+
+def _is_output_pipe(name):
+    return name.startswith("|")
+
+
+def _is_input_pipe(name):
+    return name.endswith("|")
+
+
+def _stderr_tail(data):
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
+    text = text.strip()
+    if len(text) > _STDERR_TAIL:
+        text = "..." + text[-_STDERR_TAIL:]
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# values
+
+
+def _check_key(key, where):
+    if not isinstance(key, str) or not key or any(c.isspace() for c in key):
+        raise AvtkError(f"{where}: invalid key {key!r} (keys are non-empty and contain no whitespace)")
+
+
+def _as_kaldi_array(key, value, where):
+    """The array as it will be stored: float32 vector/matrix, or an int32 vector."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.ndim not in (1, 2):
+        raise AvtkError(f"{where}: value for {key!r} has shape {array.shape}; only vectors and matrices are stored")
+    if array.dtype == np.int32 and array.ndim == 1:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise AvtkError(
+            f"{where}: value for {key!r} has dtype {array.dtype}; expected a floating-point vector or matrix "
+            "(or a 1-D int32 vector)"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim == 2 and array.size == 0:
+        array = array.reshape(0, 0)  # Kaldi's empty matrix is 0 x 0 (it refuses 0 x n)
+    return array
+
+
+def _float_text(x):
+    """Shortest decimal that reads back as the same float32, always with a '.' or an exponent."""
+    text = str(np.float32(x))
+    if text in ("inf", "-inf", "nan"):
+        return text
+    if "." not in text:
+        if "e" in text:
+            mantissa, exponent = text.split("e", 1)
+            text = f"{mantissa}.0e{exponent}"
+        else:
+            text += ".0"
+    return text
+
+
+def _text_value(array):
+    """Kaldi text form of a value, starting right after `key ` and ending with a newline."""
+    if array.dtype == np.int32:
+        return (" ".join(str(int(x)) for x in array) + "\n").encode()
+    if array.ndim == 1:
+        return (" [ " + "".join(_float_text(x) + " " for x in array) + "]\n").encode()
+    if array.size == 0:
+        return b" [ ]\n"
+    rows = ["\n  " + "".join(_float_text(x) + " " for x in row) for row in array]
+    return (" [" + "".join(rows) + "]\n").encode()
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+class TableWriter:
+    """`writer[key] = array` into a Kaldi wspecifier; see the module docstring. Use as a context manager."""
+
+    def __init__(self, wspecifier):
+        self.wspecifier = wspecifier
+        ark, scp, options = _parse_specifier(wspecifier, "wspecifier")
+        if ark is None:
+            raise AvtkError(
+                f"invalid wspecifier {wspecifier!r}: an scp is written only alongside an ark, "
+                "e.g. 'ark,scp:FILE.ark,FILE.scp'"
+            )
+        if "t" in options and "b" in options:
+            raise AvtkError(f"invalid wspecifier {wspecifier!r}: both 't' (text) and 'b' (binary) given")
+        if "f" in options and "nf" in options:
+            raise AvtkError(f"invalid wspecifier {wspecifier!r}: both 'f' and 'nf' given")
+        self.text = "t" in options
+        self.flush = "f" in options
+        self.ark_path, self.scp_path = ark, scp
+        self._keys = set()
+        self._ark = self._scp = None
+        self._ark_tmp = self._scp_tmp = None
+        self._proc = self._proc_stderr = None
+        self._owns_files = False  # True for file outputs (not standard output, not a pipe)
+        self._closed = False
+
+        if scp is not None and (ark == "-" or _is_output_pipe(ark) or _is_input_pipe(ark)):
+            raise AvtkError(f"invalid wspecifier {wspecifier!r}: an scp needs the ark to be a file")
+        if scp is not None and (scp == "-" or _is_output_pipe(scp)):
+            raise AvtkError(f"invalid wspecifier {wspecifier!r}: the scp must be a file")
+        if scp is not None and os.path.abspath(scp) == os.path.abspath(ark):
+            raise AvtkError(f"invalid wspecifier {wspecifier!r}: the ark and the scp are the same file")
+
+        try:
+            if ark == "-":
+                self._ark = sys.stdout.buffer
+                sys.stdout.flush()
+            elif _is_output_pipe(ark):
+                self._proc_stderr = tempfile.TemporaryFile()
+                self._proc = subprocess.Popen(
+                    ["bash", "-c", ark[1:].strip()], stdin=subprocess.PIPE, stderr=self._proc_stderr
+                )
+                self._ark = self._proc.stdin
+            else:
+                self._owns_files = True
+                self._ark_tmp = self._open_tmp(ark)
+                self._ark = open(self._ark_tmp, "wb")
+                if scp is not None:
+                    self._scp_tmp = self._open_tmp(scp)
+                    self._scp = open(self._scp_tmp, "w", encoding="utf-8")
+        except OSError as err:
+            self._discard()
+            raise AvtkError(f"cannot write {wspecifier!r}: {err}") from None
+
+    @staticmethod
+    def _open_tmp(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return temp_name(path)
+
+    def __setitem__(self, key, value):
+        self.write(key, value)
+
+    def write(self, key, value):
+        """Append one (key, value); a duplicate key is an AvtkError."""
+        if self._closed:
+            raise AvtkError(f"{self.wspecifier}: writer is closed")
+        _check_key(key, self.wspecifier)
+        if key in self._keys:
+            raise AvtkError(f"{self.wspecifier}: duplicate key {key!r}")
+        array = _as_kaldi_array(key, value, self.wspecifier)
+        try:
+            offset = self._ark.tell() + len(key.encode("utf-8")) + 1 if self._scp is not None else None
+            if self.text:
+                self._ark.write(key.encode("utf-8") + b" " + _text_value(array))
+            else:
+                kaldiio.save_ark(self._ark, {key: array})
+            if self._scp is not None:
+                self._scp.write(f"{key} {self.ark_path}:{offset}\n")
+            if self.flush:
+                self._ark.flush()
+                if self._scp is not None:
+                    self._scp.flush()
+        except (OSError, ValueError) as err:  # ValueError: write to a closed pipe
+            raise AvtkError(f"cannot write {key!r} to {self.wspecifier!r}: {err}") from None
+        self._keys.add(key)
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    def close(self):
+        """Finish: flush, rename the temporary files over the final names (ark, then scp)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._owns_files:  # stdout or a pipe
+                self._finish_stream()
+                return
+            self._ark.close()
+            if self._scp is not None:
+                self._scp.close()
+            if self.scp_path is not None and os.path.lexists(self.scp_path):
+                os.remove(self.scp_path)  # an old scp must never describe the new ark
+            os.replace(self._ark_tmp, self.ark_path)
+            self._ark_tmp = None
+            if self._scp_tmp is not None:
+                os.replace(self._scp_tmp, self.scp_path)
+                self._scp_tmp = None
+        except OSError as err:
+            self._discard()
+            raise AvtkError(f"cannot write {self.wspecifier!r}: {err}") from None
+        finally:
+            self._discard()
+
+    def _finish_stream(self):
+        try:
+            self._ark.flush()
+        except (OSError, ValueError) as err:
+            raise AvtkError(f"cannot write {self.wspecifier!r}: {err}") from None
+        finally:
+            if self._proc is not None:
+                try:
+                    self._ark.close()
+                except OSError:
+                    pass
+                rc = self._proc.wait()
+                self._proc_stderr.seek(0)
+                tail = _stderr_tail(self._proc_stderr.read())
+                self._proc_stderr.close()
+                self._proc = None
+                if rc != 0:
+                    raise AvtkError(f"{self.wspecifier}: command exited with status {rc}"
+                                    + (f": {tail}" if tail else ""))
+
+    def abort(self):
+        """Give up: remove the temporary files; the final names are left untouched."""
+        self._closed = True
+        self._discard()
+        if self._proc is not None:
+            try:
+                self._ark.close()
+            except OSError:
+                pass
+            self._proc.wait()
+            self._proc_stderr.close()
+            self._proc = None
+
+    def _discard(self):
+        for f in (self._ark, self._scp):
+            if f is not None and self._owns_files:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        for tmp in (self._ark_tmp, self._scp_tmp):
+            if tmp is not None and os.path.lexists(tmp):
+                os.remove(tmp)
+        self._ark_tmp = self._scp_tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def open_writer(wspecifier):
+    """A `TableWriter` for `wspecifier` (context manager; `writer[key] = array`)."""
+    return TableWriter(wspecifier)
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _CheckedFile:
+    """A binary file whose multi-byte reads fail at an early end of file.
+
+    kaldiio reads a value's payload with one `read(n)`; a short read would silently give a short vector.
+    The 5-byte look-ahead kaldiio does for the value's format flag is exempt (a text value may be shorter).
+    """
+
+    def __init__(self, f):
+        self.f = f
+
+    def read(self, size=-1):
+        data = self.f.read(size)
+        if size is not None and size > 1 and size != 5 and len(data) < size:
+            raise _Truncated(f"unexpected end of file (wanted {size} bytes, got {len(data)})")
+        return data
+
+    def seekable(self):
+        try:
+            return self.f.seekable()
+        except (AttributeError, ValueError):
+            return False
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+    def tell(self):
+        return self.f.tell()
+
+    def close(self):
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _InputPipe:
+    """`COMMAND |` run by bash; its stdout is read, its exit status checked at the end."""
+
+    def __init__(self, command, where):
+        self.command, self.where = command, where
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE, stderr=self.stderr)
+        self.stdout = self.proc.stdout
+
+    def finish(self, check=True):
+        self.stdout.close()
+        rc = self.proc.wait() if check else (self.proc.kill() or self.proc.wait())
+        self.stderr.seek(0)
+        tail = _stderr_tail(self.stderr.read())
+        self.stderr.close()
+        if check and rc != 0:
+            raise AvtkError(f"{self.where}: command '{self.command}' exited with status {rc}"
+                            + (f": {tail}" if tail else ""))
+
+
+def _open_input(name, where):
+    """(binary file, pipe or None) for an ark/scp name: a path, '-', or 'COMMAND |'."""
+    if name == "-":
+        return sys.stdin.buffer, None
+    if _is_input_pipe(name):
+        pipe = _InputPipe(name[:-1].strip(), where)
+        return pipe.stdout, pipe
+    try:
+        return open(name, "rb"), None
+    except OSError as err:
+        raise AvtkError(f"{where}: cannot read {name}: {err.strerror or err}") from None
+
+
+_SCP_VALUE = re.compile(r"^(?P<path>.*?):(?P<offset>\d+)(?P<range>\[[^\]]*\])?$")
+
+
+class TableReader:
+    """Iterate (key, array) over a Kaldi rspecifier, in table order; see the module docstring."""
+
+    def __init__(self, rspecifier):
+        self.rspecifier = rspecifier
+        ark, scp, options = _parse_specifier(rspecifier, "rspecifier")
+        self.ark, self.scp = ark, scp
+        self.permissive = "p" in options
+        if ark is not None and not (ark == "-" or _is_input_pipe(ark)) and not os.path.exists(ark):
+            raise AvtkError(f"{rspecifier}: cannot read {ark}: No such file or directory")
+        if scp is not None and not (scp == "-" or _is_input_pipe(scp)) and not os.path.exists(scp):
+            raise AvtkError(f"{rspecifier}: cannot read {scp}: No such file or directory")
+
+    def __iter__(self):
+        if self.ark is not None:
+            return self._iter_ark()
+        return self._iter_scp()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _fail(self, message):
+        if self.permissive:
+            log.warning("%s (permissive read: stopping here)", message)
+            return
+        raise AvtkError(message)
+
+    @staticmethod
+    def _writable(array):
+        if isinstance(array, np.ndarray) and not array.flags.writeable:
+            array = array.copy()
+        return array
+
+    def _iter_ark(self):
+        where = self.rspecifier
+        f, pipe = _open_input(self.ark, where)
+        checked = _CheckedFile(f)
+        last = None
+        ok = False
+        try:
+            it = kaldiio.load_ark(checked)
+            while True:
+                try:
+                    key, array = _quiet(next, it)
+                except StopIteration:
+                    break
+                except AvtkError:
+                    raise
+                except Exception as err:  # kaldiio raises ValueError, AssertionError, RuntimeError, ...
+                    after = f" after key {last!r}" if last is not None else " at its first value"
+                    self._fail(f"{where}: corrupt or truncated ark {self.ark}{after}: {_describe(err)}")
+                    break
+                last = key
+                yield key, self._writable(array)
+            ok = True
+        finally:
+            if pipe is not None:
+                pipe.finish(check=ok)
+            elif f is not sys.stdin.buffer:
+                f.close()
+
+    def _iter_scp(self):
+        where = self.rspecifier
+        f, pipe = _open_input(self.scp, where)
+        fds = {}
+        ok = False
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        try:
+            for lineno, raw in enumerate(text, 1):
+                line = raw.strip()
+                if not line:
+                    continue
+                fields = line.split(None, 1)
+                if len(fields) != 2:
+                    raise AvtkError(f"{self.scp}:{lineno}: malformed scp line {line!r} (expected 'key location')")
+                key, value = fields
+                match = _SCP_VALUE.match(value)
+                path = match.group("path") if match else value
+                if not _is_input_pipe(path) and path not in fds:
+                    for old in fds.values():  # one ark open at a time, as scp files are usually ordered
+                        old.close()
+                    fds.clear()
+                    try:
+                        fds[path] = _CheckedFile(open(path, "rb"))
+                    except OSError as err:
+                        self._fail(f"{where}: key {key!r} ({self.scp}:{lineno}): cannot read {path}: "
+                                   f"{err.strerror or err}")
+                        break
+                try:
+                    array = _quiet(kaldiio.load_mat, value, fd_dict=fds)
+                except Exception as err:
+                    self._fail(f"{where}: key {key!r} ({self.scp}:{lineno}): cannot read {value}: {_describe(err)}")
+                    break
+                yield key, self._writable(array)
+            ok = True
+        finally:
+            for fd in fds.values():
+                fd.close()
+            text.detach()  # leave `f` open: it is closed below (or is standard input)
+            if pipe is not None:
+                pipe.finish(check=ok)
+            elif f is not sys.stdin.buffer:
+                f.close()
+
+
+def _describe(err):
+    if isinstance(err, _Truncated):
+        return str(err)
+    text = str(err).strip().splitlines()
+    text = text[0] if text else ""
+    return f"{type(err).__name__}: {text}" if text else f"not a Kaldi matrix or vector ({type(err).__name__})"
+
+
+def _quiet(function, *args, **kwargs):
+    """Call a kaldiio reader without its UserWarnings (they duplicate the errors raised here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return function(*args, **kwargs)
+
+
+def open_reader(rspecifier):
+    """Iterate (key, np.ndarray) over `rspecifier` in table order (kaldiio does the parsing)."""
+    return TableReader(rspecifier)
+
+
+def load_table(rspecifier):
+    """The whole table as {key: np.ndarray}; a duplicate key is an AvtkError."""
+    table = {}
+    for key, array in open_reader(rspecifier):
+        if key in table:
+            raise AvtkError(f"{rspecifier}: duplicate key {key!r}")
+        table[key] = array
+    return table

@@ -1,0 +1,295 @@
+"""Audio from Kaldi data directories: float32 mono waveforms at 16 kHz.
+
+A data directory's ``wav.scp`` maps a recording id to a source, either a file path or a Kaldi pipe
+(``COMMAND ARGS |``, run with bash; its standard output is parsed as an audio file). When the directory has a
+``segments`` file (``utt reco start end``, seconds; ``end`` -1 means the end of the recording), utterances are
+those segments; otherwise the utterances are the recordings themselves.
+
+Conventions:
+  * samples are float32 in [-1, 1) (16-bit PCM is divided by 32768), shape (samples,);
+  * a multi-channel file gives its first channel (channel 0), as Kaldi's default ``--channel`` does
+    for segment extraction;
+  * a sample rate other than the one asked for is an error unless ``resample=True``, in which case the
+    recording is resampled with `avtk.io.resample.resample` (segments are cut after resampling);
+  * a segment's sample range is [round(start * sr), round(end * sr)); an end past the recording by at most
+    `MAX_OVERSHOOT` seconds is clipped to the recording (Kaldi's extract-segments default), more is an error.
+
+Every failure (missing, empty or corrupt file, failing pipe, wrong rate, segment out of range) is an
+`AvtkError` naming the utterance and the file or command.
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from avtk.data.table import read_lines
+from avtk.errors import AvtkError
+from avtk.io.atomic import atomic_path
+from avtk.io.resample import resample as _resample
+
+SAMPLE_RATE = 16000
+MAX_OVERSHOOT = 0.5  # seconds a segment may end past its recording (clipped), as Kaldi's extract-segments
+_STDERR_TAIL = 800
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """Where an utterance's audio comes from: a wav.scp value (path or pipe) and an optional segment."""
+
+    location: str  # the wav.scp value: a path, or 'COMMAND ARGS |'
+    reco: str  # the recording id (the utterance id when there are no segments)
+    segment: Optional[Tuple[float, float]] = None  # (start, end) seconds; end -1: end of the recording
+
+    @property
+    def is_pipe(self):
+        return is_pipe(self.location)
+
+
+def is_pipe(location):
+    """True for a Kaldi input pipe, `COMMAND ARGS |`."""
+    return location.rstrip().endswith("|")
+
+
+def read_wav_scp(data_dir_or_wav_scp):
+    """{utt: AudioSource} from a data directory (wav.scp, plus segments when present) or a wav.scp file.
+
+    Order: that of the segments file when present, else of wav.scp. A segment naming a recording absent from
+    wav.scp, a malformed segments line and duplicate ids are errors naming the file and line.
+    """
+    path = os.fspath(data_dir_or_wav_scp)
+    if os.path.isdir(path):
+        wav_scp = os.path.join(path, "wav.scp")
+        segments = os.path.join(path, "segments")
+        if not os.path.exists(segments):
+            segments = None
+    else:
+        wav_scp, segments = path, None
+    recos = {}
+    for line in read_lines(wav_scp):
+        if line.key in recos:
+            raise AvtkError(f"{wav_scp}:{line.lineno}: duplicate recording id {line.key!r}")
+        recos[line.key] = line.value
+    if segments is None:
+        return {reco: AudioSource(location, reco) for reco, location in recos.items()}
+
+    sources = {}
+    for line in read_lines(segments, min_fields=4):
+        where = f"{segments}:{line.lineno}"
+        fields = line.value.split()
+        if len(fields) != 3:
+            raise AvtkError(f"{where}: malformed segment for utterance {line.key!r} (expected 'utt reco start end')")
+        reco, start_text, end_text = fields
+        try:
+            start, end = float(start_text), float(end_text)
+        except ValueError:
+            raise AvtkError(f"{where}: utterance {line.key!r}: start/end are not numbers: {start_text} {end_text}") \
+                from None
+        if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or (end != -1 and end <= start):
+            raise AvtkError(f"{where}: utterance {line.key!r}: invalid segment times {start_text} {end_text}")
+        if reco not in recos:
+            raise AvtkError(f"{where}: utterance {line.key!r}: recording {reco!r} is not in {wav_scp}")
+        if line.key in sources:
+            raise AvtkError(f"{where}: duplicate utterance id {line.key!r}")
+        sources[line.key] = AudioSource(recos[reco], reco, (start, end))
+    return sources
+
+
+def _stderr_tail(data):
+    text = data.decode("utf-8", "replace").strip()
+    return text if len(text) <= _STDERR_TAIL else "..." + text[-_STDERR_TAIL:]
+
+
+def _sf_error(err):
+    """libsndfile's own words for a read failure, without soundfile's 'Error opening <object>' prefix."""
+    return getattr(err, "error_string", None) or str(err)
+
+
+def _read_pipe(utt, location):
+    command = location.rstrip()[:-1].strip()
+    try:
+        proc = subprocess.run(["bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as err:
+        raise AvtkError(f"utterance {utt}: cannot run '{command}': {err}") from None
+    if proc.returncode != 0:
+        tail = _stderr_tail(proc.stderr)
+        raise AvtkError(f"utterance {utt}: command '{command}' exited with status {proc.returncode}"
+                        + (f": {tail}" if tail else ""))
+    if not proc.stdout:
+        raise AvtkError(f"utterance {utt}: command '{command}' wrote no audio")
+    try:
+        data, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
+        if data.shape[0] == 0:
+            patched = _fix_streamed_wav_header(proc.stdout)
+            if patched is not None:
+                data, rate = sf.read(io.BytesIO(patched), dtype="float32", always_2d=True)
+    except (RuntimeError, TypeError, ValueError) as err:  # soundfile.LibsndfileError is a RuntimeError
+        raise AvtkError(f"utterance {utt}: output of command '{command}' is not readable audio: "
+                        f"{_sf_error(err)}") from None
+    return data, rate, f"command '{command}'"
+
+
+def _fix_streamed_wav_header(data):
+    """A copy of a wav written to a pipe with zero chunk sizes, its 'data' size set to the bytes that follow.
+
+    Programs that stream a wav to a pipe cannot seek back to fill in the sizes; None if nothing to fix.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            if size != 0 or pos + 8 == len(data):
+                return None
+            fixed = bytearray(data)
+            fixed[pos + 4:pos + 8] = (len(data) - pos - 8).to_bytes(4, "little")
+            fixed[4:8] = (len(data) - 8).to_bytes(4, "little")
+            return bytes(fixed)
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _read_file(utt, path):
+    if not os.path.exists(path):
+        raise AvtkError(f"utterance {utt}: audio file {path} does not exist")
+    if os.path.isdir(path):
+        raise AvtkError(f"utterance {utt}: audio file {path} is a directory")
+    if os.path.getsize(path) == 0:
+        raise AvtkError(f"utterance {utt}: audio file {path} is empty (0 bytes)")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, TypeError, ValueError, OSError) as err:
+        raise AvtkError(f"utterance {utt}: cannot read audio file {path}: {_sf_error(err)}") from None
+    return data, rate, path
+
+
+def read_recording(utt, location):
+    """(float32 mono samples, sample rate, description) of a wav.scp value; channel 0 of a multi-channel file."""
+    data, rate, what = _read_pipe(utt, location) if is_pipe(location) else _read_file(utt, location)
+    if data.shape[0] == 0:
+        raise AvtkError(f"utterance {utt}: {what} has no samples")
+    return np.ascontiguousarray(data[:, 0], dtype=np.float32), int(rate), what
+
+
+def _convert_rate(utt, wave, rate, what, sample_rate, resample):
+    if rate == sample_rate:
+        return wave
+    if not resample:
+        raise AvtkError(f"utterance {utt}: {what} has sample rate {rate} Hz, expected {sample_rate} Hz "
+                        "(resample it, or read with resample=True)")
+    try:
+        out = _resample(torch.from_numpy(wave), rate, sample_rate)
+    except ValueError as err:
+        raise AvtkError(f"utterance {utt}: cannot resample {what}: {err}") from None
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def _cut(utt, wave, sample_rate, segment, what):
+    if segment is None:
+        return wave
+    start, end = float(segment[0]), float(segment[1])
+    duration = len(wave) / sample_rate
+    if start < 0 or (end != -1 and end <= start):
+        raise AvtkError(f"utterance {utt}: invalid segment {start}-{end} s of {what}")
+    if end == -1:
+        end = duration
+    if start >= duration or end > duration + MAX_OVERSHOOT:
+        raise AvtkError(f"utterance {utt}: segment {start:g}-{end:g} s is outside {what} ({duration:g} s)")
+    first = int(round(start * sample_rate))
+    last = min(int(round(end * sample_rate)), len(wave))
+    if last <= first:
+        raise AvtkError(f"utterance {utt}: segment {start:g}-{end:g} s of {what} has no samples")
+    return np.ascontiguousarray(wave[first:last])
+
+
+def load_audio(utt, source, *, sample_rate=SAMPLE_RATE, resample=False, segment=None):
+    """float32 mono samples of one utterance, at sample_rate.
+
+    source: an AudioSource (from read_wav_scp; its segment applies) or a wav.scp value (path or pipe).
+    segment: (start, end) seconds, overriding the source's own.
+    """
+    location = source.location if isinstance(source, AudioSource) else os.fspath(source)
+    if segment is None and isinstance(source, AudioSource):
+        segment = source.segment
+    wave, rate, what = read_recording(utt, location)
+    wave = _convert_rate(utt, wave, rate, what, sample_rate, resample)
+    return _cut(utt, wave, sample_rate, segment, what)
+
+
+class AudioReader:
+    """Iterate (utt, float32 wave) over a data directory in sorted utterance order.
+
+    A recording shared by several segments is read (and resampled) once and kept until its last segment
+    has been served; at most `max_cached` recordings are kept at a time.
+    """
+
+    def __init__(self, data_dir, resample=False, *, sample_rate=SAMPLE_RATE, max_cached=8):
+        self.data_dir = os.fspath(data_dir)
+        self.resample = resample
+        self.sample_rate = sample_rate
+        self.max_cached = max(1, int(max_cached))
+        self.sources = read_wav_scp(self.data_dir)
+        self.utts = sorted(self.sources)
+
+    def __len__(self):
+        return len(self.utts)
+
+    def __contains__(self, utt):
+        return utt in self.sources
+
+    def __getitem__(self, utt):
+        """One utterance's samples (no caching)."""
+        if utt not in self.sources:
+            raise AvtkError(f"{self.data_dir}: no utterance {utt!r}")
+        return load_audio(utt, self.sources[utt], sample_rate=self.sample_rate, resample=self.resample)
+
+    def __iter__(self):
+        remaining = {}
+        for utt in self.utts:
+            key = self.sources[utt].location
+            remaining[key] = remaining.get(key, 0) + 1
+        cache = OrderedDict()  # location -> (wave at sample_rate, description)
+        for utt in self.utts:
+            source = self.sources[utt]
+            key = source.location
+            if key in cache:
+                cache.move_to_end(key)
+                wave, what = cache[key]
+            else:
+                wave, rate, what = read_recording(utt, key)
+                wave = _convert_rate(utt, wave, rate, what, self.sample_rate, self.resample)
+            remaining[key] -= 1
+            if remaining[key] > 0:
+                cache[key] = (wave, what)
+                while len(cache) > self.max_cached:
+                    cache.popitem(last=False)
+            else:
+                cache.pop(key, None)
+            yield utt, _cut(utt, wave, self.sample_rate, source.segment, what)
+
+
+def write_wav(path, wave, sample_rate=SAMPLE_RATE):
+    """Write samples (float in [-1, 1], or int16; 1-D or (samples, channels)) as 16-bit PCM wav, atomically.
+
+    Floats are scaled by 32768, rounded and clipped, the inverse of how they are read.
+    """
+    if hasattr(wave, "detach"):
+        wave = wave.detach().cpu().numpy()
+    wave = np.asarray(wave)
+    if wave.ndim not in (1, 2) or wave.shape[0] == 0:
+        raise AvtkError(f"{path}: cannot write audio of shape {wave.shape}")
+    if np.issubdtype(wave.dtype, np.floating):
+        # Scale by 32768 ourselves (libsndfile scales floats by 32767), so reading back is exact for PCM values.
+        wave = np.clip(np.round(wave.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+    elif wave.dtype != np.int16:
+        raise AvtkError(f"{path}: cannot write audio of dtype {wave.dtype} (float in [-1, 1], or int16)")
+    with atomic_path(path) as tmp:
+        sf.write(tmp, wave, int(sample_rate), subtype="PCM_16", format="WAV")
