@@ -24,13 +24,13 @@ def sample_audio_session(rng, strength=1.0):
     n_bands = 4
     return AudioSession(
         eq_freqs=np.exp(rng.uniform(np.log(150), np.log(6000), n_bands)),
-        eq_gains=rng.normal(0, 5.0 * strength, n_bands),
+        eq_gains=rng.normal(0, 2.0 * strength, n_bands),
         eq_widths=rng.uniform(0.5, 2.0, n_bands),
-        lowpass=float(rng.choice([3400.0, 5500.0, 7600.0], p=[0.2, 0.3, 0.5])),
-        highpass=float(rng.uniform(50, 300)),
-        rt60=float(rng.uniform(0.15, 0.7)) if rng.random() < 0.4 else 0.0,
-        snr=float(rng.uniform(5, 30)),
-        noise_slope=float(rng.uniform(-6, 0)),
+        lowpass=float(rng.choice([3400.0, 5500.0, 7600.0], p=[0.05, 0.15, 0.8])),
+        highpass=float(rng.uniform(50, 150)),
+        rt60=float(rng.uniform(0.15, 0.6)) if rng.random() < 0.3 else 0.0,
+        snr=float(rng.uniform(25, 45)),
+        noise_slope=float(rng.uniform(-4, 0)),
         gain=float(np.exp(rng.normal(0, 0.4))),
     )
 

@@ -37,7 +37,7 @@ class Voice:
     shimmer: float        # relative pulse amplitude perturbation
     breathiness: float    # aspiration noise level relative to voicing
     rate: float           # speaking rate factor (phones per second relative to 11/s)
-    nasal_freq: float     # a speaker-specific extra resonance (sinus/nasal cavity), Hz
+    timbre: np.ndarray    # (3, 3) speaker-specific resonances (sinus/nasal cavities): Hz, width Hz, gain dB
     fric_shift: float     # fricative band shift factor
 
 
@@ -46,16 +46,16 @@ def sample_voice(rng):
     return Voice(
         f0=float(np.exp(rng.normal(np.log(210 if female else 118), 0.13))),
         f0_range=float(rng.uniform(1.0, 3.5)),
-        vtl=float(rng.normal(0.87 if female else 1.0, 0.05)),
-        formant_bias=rng.normal(1.0, 0.05, 5),
+        vtl=float(rng.normal(0.87 if female else 1.0, 0.06)),
+        formant_bias=rng.normal(1.0, 0.07, 5),
         vowel_bias=rng.normal(1.0, 0.05, (len(VOWELS), 3)),
         bandwidth=float(rng.uniform(0.7, 1.6)),
-        tilt=float(rng.uniform(-4.0, 2.0)),
+        tilt=float(rng.uniform(-6.0, 3.0)),
         jitter=float(rng.uniform(0.002, 0.02)),
         shimmer=float(rng.uniform(0.02, 0.2)),
         breathiness=float(rng.uniform(0.02, 0.35)),
         rate=float(rng.uniform(0.75, 1.3)),
-        nasal_freq=float(rng.uniform(900, 3200)),
+        timbre=np.column_stack([rng.uniform(700, 6000, 3), rng.uniform(100, 400, 3), rng.uniform(-10, 10, 3)]),
         fric_shift=float(rng.normal(1.0, 0.08)),
     )
 
@@ -148,7 +148,8 @@ def synthesize(voice, n_samples, rng, f0_shift=1.0, rate_jitter=1.0):
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / SR)
     formants, voicing, frication, band, loud = _phone_track(voice, n_frames, rng, rate_jitter)
     vocal = _envelope(formants, voice.bandwidth, freqs)
-    vocal *= 1.0 + 1.5 * np.exp(-0.5 * ((freqs - voice.nasal_freq) / 120.0) ** 2)[None, :]
+    timbre_db = sum(g * np.exp(-0.5 * ((freqs - f) / w) ** 2) for f, w, g in voice.timbre)
+    vocal *= (10.0 ** (timbre_db / 20.0))[None, :]
     octaves = np.log2(np.maximum(freqs, 50.0) / 100.0)
     tilt = 10.0 ** ((voice.tilt * octaves - 6.0 * np.maximum(octaves, 0)) / 20.0)  # glottal roll-off + speaker tilt
     lo, hi = band[:, :1], band[:, 1:]
