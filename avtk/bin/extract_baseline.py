@@ -15,7 +15,7 @@ def get_parser():
     )
     p.add_argument("data_dir", help="Kaldi data dir")
     p.add_argument("wspecifier", help="output table, e.g. ark,scp:exp/base/emb.ark,exp/base/emb.scp")
-    p.add_argument("--modality", choices=["audio", "face"], default="audio")
+    p.add_argument("--modality", choices=["audio", "face"], default="audio", help="which baseline to extract")
     p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
     return p
 

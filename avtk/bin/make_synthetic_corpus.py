@@ -1,7 +1,9 @@
 """Generate the synthetic audio-visual corpus (voices, faces, sessions) and its Kaldi data dirs."""
+import logging
 import time
 
 from avtk.command import make_parser
+from avtk.errors import AvtkError
 from avtk.synth.corpus import Config, make_corpus
 
 
@@ -17,11 +19,12 @@ def get_parser():
     d = Config()
     p.add_argument("out_dir", help="corpus tree to write")
     p.add_argument("data_dir", help="where to write the Kaldi data dirs train/ and test/")
-    p.add_argument("--num-train-speakers", type=int, default=d.num_train_speakers)
-    p.add_argument("--num-test-speakers", type=int, default=d.num_test_speakers)
+    p.add_argument("--num-train-speakers", type=int, default=d.num_train_speakers, help="speakers in data/train")
+    p.add_argument("--num-test-speakers", type=int, default=d.num_test_speakers,
+                   help="speakers in data/test, disjoint from training")
     p.add_argument("--videos-per-speaker", type=int, default=d.videos_per_speaker,
                    help="sessions per speaker; each has its own channel, noise, lighting and pose")
-    p.add_argument("--utts-per-video", type=int, default=d.utts_per_video)
+    p.add_argument("--utts-per-video", type=int, default=d.utts_per_video, help="utterances per session")
     p.add_argument("--min-duration", type=float, default=d.min_duration, help="shortest utterance (s)")
     p.add_argument("--max-duration", type=float, default=d.max_duration, help="longest utterance (s)")
     p.add_argument("--frame-interval", type=float, default=d.frame_interval, help="one face frame every this many s")
@@ -36,10 +39,12 @@ def get_parser():
 
 
 def main(args):
-    import logging
-
     if not 0.0 <= args.label_noise < 1.0:
-        raise SystemExit("--label-noise must be in [0, 1)")
+        raise AvtkError(f"--label-noise must be in [0, 1), got {args.label_noise}")
+    if args.num_train_speakers < 1 or args.num_test_speakers < 2:
+        raise AvtkError("need at least 1 training and 2 test speakers (for non-target trials)")
+    if not 0 < args.min_duration <= args.max_duration:
+        raise AvtkError(f"need 0 < --min-duration <= --max-duration, got {args.min_duration}, {args.max_duration}")
     cfg = Config(
         num_train_speakers=args.num_train_speakers, num_test_speakers=args.num_test_speakers,
         videos_per_speaker=args.videos_per_speaker, utts_per_video=args.utts_per_video,
