@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from avtk.errors import AvtkError
+from avtk.data.table import read_dict, utt2spk_to_spk2utt, write_dict
 from avtk.io.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -309,14 +310,6 @@ class DataDir:
         return f"DataDir({self.path!r}: {len(self)} utterances, files {', '.join(self.tables)})"
 
 
-def utt2spk_to_spk2utt(utt2spk):
-    """{utt: spk} -> {spk: [utt, ...]}, speakers and utterances in sorted order."""
-    spk2utt = {}
-    for utt in sorted(utt2spk):
-        spk2utt.setdefault(utt2spk[utt], []).append(utt)
-    return dict(sorted(spk2utt.items()))
-
-
 def _load(data_dir, skip=(), drop_repeats=False):
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
@@ -539,16 +532,6 @@ def _check_trials(path, utt2spk, speakers, report):
 
 # --------------------------------------------------------------------------- writing
 
-def _write_table(path, table):
-    """{key: raw value} -> `key value` lines (just `key` for an empty value), sorted, atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        for key in sorted(table):
-            value = table[key]
-            if isinstance(value, (list, tuple)):
-                value = " ".join(value)
-            f.write(f"{key} {value}\n" if value != "" else f"{key}\n")
-
-
 def _select(dd, utts, names=None):
     """The tables of `dd` restricted to `utts` (a set): {name: {key: raw value}}, spk2utt regenerated."""
     names = [n for n in (names or dd.tables) if n in dd.tables and n != "spk2utt"]
@@ -577,7 +560,7 @@ def _write_dir(dst, tables, src_desc):
             log.info("%s: removing stale %s (not in %s)", dst, name, src_desc)
             os.remove(path)
     for name, table in tables.items():
-        _write_table(os.path.join(dst, name), table)
+        write_dict(os.path.join(dst, name), table)
 
 
 def _same_dir(a, b):
@@ -739,8 +722,6 @@ def split_scp(scp, outputs, utt2spk=None):
     the part with the fewest lines so far. Each part keeps the input's line order, so sorted input
     gives sorted parts. Fewer lines (or speakers) than parts is an error.
     """
-    from avtk.data.table import read_dict
-
     scp = os.fspath(scp)
     outputs = [os.fspath(o) for o in outputs]
     if not outputs:

@@ -42,7 +42,8 @@ def read_dict(path, min_fields=2):
 
 
 def write_dict(path, table, sort=True):
-    """Write {key: value} (values may be lists, joined by spaces), atomically, sorted by key (C order)."""
+    """Write {key: value} (lists are joined by spaces; an empty value leaves the key alone), atomically,
+    sorted by key (C order)."""
     items = table.items() if hasattr(table, "items") else table
     if sort:
         items = sorted(items, key=lambda kv: kv[0])
@@ -50,7 +51,7 @@ def write_dict(path, table, sort=True):
         for key, value in items:
             if isinstance(value, (list, tuple)):
                 value = " ".join(str(v) for v in value)
-            f.write(f"{key} {value}\n")
+            f.write(f"{key} {value}\n" if value != "" else f"{key}\n")
 
 
 def utt2spk_to_spk2utt(utt2spk):
