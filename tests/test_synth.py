@@ -101,7 +101,7 @@ def test_trials_are_balanced_and_targets_cross_videos(noisy):
 
 def test_label_noise_truth_and_determinism(noisy, clean):
     """Same seed: clean utterances are byte-identical whatever --nj and --label-noise; relabelled ones differ."""
-    (nc, nd), (cc, cd) = noisy, clean
+    (_, nd), (_, cd) = noisy, clean
     truth = [line.split() for line in (nd / "train" / "label_noise.txt").read_text().splitlines()]
     assert len(truth) == round(0.2 * 36)
     assert not (cd / "train" / "label_noise.txt").exists()

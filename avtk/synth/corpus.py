@@ -5,7 +5,6 @@ utterance have their own random stream, so a clean utterance is identical whatev
 """
 import logging
 import multiprocessing
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -68,6 +68,11 @@ def apply_session(wave, session, rng):
     snr = session.snr + rng.normal(0, 2.0)
     p_speech, p_noise = np.mean(speech ** 2) + 1e-12, np.mean(noise ** 2) + 1e-12
     mixed = speech + noise * np.sqrt(p_speech / p_noise * 10.0 ** (-snr / 10.0))
+    # Self-noise 45 dB down and room rumble (mostly below 300 Hz) 25 dB down, as in real recordings, so that
+    # no band is empty (an empty band's log energy is float rounding noise in any fbank implementation).
+    rumble = np.fft.irfft(np.fft.rfft(rng.normal(0, 1, n_fft)) / (1.0 + (freqs / 300.0) ** 2), n_fft)[:n]
+    rumble *= np.sqrt(p_speech * 10 ** -2.5 / (np.mean(rumble ** 2) + 1e-12))
+    mixed += rumble + rng.normal(0, np.sqrt(p_speech * 10 ** -4.5), n)
     mixed *= session.gain * 0.25 / (np.sqrt(np.mean(mixed ** 2)) * 4 + 1e-9)
     peak = np.abs(mixed).max()
     if peak > 0.99:

@@ -1,0 +1,257 @@
+"""Training-time augmentation: MUSAN noise/music/babble, RIR reverberation, SpecAugment.
+
+`WaveAugment` applies exactly one augmentation type per training crop, chosen uniformly from those it can
+apply (the seed's recipe):
+
+  * ``clean``: the input unchanged;
+  * ``reverb``: a random room impulse response, normalised to unit energy, convolved with the input (FFT);
+    the first T samples of the full convolution are kept, so the direct path stays aligned;
+  * ``noise``: one noise file at an SNR drawn uniformly from `noise_snr`;
+  * ``babble``: `babble_count` speech files (a count drawn uniformly, inclusive) SUMMED first and then scaled
+    as one signal to an SNR drawn from `babble_snr` (the babble as a whole, not each talker, is at that SNR);
+  * ``music``: one music file at an SNR drawn from `music_snr`;
+  * ``babble_music``: babble and music both, each at its own SNR relative to the clean input.
+
+Every noise segment is a random T-sample crop of its source file; a source shorter than T is wrap-padded
+(repeated) to T. Levels follow the seed: segment dB = 10·log10(mean(x²) + 1e-4) and the noise gain is
+sqrt(10^((dB_clean − dB_noise − snr)/10)). Outputs are not clipped or renormalised.
+
+Sources are Kaldi data directories (``wav.scp``, read through `avtk.io.audio`, 16 kHz) such as
+data/musan_noise, data/musan_music, data/musan_speech and data/rirs; `avtk make-augment-sources` writes
+synthetic ones (avtk.synth.augment_sources). All randomness comes from the generator passed to each call, so a sample's augmentation is
+reproducible from its own seed whatever the number of data-loader workers.
+"""
+import logging
+import os
+
+import numpy as np
+
+from avtk.errors import AvtkError
+from avtk.io.audio import load_audio, read_wav_scp
+
+log = logging.getLogger(__name__)
+
+TYPES = ("clean", "reverb", "noise", "babble", "music", "babble_music")
+# The source directories each type needs (constructor argument names).
+NEEDS = {
+    "clean": (),
+    "reverb": ("rir_dir",),
+    "noise": ("noise_dir",),
+    "babble": ("speech_dir",),
+    "music": ("music_dir",),
+    "babble_music": ("speech_dir", "music_dir"),
+}
+LEVEL_FLOOR = 1e-4  # added to the mean square before taking dB, as the seed does
+
+
+def segment_db(x):
+    """The seed's level of a segment: 10·log10(mean(x²) + 1e-4), computed in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(10.0 * np.log10(np.mean(x * x) + LEVEL_FLOOR))
+
+
+def noise_gain(clean_db, noise_db, snr):
+    """The amplitude gain that puts a noise of level noise_db at `snr` dB below a clean signal of clean_db."""
+    return float(np.sqrt(10.0 ** ((clean_db - noise_db - snr) / 10.0)))
+
+
+def crop_or_wrap(x, length, rng):
+    """A random `length`-sample crop of x; a shorter x is wrap-padded (repeated from its start) to length."""
+    n = len(x)
+    if n < length:
+        return np.pad(x, (0, length - n), mode="wrap")
+    start = int(rng.integers(0, n - length + 1))
+    return x[start:start + length]
+
+
+def fft_convolve(x, h):
+    """The full linear convolution of x and h (float64), computed with FFTs."""
+    n = len(x) + len(h) - 1
+    n_fft = 1 << max(0, int(np.ceil(np.log2(n))))
+    y = np.fft.irfft(np.fft.rfft(x, n_fft) * np.fft.rfft(h, n_fft), n_fft)
+    return y[:n]
+
+
+class _Source:
+    """The recordings of one source data dir, read through avtk.io.audio; cached while the budget allows."""
+
+    def __init__(self, kind, data_dir, budget):
+        self.kind = kind
+        self.data_dir = os.fspath(data_dir)
+        if not os.path.isdir(self.data_dir):
+            raise AvtkError(f"{self.data_dir}: {kind} source data dir does not exist")
+        wav_scp = os.path.join(self.data_dir, "wav.scp")
+        if not os.path.isfile(wav_scp):
+            raise AvtkError(f"{wav_scp}: {kind} source data dir has no wav.scp")
+        sources = read_wav_scp(self.data_dir)
+        if not sources:
+            raise AvtkError(f"{wav_scp}: {kind} source data dir is empty (no recordings)")
+        self.utts = sorted(sources)
+        self.sources = sources
+        self.budget = budget
+        self.cache = {}
+
+    def __len__(self):
+        return len(self.utts)
+
+    def get(self, index):
+        utt = self.utts[index]
+        wave = self.cache.get(utt)
+        if wave is None:
+            wave = load_audio(utt, self.sources[utt])
+            if self.budget.take(wave.nbytes):
+                self.cache[utt] = wave
+        return utt, wave
+
+    def pick(self, rng):
+        return self.get(int(rng.integers(len(self.utts))))
+
+
+class _Budget:
+    """Bytes of source audio that may still be kept in memory (shared by all sources of one WaveAugment)."""
+
+    def __init__(self, nbytes):
+        self.left = int(nbytes)
+
+    def take(self, nbytes):
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
+
+
+def _check_range(name, value, low_limit=None, integer=False):
+    try:
+        low, high = (int(v) if integer else float(v) for v in value)
+    except (TypeError, ValueError):
+        raise AvtkError(f"augmentation {name} must be a pair (low, high), got {value!r}") from None
+    if not low <= high or (low_limit is not None and low < low_limit) or not np.isfinite([low, high]).all():
+        raise AvtkError(f"augmentation {name} must satisfy {'' if low_limit is None else f'{low_limit} <= '}"
+                        f"low <= high, got {value!r}")
+    return low, high
+
+
+class WaveAugment:
+    """One random augmentation per waveform crop: clean, reverb, noise, babble, music or babble_music.
+
+    noise_dir, music_dir, speech_dir, rir_dir: Kaldi data dirs of the sources (e.g. data/musan_noise,
+    data/musan_music, data/musan_speech, data/rirs). A type whose source dir is not given (None) is dropped
+    from the choice (babble_music needs both speech_dir and music_dir); a dir that is given but missing or
+    has no recordings is an AvtkError naming it.
+    types: the types to choose among, uniformly; an unknown name is an error.
+    noise_snr, music_snr, babble_snr: (low, high) dB, each SNR uniform in [low, high].
+    babble_count: (low, high) talkers per babble, uniform over the integers low..high inclusive (drawn with
+    replacement when the speech dir has fewer files).
+    cache_mb: source audio kept in memory once read, in MiB, per process (each data-loader worker has its
+    own); once it is full, further files are read from disk each time they are picked.
+
+    Call with (wave float32 (T,), rng np.random.Generator) -> float32 (T,). `last_type` records the type
+    chosen by the latest call.
+    """
+
+    def __init__(self, noise_dir=None, music_dir=None, speech_dir=None, rir_dir=None, types=TYPES,
+                 noise_snr=(0, 15), music_snr=(5, 15), babble_snr=(13, 20), babble_count=(3, 8), cache_mb=512):
+        if isinstance(types, str):
+            types = [t for t in types.replace(",", " ").split() if t]
+        unknown = [t for t in types if t not in NEEDS]
+        if unknown:
+            raise AvtkError(f"unknown augmentation type(s) {', '.join(map(repr, unknown))} "
+                            f"(known: {', '.join(TYPES)})")
+        if cache_mb < 0:
+            raise AvtkError(f"augmentation cache_mb must be >= 0, got {cache_mb}")
+        self.noise_snr = _check_range("noise_snr", noise_snr)
+        self.music_snr = _check_range("music_snr", music_snr)
+        self.babble_snr = _check_range("babble_snr", babble_snr)
+        self.babble_count = _check_range("babble_count", babble_count, low_limit=1, integer=True)
+        dirs = {"noise_dir": noise_dir, "music_dir": music_dir, "speech_dir": speech_dir, "rir_dir": rir_dir}
+        budget = _Budget(cache_mb * 1024 * 1024)
+        self.sources = {}
+        for arg, path in dirs.items():
+            if path is not None:
+                self.sources[arg] = _Source(arg[:-4], path, budget)
+        self.types = tuple(dict.fromkeys(t for t in types if all(n in self.sources for n in NEEDS[t])))
+        dropped = [t for t in dict.fromkeys(types) if t not in self.types]
+        if dropped:
+            log.info("augmentation types without a source dir are not used: %s", ", ".join(dropped))
+        if not self.types:
+            raise AvtkError(f"no augmentation type of {', '.join(types) or '(none)'} has its source dirs")
+        self.last_type = None
+
+    def __repr__(self):
+        return f"WaveAugment(types={self.types}, sources={ {k: s.data_dir for k, s in self.sources.items()} })"
+
+    def __call__(self, wave, rng):
+        kind = self.types[int(rng.integers(len(self.types)))]
+        self.last_type = kind
+        return self.apply(kind, wave, rng)
+
+    def apply(self, kind, wave, rng):
+        """Apply one named type (which must be among `types`) to wave; float32 of the same length."""
+        if kind not in self.types:
+            raise AvtkError(f"augmentation type {kind!r} is not available (available: {', '.join(self.types)})")
+        x = np.asarray(wave, dtype=np.float32)
+        if x.ndim != 1 or len(x) == 0:
+            raise AvtkError(f"augmentation expects a non-empty 1-D waveform, got shape {x.shape}")
+        if kind == "clean":
+            return x.copy()
+        if kind == "reverb":
+            return self._reverb(x, rng)
+        clean_db = segment_db(x)
+        added = np.zeros(len(x), dtype=np.float64)
+        if kind in ("babble", "babble_music"):
+            added += self._babble(clean_db, len(x), rng)
+        if kind in ("noise",):
+            added += self._additive("noise_dir", self.noise_snr, clean_db, len(x), rng)
+        if kind in ("music", "babble_music"):
+            added += self._additive("music_dir", self.music_snr, clean_db, len(x), rng)
+        return (x + added).astype(np.float32)
+
+    def _reverb(self, x, rng):
+        source = self.sources["rir_dir"]
+        utt, rir = source.pick(rng)
+        energy = float(np.sum(np.asarray(rir, dtype=np.float64) ** 2))
+        if not energy > 0 or not np.isfinite(energy):
+            raise AvtkError(f"utterance {utt}: RIR {source.sources[utt].location} of {source.data_dir} "
+                            "has no energy")
+        rir = np.asarray(rir, dtype=np.float64) / np.sqrt(energy)
+        return fft_convolve(x.astype(np.float64), rir)[:len(x)].astype(np.float32)
+
+    def _additive(self, arg, snr_range, clean_db, length, rng):
+        _, wave = self.sources[arg].pick(rng)
+        segment = crop_or_wrap(np.asarray(wave, dtype=np.float64), length, rng)
+        snr = float(rng.uniform(*snr_range))
+        return noise_gain(clean_db, segment_db(segment), snr) * segment
+
+    def _babble(self, clean_db, length, rng):
+        source = self.sources["speech_dir"]
+        count = int(rng.integers(self.babble_count[0], self.babble_count[1] + 1))
+        picks = rng.choice(len(source), count, replace=count > len(source))
+        babble = np.zeros(length, dtype=np.float64)
+        for index in picks:
+            _, wave = source.get(int(index))
+            babble += crop_or_wrap(np.asarray(wave, dtype=np.float64), length, rng)
+        snr = float(rng.uniform(*self.babble_snr))
+        return noise_gain(clean_db, segment_db(babble), snr) * babble
+
+
+def spec_augment(feats, rng, max_time_frac=0.1, max_time=20, max_freq=8):
+    """One time mask and one frequency mask on (frames T, bins F) features; a new tensor, shapes unchanged.
+
+    The time mask is w frames wide, w uniform in [0, min(max_time, int(max_time_frac·T))); the frequency mask
+    is w bins wide, w uniform in [0, min(max_freq, F)); each starts uniformly where it fits. Masked values are
+    set to zero, which is the mean, as features are mean-normalised before this. The defaults are the
+    seed's: for a 200-frame crop, 0–19 frames and 0–7 bins.
+    """
+    if feats.dim() != 2:
+        raise AvtkError(f"spec_augment expects (frames, bins) features, got shape {tuple(feats.shape)}")
+    out = feats.clone()
+    n_frames, n_bins = out.shape
+    time_limit = min(int(max_time), int(max_time_frac * n_frames))
+    width = int(rng.integers(0, time_limit)) if time_limit > 0 else 0
+    start = int(rng.integers(0, n_frames - width + 1))
+    out[start:start + width, :] = 0
+    freq_limit = min(int(max_freq), n_bins)
+    width = int(rng.integers(0, freq_limit)) if freq_limit > 0 else 0
+    start = int(rng.integers(0, n_bins - width + 1))
+    out[:, start:start + width] = 0
+    return out

@@ -1,0 +1,273 @@
+"""Compute log-mel filterbank features of a wav.scp into an ark/scp table, like Kaldi's compute-fbank-feats.
+
+Examples:
+    avtk compute-fbank --config conf/fbank.yaml --write-num-frames fbank/utt2num_frames.1 \\
+        scp:data/train/split4/wav.1.scp ark,scp:fbank/raw_fbank_train.1.ark,fbank/raw_fbank_train.1.scp
+    avtk compute-fbank --snip-edges false --segments data/x/segments scp:data/x/wav.scp ark,t:-
+
+The input is a wav.scp (`utt path` or `utt COMMAND ARGS |`), or with --segments the utterances of a
+segments file (`utt reco start end`) cut from its recordings. Audio is read as float in [-1, 1] at the
+front end's sample rate (another rate is an error unless --resample). The default front end, kaldi_fbank,
+equals Kaldi's compute-fbank-feats on the same 16-bit wav files (see avtk.features.fbank); `seed` is the
+seed system's front end (avtk.features.seed_frontend). Utterances are computed in batches of similar
+length, on the CPU or a GPU, and written as float32 matrices (frames x bins) in input order. An utterance
+too short for one frame is skipped with a warning. Outputs are atomic.
+"""
+import argparse
+import logging
+import os
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from avtk.command import make_parser
+from avtk.errors import AvtkError
+from avtk.features.fbank import WINDOW_TYPES
+
+log = logging.getLogger(__name__)
+
+# KaldiFbank option -> (command-line names, type, help). Defaults are KaldiFbank's.
+_FBANK_OPTIONS = {
+    "num_mel_bins": (["--num-mel-bins"], int, "number of triangular mel bins (default 80)"),
+    "frame_length_ms": (["--frame-length-ms", "--frame-length"], float, "frame length in ms (default 25)"),
+    "frame_shift_ms": (["--frame-shift-ms", "--frame-shift"], float, "frame shift in ms (default 10)"),
+    "sample_rate": (["--sample-rate", "--sample-frequency"], int,
+                    "sample rate in Hz of the features; audio at another rate needs --resample (default 16000)"),
+    "preemphasis": (["--preemphasis", "--preemphasis-coefficient"], float,
+                    "pre-emphasis coefficient (default 0.97)"),
+    "remove_dc_offset": (["--remove-dc-offset"], "bool", "subtract each frame's mean (default true)"),
+    "dither": (["--dither"], float, "dither: add this times standard normal noise to each sample, on the 16-bit "
+                                    "scale; random, seeded by --seed (default 0: deterministic)"),
+    "window_type": (["--window-type"], str, "povey, hamming, hanning, rectangular or blackman (default povey)"),
+    "snip_edges": (["--snip-edges"], "bool", "true: only whole frames inside the signal; false: frames centred "
+                                             "on every shift, edges reflected (Kaldi's semantics; default true)"),
+    "low_freq": (["--low-freq"], float, "low edge of the lowest mel bin in Hz (default 20)"),
+    "high_freq": (["--high-freq"], float, "high edge of the highest mel bin in Hz; <= 0 is an offset from "
+                                          "Nyquist (default 0)"),
+    "round_to_power_of_two": (["--round-to-power-of-two"], "bool",
+                              "zero-pad each frame to a power of two for the FFT (default true)"),
+    "use_energy": (["--use-energy"], "bool", "prepend the log energy as coefficient 0 (default false)"),
+    "energy_floor": (["--energy-floor"], float, "floor on the energy (absolute, not log) with --use-energy "
+                                                "(default 0: none)"),
+    "use_power": (["--use-power"], "bool", "power spectrum; false: magnitude (default true)"),
+}
+
+
+def _bool(text):
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "t", "y"):
+        return True
+    if value in ("false", "0", "no", "f", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def get_parser():
+    p = make_parser(__doc__.strip().splitlines()[0])
+    p.add_argument("rspecifier", help="input wav.scp, e.g. scp:data/train/wav.scp")
+    p.add_argument("wspecifier", help="output table, e.g. ark,scp:fbank/raw_fbank_x.1.ark,fbank/raw_fbank_x.1.scp")
+    p.add_argument("--frontend", default="kaldi_fbank", choices=["kaldi_fbank", "seed"],
+                   help="kaldi_fbank: Kaldi's fbank (the options below); seed: the seed's front end (no options)")
+    g = p.add_argument_group("kaldi_fbank options (Kaldi's names are accepted too)")
+    for dest, (names, kind, text) in _FBANK_OPTIONS.items():
+        if dest == "window_type":
+            g.add_argument(*names, dest=dest, choices=WINDOW_TYPES, default=argparse.SUPPRESS, help=text)
+        elif kind == "bool":
+            g.add_argument(*names, dest=dest, type=_bool, nargs="?", const=True, default=argparse.SUPPRESS,
+                           metavar="true|false", help=text)
+        else:
+            g.add_argument(*names, dest=dest, type=kind, default=argparse.SUPPRESS, help=text)
+    p.add_argument("--segments", help="segments file (utt reco start end): compute features of these segments of "
+                                      "the recordings in the wav.scp")
+    p.add_argument("--resample", action="store_true", help="resample audio at another rate instead of failing")
+    p.add_argument("--write-num-frames", metavar="FILE",
+                   help="also write `utt frames` lines to FILE (or ark,t:FILE), as Kaldi's utt2num_frames")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="utterances per batch")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute")
+    p.add_argument("--num-threads", type=_positive_int, default=1,
+                   help="torch CPU threads (recipes run several jobs at once, hence 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random dither")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# input
+
+
+def _wav_scp_path(rspecifier):
+    if not isinstance(rspecifier, str) or ":" not in rspecifier:
+        raise AvtkError(f"invalid rspecifier {rspecifier!r}: expected scp:data/x/wav.scp")
+    types, path = rspecifier.split(":", 1)
+    types = [t.strip() for t in types.split(",")]
+    if "scp" not in types or "ark" in types or not path.strip():
+        raise AvtkError(f"invalid rspecifier {rspecifier!r}: expected scp:data/x/wav.scp (a wav.scp of paths "
+                        "or 'COMMAND |' pipes)")
+    path = path.strip()
+    if not os.path.isfile(path):
+        raise AvtkError(f"{rspecifier}: {path} does not exist or is not a file")
+    return path
+
+
+def _read_sources(wav_scp, segments):
+    """{utt: AudioSource} in input order: the wav.scp's, or with `segments` the segments file's."""
+    from avtk.data.table import read_lines
+    from avtk.io.audio import AudioSource, read_wav_scp
+
+    recos = read_wav_scp(wav_scp)
+    if segments is None:
+        return recos
+    sources = {}
+    for line in read_lines(segments, min_fields=4):
+        where = f"{segments}:{line.lineno}"
+        fields = line.value.split()
+        if len(fields) != 3:
+            raise AvtkError(f"{where}: malformed segment for utterance {line.key!r} (expected 'utt reco start end')")
+        reco, start_text, end_text = fields
+        try:
+            start, end = float(start_text), float(end_text)
+        except ValueError:
+            raise AvtkError(f"{where}: utterance {line.key!r}: start/end are not numbers: {start_text} {end_text}") \
+                from None
+        if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or (end != -1 and end <= start):
+            raise AvtkError(f"{where}: utterance {line.key!r}: invalid segment times {start_text} {end_text}")
+        if reco not in recos:
+            raise AvtkError(f"{where}: utterance {line.key!r}: recording {reco!r} is not in {wav_scp}")
+        if line.key in sources:
+            raise AvtkError(f"{where}: duplicate utterance id {line.key!r}")
+        sources[line.key] = AudioSource(recos[reco].location, reco, (start, end))
+    return sources
+
+
+def _iter_audio(sources, sample_rate, resample, max_cached=4):
+    """Yield (utt, float32 samples) in input order; a recording cut into segments is read once while in use."""
+    from avtk.io.audio import AudioSource, _cut, load_audio
+
+    cache = OrderedDict()  # location -> full recording at sample_rate
+    for utt, source in sources.items():
+        if source.segment is None:
+            yield utt, load_audio(utt, source, sample_rate=sample_rate, resample=resample)
+            continue
+        wave = cache.get(source.location)
+        if wave is None:
+            wave = load_audio(utt, AudioSource(source.location, source.reco), sample_rate=sample_rate,
+                              resample=resample)
+            cache[source.location] = wave
+            while len(cache) > max_cached:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(source.location)
+        where = f"recording {source.reco} ({source.location.strip()})"
+        yield utt, _cut(utt, wave, sample_rate, source.segment, where)
+
+
+def _windows(items, size):
+    window = []
+    for item in items:
+        window.append(item)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+
+
+def _frontend_options(args):
+    opts = {dest: getattr(args, dest) for dest in _FBANK_OPTIONS if hasattr(args, dest)}
+    if args.frontend == "seed" and opts:
+        names = ", ".join(_FBANK_OPTIONS[d][0][0] for d in opts)
+        raise AvtkError(f"--frontend seed takes no fbank options, but got {names}")
+    return opts
+
+
+def _num_frames_path(spec):
+    """The file of --write-num-frames: a plain name, or Kaldi's ark,t:FILE."""
+    head, sep, tail = spec.partition(":")
+    if sep and head and set(head.split(",")) <= {"ark", "scp", "t", "b", "f", "nf", "p"}:
+        if set(head.split(",")) - {"f", "nf", "p"} != {"ark", "t"}:
+            raise AvtkError(f"--write-num-frames {spec!r}: expected a file name or ark,t:FILE")
+        spec = tail.strip()
+    if not spec or spec == "-":
+        raise AvtkError(f"--write-num-frames {spec!r}: expected a file name")
+    return spec
+
+
+def main(args):
+    import torch
+
+    from avtk.features import build_frontend
+    from avtk.io.ark import open_writer
+    from avtk.io.atomic import atomic_open
+
+    torch.set_num_threads(args.num_threads)
+    wav_scp = _wav_scp_path(args.rspecifier)
+    if args.segments is not None and not os.path.isfile(args.segments):
+        raise AvtkError(f"--segments {args.segments}: no such file")
+    num_frames_file = _num_frames_path(args.write_num_frames) if args.write_num_frames else None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise AvtkError("--device cuda: no CUDA device is available")
+    device = torch.device(args.device)
+    frontend = build_frontend(args.frontend, **_frontend_options(args)).to(device).eval()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(args.seed)
+    sample_rate = frontend.sample_rate
+
+    sources = _read_sources(wav_scp, args.segments)
+    log.info("computing %s features of %d utterances of %s on %s", args.frontend, len(sources), wav_scp, device)
+    start = time.time()
+    counts = {}  # utt -> frames, in input order
+    skipped, total_samples, total_frames = [], 0, 0
+    window_size = args.batch_size * 8  # utterances read ahead and sorted by length into batches
+    with open_writer(args.wspecifier) as writer:
+        for window in _windows(_iter_audio(sources, sample_rate, args.resample), window_size):
+            feats_of = {}
+            order = sorted(range(len(window)), key=lambda i: len(window[i][1]))
+            for b in range(0, len(order), args.batch_size):
+                batch = [window[i] for i in order[b:b + args.batch_size]]
+                lengths = torch.tensor([len(w) for _, w in batch], dtype=torch.long)
+                padded = np.zeros((len(batch), int(lengths.max())), np.float32)
+                for i, (_, w) in enumerate(batch):
+                    padded[i, :len(w)] = w
+                with torch.inference_mode():
+                    feats, frames = frontend(torch.from_numpy(padded).to(device), lengths.to(device),
+                                             generator=generator)
+                feats, frames = feats.cpu().numpy(), frames.cpu().tolist()
+                for i, (utt, _) in enumerate(batch):
+                    feats_of[utt] = feats[i, :frames[i]]
+            for utt, wave in window:
+                total_samples += len(wave)
+                mat = feats_of[utt]
+                if mat.shape[0] == 0:
+                    log.warning("utterance %s: %d samples (%.3f s) is too short for one frame; skipped",
+                                utt, len(wave), len(wave) / sample_rate)
+                    skipped.append(utt)
+                    continue
+                writer[utt] = np.ascontiguousarray(mat, dtype=np.float32)
+                counts[utt] = mat.shape[0]
+                total_frames += mat.shape[0]
+    if num_frames_file is not None:
+        with atomic_open(num_frames_file, "w", encoding="utf-8") as f:
+            for utt, n in counts.items():
+                f.write(f"{utt} {n}\n")
+    elapsed = time.time() - start
+    if skipped:
+        log.warning("skipped %d of %d utterances too short for one frame (e.g. %s)", len(skipped), len(sources),
+                    skipped[0])
+    if not counts:
+        log.warning("wrote no features: %s has no usable utterances", wav_scp)
+    audio_s = total_samples / sample_rate
+    log.info("wrote %d utterances (%d frames of %d dims) to %s in %.2f s (%.4f s per second of audio)",
+             len(counts), total_frames, frontend.out_dim, args.wspecifier, elapsed,
+             elapsed / audio_s if audio_s else 0.0)
+    return 0

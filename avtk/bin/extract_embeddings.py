@@ -1,0 +1,83 @@
+"""Extract one embedding per utterance (full length, batched by length) into an ark/scp table."""
+import logging
+
+from avtk.command import make_parser
+
+
+def get_parser():
+    p = make_parser(
+        "Embed every utterance of a table with a model written by `avtk train` (avg_model.pt or a checkpoint). "
+        "The input is features (`scp:data/x/feats.scp`) or audio (`scp:data/x/wav.scp`, the model's own front "
+        "end computes the features). Each embedding covers the whole utterance; batches group utterances of "
+        "similar length and the networks mask the padding, so the result equals one-at-a-time extraction. "
+        "Utterances that give no frames are skipped with a warning and counted. Finally the number of "
+        "embeddings is checked against the input."
+    )
+    p.add_argument("--model", required=True, help="avtk model file (EXP/avg_model.pt)")
+    p.add_argument("--input-type", choices=["auto", "feats", "wav"], default="auto",
+                   help="what the rspecifier holds; auto: wav if its file is named wav.scp, else feats")
+    p.add_argument("--segments", help="segments file for a wav.scp input")
+    p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--max-frames", type=int, default=60000, help="padded frames per batch")
+    p.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("rspecifier", help="scp:feats.scp or scp:wav.scp (a Kaldi rspecifier)")
+    p.add_argument("wspecifier", help="output table, e.g. ark,scp:exp/x/emb.1.ark,exp/x/emb.1.scp")
+    return p
+
+
+def _audio_reader(scp_path, segments, resample):
+    """An AudioReader over a wav.scp (and segments); it parses both when built, so the copies can go."""
+    import os
+    import shutil
+    import tempfile
+
+    from avtk.io.audio import AudioReader
+
+    with tempfile.TemporaryDirectory() as tmp:  # AudioReader reads a data dir
+        shutil.copy(scp_path, os.path.join(tmp, "wav.scp"))
+        if segments:
+            shutil.copy(segments, os.path.join(tmp, "segments"))
+        return AudioReader(tmp, resample=resample)
+
+
+def main(args):
+    import torch
+
+    from avtk.embed import check_feature_dim, embed, load_model
+    from avtk.errors import AvtkError
+    from avtk.io.ark import open_reader, open_writer
+
+    log = logging.getLogger(__name__)
+    torch.set_num_threads(args.num_threads)
+    net, cfg = load_model(args.model, args.device)
+    kind, _, path = args.rspecifier.partition(":")
+    input_type = args.input_type
+    if input_type == "auto":
+        input_type = "wav" if path.endswith("wav.scp") else "feats"
+    skipped, order = [], []
+
+    def counted(items):  # remember the input order; check the feature dimension of non-empty inputs
+        for key, x in items:
+            if input_type == "feats" and len(x):
+                check_feature_dim(net, x.shape[1], args.rspecifier)
+            order.append(key)
+            yield key, x
+
+    if input_type == "wav":
+        if kind != "scp":
+            raise AvtkError(f"{args.rspecifier}: audio input must be an scp (wav.scp)")
+        items = _audio_reader(path, args.segments, args.resample)
+    else:
+        items = open_reader(args.rspecifier)
+    out = dict(embed(net, counted(items), input_type, args.device, args.max_frames, skipped))
+    with open_writer(args.wspecifier) as writer:
+        for key in order:
+            if key in out:
+                writer[key] = out[key]
+    total = len(order)
+    if skipped:
+        log.warning("skipped %d of %d utterances that give no frames, e.g. %s", len(skipped), total, skipped[0])
+    if len(out) + len(skipped) != total:
+        raise AvtkError(f"wrote {len(out)} embeddings and skipped {len(skipped)} for {total} inputs")
+    log.info("wrote %d embeddings (%s) to %s", len(out), input_type, args.wspecifier)

@@ -1,0 +1,30 @@
+"""Train a speaker (or face) network from a YAML config, on one CPU/GPU or under torchrun."""
+from avtk.command import make_parser
+
+
+def get_parser():
+    p = make_parser(
+        "Train a network with AAM-softmax on random crops of a Kaldi data dir. The YAML given by --config "
+        "holds the sections model, loss, optim, scheduler, data, augment and runtime (see avtk/train/config.py "
+        "for every key and its default); unknown keys are errors. Trailing `section.key=value` arguments "
+        "override it, e.g. `runtime.epochs=3 optim.lr=0.002`. The resolved config is written to EXP/config.yaml, "
+        "a checkpoint per epoch to EXP/checkpoints/, and EXP/avg_model.pt averages the last epochs. "
+        "Multi-GPU / multi-node: `torchrun --nproc_per_node N [--nnodes ...] -m avtk.cli train ...`.",
+        config_file=False,
+    )
+    p.add_argument("--config", required=True, help="training YAML (nested sections, see avtk/train/config.py)")
+    p.add_argument("--train-data", required=True, help="data dir with utt2spk and feats.scp (data.input: feats) or wav.scp")
+    p.add_argument("--exp", required=True, help="experiment directory")
+    p.add_argument("--val-trials", help="trials file scored for a validation EER after every epoch")
+    p.add_argument("--val-data", help="data dir of the validation utterances (default: the trials file's directory)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in EXP/checkpoints")
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    return p
+
+
+def main(args):
+    from avtk.train.config import load_config
+    from avtk.train.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    Trainer(cfg, args.train_data, args.exp, args.val_trials, args.val_data, args.resume).run()

@@ -1,0 +1,150 @@
+"""Embedding extraction: whole utterances, batched by length, equal to one-at-a-time extraction.
+
+Utterances are read in windows, sorted by length inside a window and batched up to `max_frames` padded
+frames; the networks mask the padding, so an utterance's embedding does not depend on its batch.
+"""
+import logging
+import os
+
+import numpy as np
+import torch
+
+from avtk.errors import AvtkError
+from avtk.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+WINDOW = 512  # utterances sorted together
+
+
+def save_model(path, weights, cfg, speakers, epochs=None):
+    """A model file for extraction: a SpeakerNet state_dict, the resolved config and the training speakers."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": weights, "config": cfg, "speakers": list(speakers), "epochs": epochs}, tmp)
+
+
+def load_model(path, device="cpu"):
+    """(SpeakerNet in eval mode, config) from a model or checkpoint file written by avtk train."""
+    from avtk.models.speaker_net import SpeakerNet
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as err:
+        raise AvtkError(f"cannot load model {path}: {err}") from None
+    if not isinstance(blob, dict) or "model" not in blob or "config" not in blob:
+        raise AvtkError(f"{path}: not an avtk model (expected keys 'model' and 'config'; "
+                        "import foreign checkpoints with avtk import-model)")
+    net = SpeakerNet.from_config(blob["config"]["model"])
+    net.load_state_dict(blob["model"])
+    return net.to(device).eval(), blob["config"]
+
+
+def _batches(items, max_frames):
+    """Group (key, array) items, sorted by length within windows, into batches of <= max_frames padded frames."""
+    window = []
+    for item in items:
+        window.append(item)
+        if len(window) == WINDOW:
+            yield from _group(window, max_frames)
+            window = []
+    yield from _group(window, max_frames)
+
+
+def _group(window, max_frames):
+    window = sorted(window, key=lambda kv: len(kv[1]))
+    batch = []
+    for key, x in window:
+        if batch and len(x) * (len(batch) + 1) > max_frames:
+            yield batch
+            batch = []
+        batch.append((key, x))
+    if batch:
+        yield batch
+
+
+def _pad(arrays):
+    lengths = torch.tensor([len(a) for a in arrays])
+    out = np.zeros((len(arrays), int(lengths.max())) + arrays[0].shape[1:], np.float32)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = a
+    return torch.from_numpy(out), lengths
+
+
+@torch.inference_mode()
+def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, frame_samples=160):
+    """Yield (key, embedding np.float32) for (key, array) items; arrays are features (frames, dim) or audio.
+
+    Items that give no frames are not embedded; their keys are appended to `skipped`.
+    """
+    skipped = [] if skipped is None else skipped
+    for batch in _batches(items, max_frames * (frame_samples if input_type == "wav" else 1)):
+        keys = [k for k, _ in batch]
+        x, lengths = _pad([a for _, a in batch])
+        x, lengths = x.to(device), lengths.to(device)
+        if input_type == "wav":
+            feats, frames = net.features(x, lengths)
+        else:
+            feats, frames = x, lengths
+        ok = (frames > 0).cpu()
+        if not ok.all():
+            skipped.extend(k for k, good in zip(keys, ok.tolist()) if not good)
+            keys = [k for k, good in zip(keys, ok.tolist()) if good]
+            if not keys:
+                continue
+            feats, frames = feats[ok.to(feats.device)], frames[ok.to(frames.device)]
+            feats = feats[:, :int(frames.max())]
+        emb = net.embed_features(feats, frames).float().cpu().numpy()
+        yield from zip(keys, emb)
+
+
+def check_feature_dim(net, dim, where):
+    want = net.feature_dim
+    if want is not None and dim != want:
+        raise AvtkError(f"{where}: features have {dim} dimensions but the model expects {want}")
+
+
+def read_items(data_or_scp, input_type, keys=None):
+    """(key, array) items of a data dir's feats.scp or wav.scp (only `keys` if given), in sorted key order.
+
+    Returns (items generator, skipped list): empty utterances are left out and listed there.
+    """
+    import kaldiio
+
+    from avtk.data.table import read_dict
+    from avtk.io.audio import load_audio, read_wav_scp
+
+    if input_type == "feats":
+        table = read_dict(os.path.join(data_or_scp, "feats.scp"))
+    else:
+        table = read_wav_scp(data_or_scp)
+    wanted = sorted(table) if keys is None else sorted(keys)
+    missing = [k for k in wanted if k not in table]
+    if missing:
+        raise AvtkError(f"{data_or_scp}: no {input_type} for {len(missing)} utterances, e.g. {missing[0]}")
+    skipped = []
+
+    def gen():
+        for k in wanted:
+            x = np.asarray(kaldiio.load_mat(table[k]), np.float32) if input_type == "feats" else load_audio(k, table[k])
+            if len(x) == 0:
+                skipped.append(k)
+                continue
+            yield k, x
+
+    return gen(), skipped
+
+
+def validation_eer(net, data_dir, trials_path, input_type, device, max_frames):
+    """EER (%) of cosine scoring on a trials file, embedding its utterances from data_dir."""
+    from avtk.data.trials import read_trials
+    from avtk.metrics import eer
+    from avtk.scoring import cosine_scores
+
+    trials = read_trials(trials_path)
+    if trials.labels is None:
+        raise AvtkError(f"{trials_path}: validation trials need target/nontarget labels")
+    items, skipped = read_items(data_dir, input_type, set(trials.enroll) | set(trials.test))
+    was_training = net.training
+    net.eval()
+    table = dict(embed(net, items, input_type, device, max_frames, skipped))
+    net.train(was_training)
+    return 100.0 * eer(cosine_scores(table, trials, where=trials_path), trials.labels)[0]

@@ -1,0 +1,252 @@
+"""The training loop: AAM-softmax classification of speakers (or faces) on random crops.
+
+One process trains on its own; under torchrun every rank trains on its shard and DDP averages gradients.
+Each epoch ends with a checkpoint of everything that changes (model, loss, optimiser, scheduler, AMP scaler,
+sampler position, RNG states), a validation EER, and an updated avg_model.pt.
+"""
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from avtk.errors import AvtkError
+from avtk.train import checkpoint as ckpt
+from avtk.train.config import save_config
+from avtk.train.data import CropDataset, ShardedBatches, collate
+from avtk.train.distributed import setup, teardown
+from avtk.train.schedule import learning_rate
+
+log = logging.getLogger(__name__)
+
+
+def _checksum(module):
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, tensor in sorted(module.named_parameters()):  # BN statistics stay per rank until saved
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _seed_everything(seed):
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(cfg, params):
+    o = cfg["optim"]
+    if o["name"] == "adam":
+        return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"], weight_decay=o["weight_decay"])
+
+
+def _augmenter(cfg):
+    a = cfg["augment"]
+    if cfg["data"]["input"] != "wav" or not a["wave"]:
+        return None
+    from avtk.augment import WaveAugment
+
+    return WaveAugment(noise_dir=a["noise_dir"], music_dir=a["music_dir"], speech_dir=a["speech_dir"], rir_dir=a["rir_dir"])
+
+
+class Trainer:
+    def __init__(self, cfg, train_data, exp, val_trials=None, val_data=None, resume=False):
+        self.cfg, self.exp, self.resume = cfg, exp, resume
+        rt = cfg["runtime"]
+        self.dist = setup(rt["device"])
+        self.device = self.dist.device
+        if rt["threads"]:
+            torch.set_num_threads(rt["threads"])
+        self.amp = rt["amp"] if self.device.type == "cuda" else "none"
+        if rt["amp"] != "none" and self.amp == "none":
+            log.info("runtime.amp=%s needs a GPU; training in fp32 on %s", rt["amp"], self.device)
+        _seed_everything(rt["seed"])
+        self.val_trials = val_trials
+        self.val_data = val_data or (os.path.dirname(val_trials) if val_trials else None)
+
+        from avtk.models import build_loss
+        from avtk.models.losses import MarginScheduler
+        from avtk.models.speaker_net import SpeakerNet, TrainModule
+
+        self.dataset = CropDataset(train_data, cfg, rt["seed"], augment=_augmenter(cfg))
+        self.speakers = self.dataset.speakers
+        self.net = SpeakerNet.from_config(cfg["model"])
+        dim = self.dataset.feature_dim()
+        if dim is not None and self.net.feature_dim is not None and dim != self.net.feature_dim:
+            raise AvtkError(f"{train_data}/feats.scp has {dim}-dimensional features but the model "
+                            f"({cfg['model']['encoder']}) expects {self.net.feature_dim}")
+        l = cfg["loss"]
+        self.loss = build_loss(l["name"], embed_dim=self._embed_dim(), num_classes=len(self.speakers),
+                               margin=l["margin"], scale=l["scale"], subcenters=l["subcenters"])
+        self.margins = MarginScheduler(l["margin"], l["margin_warmup_start"], l["margin_warmup_epochs"])
+        self.module = TrainModule(self.net, self.loss).to(self.device)
+        self.optimizer = _optimizer(cfg, self.module.parameters())
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.batches = ShardedBatches(len(self.dataset), cfg["data"]["batch_size"], self.dist.rank, self.dist.world, rt["seed"])
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.batches, collate_fn=collate, num_workers=cfg["data"]["num_workers"],
+            pin_memory=self.device.type == "cuda",
+        )
+        self.ddp = self.module
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        self.start_epoch = 1
+
+    def _embed_dim(self):
+        with torch.no_grad():
+            self.net.eval()
+            dim = self.net.feature_dim or 80
+            out = self.net.encode(torch.zeros(1, 200, dim))
+            self.net.train()
+        return out.shape[-1]
+
+    # ----------------------------------------------------------------------------------- state
+
+    def _restore(self):
+        epochs = ckpt.epochs_saved(self.exp)
+        if not epochs:
+            log.info("--resume: no checkpoint in %s/checkpoints; starting from epoch 1", self.exp)
+            return
+        path = ckpt.checkpoint_path(self.exp, epochs[-1])
+        state = ckpt.load(path)
+        if state["speakers"] != self.speakers:
+            raise AvtkError(f"{path} was trained on other speakers than {self.dataset.data_dir}")
+        self.net.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.start_epoch = state["epoch"] + 1
+        log.info("resumed from %s; continuing at epoch %d", path, self.start_epoch)
+
+    def _save(self, epoch, path=None):
+        path = path or ckpt.checkpoint_path(self.exp, epoch)
+        ckpt.save(path, epoch=epoch, model=self.net.state_dict(), loss=self.loss.state_dict(),
+                  optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                  scheduler={"name": self.cfg["scheduler"]["name"], "lr": self.optimizer.param_groups[0]["lr"]},
+                  sampler=self.batches.state_dict(), rng=ckpt.rng_state(), config=self.cfg, speakers=self.speakers)
+        return path
+
+    def _write_average(self):
+        from avtk.embed import save_model
+
+        epochs = ckpt.epochs_saved(self.exp)[-self.cfg["runtime"]["average_last"]:]
+        avg = ckpt.average([ckpt.checkpoint_path(self.exp, e) for e in epochs])
+        save_model(os.path.join(self.exp, "avg_model.pt"), avg, self.cfg, self.speakers, epochs)
+        log.info("wrote %s/avg_model.pt (average of epochs %s)", self.exp, ", ".join(map(str, epochs)))
+
+    # ----------------------------------------------------------------------------------- loop
+
+    def _features(self, crops, index, epoch):
+        """Normalised (batch, frames, dim) features of a batch of crops, SpecAugment applied per crop."""
+        crops = crops.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            if self.cfg["data"]["input"] == "wav":
+                feats, _ = self.net.features(crops)
+            else:
+                feats = crops
+            feats = self.net.normalize(feats)
+            if self.cfg["augment"]["spec_augment"]:
+                from avtk.augment import spec_augment
+
+                seed = self.cfg["runtime"]["seed"]
+                feats = torch.stack([spec_augment(f, np.random.default_rng([seed, epoch, int(i), 1]))
+                                     for f, i in zip(feats, index)])
+        return feats
+
+    def _epoch(self, epoch):
+        cfg, rt = self.cfg, self.cfg["runtime"]
+        self.batches.set_epoch(epoch)
+        self.module.train()
+        steps = len(self.batches)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        bar = None
+        if self.dist.main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False)
+        t0, seen, tot_loss, tot_acc = time.time(), 0, 0.0, 0.0
+        prefix = f"[rank {self.dist.rank}] " if self.dist.world > 1 else ""
+        for step, (crops, labels, index) in enumerate(self.loader, 1):
+            progress = epoch - 1 + (step - 1) / steps
+            lr = learning_rate(cfg["scheduler"], cfg["optim"]["lr"], progress, rt["epochs"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.margins.step(self.loss, progress)
+            feats = self._features(crops, index, epoch)
+            labels = labels.to(self.device)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, acc = self.ddp(feats, labels)
+            if self.dist.any(not math.isfinite(loss.item())):
+                path = self._save(epoch - 1, os.path.join(self.exp, "checkpoints", "last_good.pt")) if self.dist.main else None
+                raise AvtkError(f"loss is not finite at epoch {epoch} step {step} (lr {lr:.3g}); training stopped. "
+                                f"The last good state (before this step) is saved in "
+                                f"{path or os.path.join(self.exp, 'checkpoints', 'last_good.pt')}; "
+                                "lower optim.lr, or check the features")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            seen += len(labels)
+            tot_loss += loss.item()
+            tot_acc += float(acc)
+            if bar is not None:
+                bar.update(1)
+            if step % rt["log_interval"] == 0 or step == steps:
+                n = rt["log_interval"] if step % rt["log_interval"] == 0 else step % rt["log_interval"]
+                log.info("%sepoch %d step %d/%d lr %.3g loss %.4f acc %.2f%% margin %.3f samples/s %.1f",
+                         prefix, epoch, step, steps, lr, tot_loss / n, tot_acc / n, self.loss.margin,
+                         seen * self.dist.world / (time.time() - t0))
+                tot_loss, tot_acc = 0.0, 0.0
+        if bar is not None:
+            bar.close()
+        return seen * self.dist.world / max(time.time() - t0, 1e-9)
+
+    def _validate(self, epoch):
+        from avtk.embed import validation_eer
+
+        eer = validation_eer(self.net, self.val_data, self.val_trials, self.cfg["data"]["input"], self.device,
+                             self.cfg["runtime"]["val_max_frames"])
+        log.info("epoch %d validation EER %.3f%% (%s)", epoch, eer, self.val_trials)
+        with open(os.path.join(self.exp, "validation.txt"), "a") as f:
+            f.write(f"{epoch} {eer:.4f}\n")
+        return eer
+
+    def run(self):
+        rt = self.cfg["runtime"]
+        if self.dist.main:
+            os.makedirs(self.exp, exist_ok=True)
+            save_config(self.cfg, os.path.join(self.exp, "config.yaml"))
+        if self.resume:
+            self._restore()
+        log.info("training %s on %d utterances of %d speakers, epochs %d-%d, %d steps/epoch, %s, amp %s",
+                 self.cfg["model"]["encoder"], len(self.dataset), len(self.speakers), self.start_epoch,
+                 rt["epochs"], len(self.batches), self.device, self.amp)
+        try:
+            for epoch in range(self.start_epoch, rt["epochs"] + 1):
+                rate = self._epoch(epoch)
+                if self.dist.main:
+                    self._save(epoch)
+                    ckpt.prune(self.exp, rt["keep_last"])
+                    log.info("epoch %d done, %.1f samples/s; saved %s", epoch, rate, ckpt.checkpoint_path(self.exp, epoch))
+                    if self.val_trials:
+                        self._validate(epoch)
+                self.dist.barrier()
+            if self.dist.main:
+                self._write_average()
+            # One line per rank: equal checksums show that DDP kept the replicas' weights identical.
+            prefix = f"[rank {self.dist.rank}] " if self.dist.world > 1 else ""
+            log.info("%sfinal weights checksum %s", prefix, _checksum(self.module))
+        finally:
+            teardown()
+

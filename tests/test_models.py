@@ -1,0 +1,245 @@
+"""Speaker networks and losses: sizes and checkpoint names of the seed, exact variable-length batching, AAM."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avtk.errors import AvtkError
+from avtk.models import ENCODERS, LOSSES, AamSoftmax, EcapaTdnn, MarginScheduler, ResNet34, build_encoder, build_loss
+from avtk.models.ecapa import split_seed_state_dict
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: one thread avoids OpenMP sync costs (large on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def randomize_bn(model, seed=0):
+    """Give every BatchNorm non-trivial running statistics and affine terms, so padding leaks would show."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+    return model.eval()
+
+
+def padded_vs_single(model, lengths, dim, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    items = [torch.randn(dim, n, generator=g) for n in lengths]
+    batch = torch.zeros(len(items), dim, max(lengths))
+    for i, x in enumerate(items):
+        batch[i, :, : x.shape[1]] = x
+        batch[i, :, x.shape[1]:] = 7.0  # garbage in the padding must not matter
+    with torch.no_grad():
+        together = model(batch, torch.tensor(lengths))
+        alone = torch.cat([model(x[None]) for x in items])
+        unmasked = model(batch)
+    return together, alone, unmasked
+
+
+# ---------------------------------------------------------------- ECAPA-TDNN
+
+
+@pytest.mark.parametrize("channels, expected", [(1024, 15_444_544), (512, 6_978_176)])
+def test_ecapa_parameter_count_matches_seed(channels, expected):
+    assert n_params(EcapaTdnn(in_dim=80, channels=channels, embed_dim=192)) == expected
+
+
+def test_ecapa_state_dict_has_seed_key_names():
+    keys = list(EcapaTdnn(channels=256).state_dict())
+    for k in ["conv1.weight", "bn1.running_var", "layer1.conv1.bias", "layer1.convs.6.weight",
+              "layer3.bns.6.num_batches_tracked", "layer1.conv3.weight", "layer2.bn3.running_mean",
+              "layer2.se.se.1.weight", "layer3.se.se.3.bias", "layer4.weight", "attention.0.weight",
+              "attention.2.running_mean", "attention.4.bias", "bn5.running_mean", "fc6.weight",
+              "bn6.num_batches_tracked"]:
+        assert k in keys, k
+    assert not any(k.startswith("torchfbank.") for k in keys)
+    # The seed's 234 keys = these 231 + 3 torchfbank front-end buffers.
+    assert len(keys) == 231
+
+
+def test_seed_checkpoint_loads_with_identity_mapping():
+    src = EcapaTdnn(channels=256)
+    seed = dict(src.state_dict())
+    seed["torchfbank.0.flipped_filter"] = torch.tensor([[[-0.97, 1.0]]])
+    seed["torchfbank.1.spectrogram.window"] = torch.hamming_window(400)
+    seed["torchfbank.1.mel_scale.fb"] = torch.zeros(257, 80)
+    seed["weight"] = torch.randn(7, 192)
+    for prefixed in (False, True):
+        state = seed
+        if prefixed:  # ECAPA-TDNN pretrain.model style
+            state = {("speaker_loss.weight" if k == "weight" else f"speaker_encoder.{k}"): v for k, v in seed.items()}
+        enc, loss, front = split_seed_state_dict(state)
+        dst, aam = EcapaTdnn(channels=256), AamSoftmax(192, 7)
+        dst.load_state_dict(enc, strict=True)
+        aam.load_state_dict(loss, strict=True)
+        assert sorted(front) == ["torchfbank.0.flipped_filter", "torchfbank.1.mel_scale.fb",
+                                 "torchfbank.1.spectrogram.window"]
+        assert torch.equal(dst.layer2.convs[3].weight, src.layer2.convs[3].weight)
+        assert torch.equal(aam.weight, seed["weight"])
+
+
+def test_ecapa_padded_batch_equals_items_alone():
+    model = randomize_bn(EcapaTdnn(in_dim=80, channels=256, embed_dim=192))
+    lengths = [300, 50, 173, 299, 88]
+    together, alone, unmasked = padded_vs_single(model, lengths, 80)
+    assert together.shape == (5, 192)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    # The full-length item needs no mask; the padded ones would differ without lengths.
+    assert (unmasked[1] - alone[1]).abs().max() > 1e-2
+
+
+def test_ecapa_full_lengths_equal_fast_path_and_short_input_is_finite():
+    model = randomize_bn(EcapaTdnn(in_dim=40, channels=64, embed_dim=32))
+    x = torch.randn(3, 40, 60)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, torch.tensor([60, 60, 60])), model(x), atol=1e-6, rtol=0)
+        x = torch.randn(2, 40, 5)
+        out = model(x, torch.tensor([1, 5]))  # a 1-frame item: variance clamped, not NaN
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out[0], model(x[:1, :, :1])[0], atol=1e-5, rtol=0)
+
+
+def test_ecapa_rejects_bad_input():
+    model = EcapaTdnn(in_dim=40, channels=64, embed_dim=32).eval()
+    with pytest.raises(AvtkError, match=r"expects features \(batch, 40, frames\)"):
+        model(torch.randn(2, 80, 10))
+    with pytest.raises(AvtkError, match=r"lengths must lie in \[1, 10\]"):
+        model(torch.randn(2, 40, 10), torch.tensor([10, 11]))
+    with pytest.raises(AvtkError, match=r"lengths must have shape \(2,\)"):
+        model(torch.randn(2, 40, 10), torch.tensor([10]))
+    with pytest.raises(AvtkError, match="multiple of the Res2Net scale"):
+        EcapaTdnn(channels=100)
+
+
+# ---------------------------------------------------------------- ResNet34
+
+
+def test_resnet34_size_and_names():
+    model = ResNet34(in_dim=80, embed_dim=256, base_width=32)
+    assert n_params(model) == 6_634_336  # WeSpeaker's ResNet34: ~6.6M
+    keys = model.state_dict()
+    assert "layer4.2.conv2.weight" in keys and "layer2.0.shortcut.0.weight" in keys and "seg_1.weight" in keys
+    assert keys["seg_1.weight"].shape == (256, 2 * 256 * 10)
+    assert ResNet34(in_dim=81, base_width=8).seg_1.in_features == 2 * 64 * 11  # ceil at each halving
+
+
+def test_resnet34_padded_batch_equals_items_alone():
+    model = randomize_bn(ResNet34(in_dim=40, embed_dim=64, base_width=8))
+    lengths = [97, 50, 33, 64, 81]  # odd and even lengths exercise ceil(L / 2) at each stride
+    together, alone, unmasked = padded_vs_single(model, lengths, 40)
+    assert together.shape == (5, 64)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    assert (unmasked[2] - alone[2]).abs().max() > 1e-2
+
+
+# ---------------------------------------------------------------- AAM softmax
+
+
+def test_aam_margin_zero_is_scaled_cosine_softmax():
+    torch.manual_seed(0)
+    aam = AamSoftmax(16, 10, margin=0.0, scale=30.0)
+    x, y = torch.randn(8, 16), torch.randint(0, 10, (8,))
+    loss, acc = aam(x, y)
+    cos = F.normalize(x) @ F.normalize(aam.weight).t()
+    torch.testing.assert_close(loss, F.cross_entropy(30.0 * cos, y))
+    assert acc.item() == pytest.approx(100.0 * (cos.argmax(1) == y).float().mean().item())
+
+
+def test_aam_margin_on_target_and_non_easy_branch():
+    m, s = 0.2, 30.0
+    aam = AamSoftmax(4, 3, margin=m, scale=s)
+    cos = torch.tensor([[0.5, 0.1, -0.3], [-0.99, 0.2, 0.0], [0.3, -0.995, 0.1]])
+    labels = torch.tensor([0, 0, 1])
+    got = aam.logits(cos, labels)
+    # ordinary region: s * cos(theta + m) on the target, s * cos elsewhere
+    assert got[0, 0].item() == pytest.approx(s * math.cos(math.acos(0.5) + m), rel=1e-5)
+    assert got[0, 1].item() == pytest.approx(s * 0.1, rel=1e-6)
+    # cos(theta) <= cos(pi - m): the target logit is cos - sin(pi - m) * m
+    assert -0.99 <= math.cos(math.pi - m) and -0.995 <= math.cos(math.pi - m)
+    assert got[1, 0].item() == pytest.approx(s * (-0.99 - math.sin(math.pi - m) * m), rel=1e-5)
+    assert got[2, 1].item() == pytest.approx(s * (-0.995 - math.sin(math.pi - m) * m), rel=1e-5)
+    # easy margin: no margin where cos <= 0
+    easy = AamSoftmax(4, 3, margin=m, scale=s, easy_margin=True).logits(cos, labels)
+    assert easy[1, 0].item() == pytest.approx(s * -0.99, rel=1e-6)
+    assert easy[0, 0].item() == pytest.approx(got[0, 0].item(), rel=1e-6)
+
+
+def test_aam_margin_is_mutable_and_raises_the_loss():
+    torch.manual_seed(1)
+    aam = AamSoftmax(8, 5, margin=0.0)
+    x, y = torch.randn(6, 8), torch.randint(0, 5, (6,))
+    base, _ = aam(x, y)
+    aam.margin = 0.3
+    harder, _ = aam(x, y)
+    assert harder.item() > base.item()
+    harder.backward()
+    assert aam.weight.grad is not None and torch.isfinite(aam.weight.grad).all()
+
+
+def test_aam_subcenters():
+    aam = AamSoftmax(6, 4, subcenters=3)
+    assert aam.weight.shape == (12, 6)
+    x = torch.randn(5, 6)
+    full = F.normalize(x) @ F.normalize(aam.weight).t()
+    torch.testing.assert_close(aam.cosine(x), full.view(5, 4, 3).amax(2))
+    # an embedding equal to sub-centre 2 of class 1 is classified as class 1
+    loss, acc = aam(aam.weight.detach()[[1 * 3 + 2]], torch.tensor([1]))
+    assert acc.item() == 100.0 and torch.isfinite(loss)
+
+
+def test_aam_weight_init_and_validation():
+    aam = AamSoftmax(192, 500)
+    std = math.sqrt(2.0 / (192 + 500))  # Xavier normal
+    assert aam.weight.std().item() == pytest.approx(std, rel=0.05)
+    with pytest.raises(AvtkError, match="subcenters must be >= 1"):
+        AamSoftmax(4, 3, subcenters=0)
+
+
+# ---------------------------------------------------------------- margin schedule
+
+
+def test_margin_scheduler():
+    sched = MarginScheduler(0.2, warmup_start_epoch=2, warmup_epochs=4)
+    assert [sched.value(e) for e in (0, 1.9, 2)] == [0.0, 0.0, 0.0]
+    assert sched.value(3) == pytest.approx(0.05)
+    assert sched.value(5) == pytest.approx(0.15)
+    assert sched.value(6) == pytest.approx(0.2) and sched.value(40) == pytest.approx(0.2)
+    assert MarginScheduler(0.3).value(0.0) == pytest.approx(0.3)
+    assert MarginScheduler(0.3, warmup_start_epoch=1).value(0.5) == 0.0
+    aam = AamSoftmax(4, 3, margin=0.2)
+    assert sched.step(aam, 4.0) == pytest.approx(0.1) and aam.margin == pytest.approx(0.1)
+    with pytest.raises(AvtkError, match="must be >= 0"):
+        MarginScheduler(0.2, warmup_epochs=-1)
+
+
+# ---------------------------------------------------------------- registries
+
+
+def test_registries():
+    assert set(ENCODERS) == {"ecapa_tdnn", "resnet34"} and set(LOSSES) == {"aam_softmax"}
+    enc = build_encoder("ecapa_tdnn", in_dim=40, channels=64, embed_dim=32)
+    assert isinstance(enc, EcapaTdnn) and enc.embed_dim == 32
+    assert isinstance(build_encoder("resnet34", base_width=8), ResNet34)
+    assert build_loss("aam_softmax", embed_dim=32, num_classes=4, margin=0.1).margin == 0.1
+    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: ecapa_tdnn, resnet34"):
+        build_encoder("tdnn")
+    with pytest.raises(AvtkError, match="unknown argument chanels for encoder 'ecapa_tdnn'; accepted: in_dim, channels"):
+        build_encoder("ecapa_tdnn", chanels=512)
+    with pytest.raises(AvtkError, match="unknown loss 'softmax'; known: aam_softmax"):
+        build_loss("softmax", embed_dim=4, num_classes=2)
+    with pytest.raises(AvtkError, match="unknown arguments foo, margn for loss 'aam_softmax'"):
+        build_loss("aam_softmax", embed_dim=4, num_classes=2, margn=0.1, foo=1)
