@@ -96,6 +96,32 @@ def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, 
         yield from zip(keys, emb)
 
 
+def crops(x, n, length):
+    """`n` evenly spaced `length`-long crops of x along axis 0 (wrap-padded first if x is shorter), the
+    seed's test-time crops: starts at linspace(0, len - length, n)."""
+    if len(x) < length:
+        x = np.pad(x, [(0, length - len(x))] + [(0, 0)] * (x.ndim - 1), mode="wrap")
+    starts = np.linspace(0, len(x) - length, n).astype(np.int64)
+    return [x[s:s + length] for s in starts]
+
+
+def embed_with_crops(net, items, input_type, device, max_frames, skipped, n_crops, crop_len):
+    """Yield (key, (1 + n_crops, dim) matrix): the whole-utterance embedding, then one per crop."""
+    parts = {}
+
+    def expanded():
+        for key, x in items:
+            parts[key] = []
+            yield (key, 0), x
+            for i, c in enumerate(crops(x, n_crops, crop_len), 1):
+                yield (key, i), c
+
+    for (key, i), e in embed(net, expanded(), input_type, device, max_frames, skipped):
+        parts[key].append((i, e))
+        if len(parts[key]) == 1 + n_crops:
+            yield key, np.stack([e for _, e in sorted(parts.pop(key), key=lambda p: p[0])])
+
+
 def check_feature_dim(net, dim, where):
     want = net.feature_dim
     if want is not None and dim != want:

@@ -168,3 +168,37 @@ def test_short_utterances_are_wrap_padded():
     x = np.arange(5, dtype=np.float32)[:, None]
     out = wrap_crop(x, 12, np.random.default_rng(0))
     assert out[:, 0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+
+
+def test_seed_crop_mode_and_its_score(corpus, tmp_path):
+    exp = tmp_path / "exp"
+    train(corpus, exp, write_conf(tmp_path / "c.yaml", runtime__epochs=1))
+    feats = f"scp:{corpus}/data/test/feats.scp"
+    avtk("extract-embeddings", "--model", exp / "avg_model.pt", feats, f"ark,scp:{tmp_path}/w.ark,{tmp_path}/w.scp")
+    avtk("extract-embeddings", "--model", exp / "avg_model.pt", "--seed-crops", 5, feats,
+         f"ark,scp:{tmp_path}/c.ark,{tmp_path}/c.scp")
+    whole, sets = kaldiio.load_scp(str(tmp_path / "w.scp")), kaldiio.load_scp(str(tmp_path / "c.scp"))
+    for k in whole:
+        assert sets[k].shape == (6, 16) and np.abs(sets[k][0] - whole[k]).max() < 1e-5
+    avtk("score", "--trials", corpus / "data/test/trials", f"scp:{tmp_path}/c.scp", tmp_path / "s.txt")
+    enroll, test, score, _ = (tmp_path / "s.txt").read_text().splitlines()[0].split()
+    unit = lambda m: m / np.linalg.norm(m, axis=-1, keepdims=True)
+    a, b = unit(sets[enroll]), unit(sets[test])
+    expected = (a[0] @ b[0] + (a[1:] @ b[1:].T).mean()) / 2
+    assert abs(float(score) - expected) < 1e-5
+
+
+def test_train_from_wav_with_augmentation_and_sgd(corpus, tmp_path):
+    avtk("make-augment-sources", "--num-noise", 3, "--num-music", 2, "--num-speech", 4, "--num-rirs", 3,
+         tmp_path / "aug", tmp_path / "data")
+    d = tmp_path / "data"
+    conf = write_conf(tmp_path / "c.yaml", runtime__epochs=1, data__input="wav",
+                      augment__wave=True, augment__spec_augment=False, augment__noise_dir=str(d / "musan_noise"),
+                      augment__music_dir=str(d / "musan_music"), augment__speech_dir=str(d / "musan_speech"),
+                      augment__rir_dir=str(d / "rirs"), optim__name="sgd", optim__lr=0.05)
+    exp = tmp_path / "exp"
+    train(corpus, exp, conf, "--val-trials", corpus / "data/test/trials")
+    assert (exp / "avg_model.pt").exists() and yaml.safe_load((exp / "config.yaml").read_text())["optim"]["name"] == "sgd"
+    # An avg_model trained on audio embeds features from compute-fbank too: one front end.
+    avtk("extract-embeddings", "--model", exp / "avg_model.pt", f"scp:{corpus}/data/test/wav.scp",
+         f"ark:{tmp_path}/e.ark")

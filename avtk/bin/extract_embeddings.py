@@ -19,8 +19,14 @@ def get_parser():
     p.add_argument("--segments", help="segments file for a wav.scp input")
     p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--max-frames", type=int, default=60000, help="padded frames per batch")
+    p.add_argument("--max-frames", type=int, default=20000,
+                   help="padded frames per batch (on a GPU, larger batches are faster)")
     p.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed-crops", type=int, default=0, metavar="N",
+                   help="the seed's test-time mode: also embed N evenly spaced crops (wrap-padded if short) and "
+                        "write a (1+N, dim) matrix per utterance, whole utterance first; avtk score then gives "
+                        "(cos(whole) + mean NxN crop cosine) / 2. The seed used 5")
+    p.add_argument("--crop-seconds", type=float, default=3.0, help="length of the --seed-crops crops")
     p.add_argument("rspecifier", help="scp:feats.scp or scp:wav.scp (a Kaldi rspecifier)")
     p.add_argument("wspecifier", help="output table, e.g. ark,scp:exp/x/emb.1.ark,exp/x/emb.1.scp")
     return p
@@ -44,7 +50,7 @@ def _audio_reader(scp_path, segments, resample):
 def main(args):
     import torch
 
-    from avtk.embed import check_feature_dim, embed, load_model
+    from avtk.embed import check_feature_dim, embed, embed_with_crops, load_model
     from avtk.errors import AvtkError
     from avtk.io.ark import open_reader, open_writer
 
@@ -70,7 +76,13 @@ def main(args):
         items = _audio_reader(path, args.segments, args.resample)
     else:
         items = open_reader(args.rspecifier)
-    out = dict(embed(net, counted(items), input_type, args.device, args.max_frames, skipped))
+    if args.seed_crops:
+        per_second = 16000 if input_type == "wav" else 100  # features at a 10 ms shift
+        crop_len = int(round(args.crop_seconds * per_second)) + (240 if input_type == "wav" else 0)
+        out = dict(embed_with_crops(net, counted(items), input_type, args.device, args.max_frames, skipped,
+                                    args.seed_crops, crop_len))
+    else:
+        out = dict(embed(net, counted(items), input_type, args.device, args.max_frames, skipped))
     with open_writer(args.wspecifier) as writer:
         for key in order:
             if key in out:

@@ -29,7 +29,9 @@ def get_parser():
 def main(args):
     trials = read_trials(args.trials, map_paths=args.map_paths)
     table = load_table(args.rspecifier)
-    mean = np.mean([np.asarray(v, np.float32).ravel() for v in table.values()], axis=0) if args.subtract_mean else None
+    mean = None
+    if args.subtract_mean:  # over every vector of the table (each row of crop sets)
+        mean = np.concatenate([np.asarray(v, np.float32).reshape(-1, np.shape(v)[-1]) for v in table.values()]).mean(0)
     scores = cosine_scores(table, trials, mean, where=args.trials)
     names = {1: "target", 0: "nontarget"}
     with atomic_open(args.scores) as f:

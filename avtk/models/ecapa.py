@@ -158,10 +158,10 @@ class Res2Block(nn.Module):
 class EcapaTdnn(nn.Module):
     """ECAPA-TDNN; `forward(x, lengths=None)` with x (B, in_dim, T) -> (B, embed_dim)."""
 
-    def __init__(self, in_dim=80, channels=1024, embed_dim=192):
+    def __init__(self, in_dim=80, channels=1024, embed_dim=192, pooled=1536, attention=256):
         super().__init__()
+        # pooled (layer4's output) and attention are 1536 and 256 in the seed; small models may shrink them.
         self.in_dim, self.channels, self.embed_dim = in_dim, channels, embed_dim
-        pooled = 1536
         self.conv1 = nn.Conv1d(in_dim, channels, kernel_size=5, stride=1, padding=2)
         self.relu = nn.ReLU()
         self.bn1 = nn.BatchNorm1d(channels)
@@ -172,11 +172,11 @@ class EcapaTdnn(nn.Module):
         # The seed's attention Sequential ends with a Softmax (index 5, no parameters); here the softmax is
         # applied in `_pool`, masked to the valid frames.
         self.attention = nn.Sequential(
-            nn.Conv1d(pooled * 3, 256, kernel_size=1),
+            nn.Conv1d(pooled * 3, attention, kernel_size=1),
             nn.ReLU(),
-            nn.BatchNorm1d(256),
+            nn.BatchNorm1d(attention),
             nn.Tanh(),
-            nn.Conv1d(256, pooled, kernel_size=1),
+            nn.Conv1d(attention, pooled, kernel_size=1),
         )
         self.bn5 = nn.BatchNorm1d(pooled * 2)
         self.fc6 = nn.Linear(pooled * 2, embed_dim)

@@ -57,7 +57,8 @@ DEFAULTS = {
         "keep_last": 5,              # epoch checkpoints kept
         "average_last": 5,           # avg_model.pt averages this many last epochs
         "threads": 0,                # torch CPU threads per process (0: torch's default)
-        "val_max_frames": 60000,     # frames per validation/extraction batch
+        "val_interval": 1,           # validate every this many epochs (and after the last)
+        "val_max_frames": 20000,     # padded frames per validation batch
     },
 }
 

@@ -13,18 +13,19 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    initialized: bool = False  # a process group exists (torchrun), so the model is wrapped in DDP
 
     @property
     def main(self):
         return self.rank == 0
 
     def barrier(self):
-        if self.world > 1:
+        if self.initialized:
             dist.barrier()
 
     def any(self, flag):
         """True on every rank if `flag` is true on any rank."""
-        if self.world == 1:
+        if not self.initialized:
             return bool(flag)
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t)
@@ -41,10 +42,11 @@ def setup(device_choice="auto"):
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    launched = "TORCHELASTIC_RUN_ID" in os.environ  # torchrun, even with one process: use its backend
+    if (world > 1 or launched) and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
         logging.getLogger(__name__).info("rank %d/%d on %s (%s backend)", rank, world, device, dist.get_backend())
-    return Dist(rank, world, local_rank, device)
+    return Dist(rank, world, local_rank, device, dist.is_initialized())
 
 
 def teardown():

@@ -96,7 +96,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         self.ddp = self.module
-        if self.dist.world > 1:
+        if self.dist.initialized:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         self.start_epoch = 1
@@ -239,7 +239,7 @@ class Trainer:
                     self._save(epoch)
                     ckpt.prune(self.exp, rt["keep_last"])
                     log.info("epoch %d done, %.1f samples/s; saved %s", epoch, rate, ckpt.checkpoint_path(self.exp, epoch))
-                    if self.val_trials:
+                    if self.val_trials and (epoch % rt["val_interval"] == 0 or epoch == rt["epochs"]):
                         self._validate(epoch)
                 self.dist.barrier()
             if self.dist.main:
