@@ -1,6 +1,7 @@
 """Atomic outputs: write under a temporary name, rename over the target only when complete."""
 import contextlib
 import os
+import shutil
 
 
 def temp_name(path):
@@ -29,3 +30,25 @@ def atomic_open(path, mode="w", **kwargs):
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary directory to fill; it replaces directory `path` on success, is removed on failure.
+
+    One rename per directory, not per file: the way to write many small files (face frames) atomically.
+    """
+    path = os.fspath(path).rstrip("/")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = temp_name(path)
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)

@@ -3,8 +3,10 @@
 Everything is derived from one seed. Each speaker's voice and face, each video's session and each
 utterance have their own random stream, so a clean utterance is identical whatever `label_noise` or `nj` is.
 """
+import contextlib
 import logging
 import multiprocessing
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import soundfile as sf
 from PIL import Image
 
 from avtk.data.table import utt2spk_to_spk2utt, write_dict
-from avtk.io.atomic import atomic_open, atomic_path
+from avtk.io.atomic import atomic_dir, atomic_open, atomic_path
 from avtk.face.align import align_face
 from avtk.synth import face, session, voice
 
@@ -104,11 +106,6 @@ def _speaker_index(cfg, spk):
     return (TRAIN, train.index(spk)) if spk in train else (TEST, test.index(spk))
 
 
-def _save_jpg(path, array):
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="JPEG", quality=92)
-
-
 def generate_utterance(cfg, out, utt):
     """Write one utterance's wav, aligned frames and raw frames with landmarks."""
     split, s, v, u = utt.key
@@ -127,18 +124,21 @@ def generate_utterance(cfg, out, utt):
                                 smile=float(rng.uniform(-0.3, 0.5)), eye_open=float(rng.uniform(0.6, 1.0)))
     sprite, background = face.blur_layers(sprite, face.render_background(face_sess), face_sess)
     n_frames = int(np.floor(utt.duration / cfg.frame_interval + 1e-9))
-    landmarks = []
-    for k in range(1, n_frames + 1):
-        name = f"{int(round(k * cfg.frame_interval * 25)):04d}.jpg"  # 25 fps frame number, as in the seed
-        raw, points = face.raw_frame(sprite, background, face_sess, face.frame_pose(face_sess, rng), rng)
-        aligned, _ = align_face(raw, points)
-        _save_jpg(out / "frame_align" / utt.rel / name, aligned)
-        if cfg.raw_frames:
-            _save_jpg(out / "frame_raw" / utt.rel / name, raw)
-            landmarks.append(name + " " + " ".join(f"{c:.3f}" for c in points.ravel()))
-    if cfg.raw_frames:
-        with atomic_open(out / "frame_raw" / utt.rel / "landmarks.txt") as f:
-            f.write("\n".join(landmarks) + "\n")
+    with contextlib.ExitStack() as stack:  # each frame directory appears whole, with one rename
+        aligned_dir = stack.enter_context(atomic_dir(out / "frame_align" / utt.rel))
+        raw_dir = stack.enter_context(atomic_dir(out / "frame_raw" / utt.rel)) if cfg.raw_frames else None
+        landmarks = []
+        for k in range(1, n_frames + 1):
+            name = f"{int(round(k * cfg.frame_interval * 25)):04d}.jpg"  # 25 fps frame number, as in the seed
+            raw, points = face.raw_frame(sprite, background, face_sess, face.frame_pose(face_sess, rng), rng)
+            aligned, _ = align_face(raw, points)
+            Image.fromarray(aligned).save(os.path.join(aligned_dir, name), format="JPEG", quality=92)
+            if raw_dir:
+                Image.fromarray(raw).save(os.path.join(raw_dir, name), format="JPEG", quality=92)
+                landmarks.append(name + " " + " ".join(f"{c:.3f}" for c in points.ravel()))
+        if raw_dir:
+            with open(os.path.join(raw_dir, "landmarks.txt"), "w") as f:
+                f.write("\n".join(landmarks) + "\n")
 
 
 def _worker(job):
