@@ -16,12 +16,13 @@ from conftest import avtk
 knf = pytest.importorskip("kaldi_native_fbank")
 
 # Agreement with kaldi-native-fbank. Both compute in float32, so a mel bin whose energy is below float32
-# resolution relative to its frame (~1e-9 of the frame's energy after DC removal and pre-emphasis; here the
-# bands outside the synthetic channels' band limits, 0.5-2 % of values) holds rounding noise in both.
-# Every other value agrees to 1e-3 (observed: <= 3.3e-4).
+# resolution relative to its frame (< e^-18 of the frame's mel energy after DC removal and pre-emphasis)
+# holds rounding noise in both; computing ours in float64 does not change that. On the whole default mini
+# corpus (359,618 frames) every other value agrees within 3.8e-4; 0.023 % of values are below resolution,
+# 26 of them differ by more than 1e-3, at most 6.3e-3.
 TOL = 1e-3
 RESOLVED_LOG_RATIO = -18.0  # ln(bin energy / frame mel energy) above which a value must be within TOL
-NOISE_TOL = 0.1  # the bound for the rest (observed: <= 0.035)
+NOISE_TOL = 0.02  # the bound for the rest
 
 
 def _knf_fbank(wave, snip_edges=True, window_type="povey", num_bins=80, low_freq=20.0, high_freq=0.0,
@@ -50,7 +51,7 @@ def _assert_matches_kaldi(utt, ours, ref):
         bad = resolved[t] & (diff[t] > TOL)
         assert not bad.any(), f"{utt} frame {t}: bins {np.where(bad)[0]} differ by {diff[t][bad]}"
         assert diff[t].max() <= NOISE_TOL, f"{utt} frame {t}: max difference {diff[t].max()}"
-    assert resolved.mean() > 0.95, f"{utt}: {1 - resolved.mean():.4f} of values below float32 resolution"
+    assert resolved.mean() > 0.99, f"{utt}: {1 - resolved.mean():.4f} of values below float32 resolution"
 
 
 @pytest.fixture(scope="module")

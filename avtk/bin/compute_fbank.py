@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import time
-from collections import OrderedDict
 
 import numpy as np
 
@@ -116,58 +115,6 @@ def _wav_scp_path(rspecifier):
     return path
 
 
-def _read_sources(wav_scp, segments):
-    """{utt: AudioSource} in input order: the wav.scp's, or with `segments` the segments file's."""
-    from avtk.data.table import read_lines
-    from avtk.io.audio import AudioSource, read_wav_scp
-
-    recos = read_wav_scp(wav_scp)
-    if segments is None:
-        return recos
-    sources = {}
-    for line in read_lines(segments, min_fields=4):
-        where = f"{segments}:{line.lineno}"
-        fields = line.value.split()
-        if len(fields) != 3:
-            raise AvtkError(f"{where}: malformed segment for utterance {line.key!r} (expected 'utt reco start end')")
-        reco, start_text, end_text = fields
-        try:
-            start, end = float(start_text), float(end_text)
-        except ValueError:
-            raise AvtkError(f"{where}: utterance {line.key!r}: start/end are not numbers: {start_text} {end_text}") \
-                from None
-        if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or (end != -1 and end <= start):
-            raise AvtkError(f"{where}: utterance {line.key!r}: invalid segment times {start_text} {end_text}")
-        if reco not in recos:
-            raise AvtkError(f"{where}: utterance {line.key!r}: recording {reco!r} is not in {wav_scp}")
-        if line.key in sources:
-            raise AvtkError(f"{where}: duplicate utterance id {line.key!r}")
-        sources[line.key] = AudioSource(recos[reco].location, reco, (start, end))
-    return sources
-
-
-def _iter_audio(sources, sample_rate, resample, max_cached=4):
-    """Yield (utt, float32 samples) in input order; a recording cut into segments is read once while in use."""
-    from avtk.io.audio import AudioSource, _cut, load_audio
-
-    cache = OrderedDict()  # location -> full recording at sample_rate
-    for utt, source in sources.items():
-        if source.segment is None:
-            yield utt, load_audio(utt, source, sample_rate=sample_rate, resample=resample)
-            continue
-        wave = cache.get(source.location)
-        if wave is None:
-            wave = load_audio(utt, AudioSource(source.location, source.reco), sample_rate=sample_rate,
-                              resample=resample)
-            cache[source.location] = wave
-            while len(cache) > max_cached:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(source.location)
-        where = f"recording {source.reco} ({source.location.strip()})"
-        yield utt, _cut(utt, wave, sample_rate, source.segment, where)
-
-
 def _windows(items, size):
     window = []
     for item in items:
@@ -223,14 +170,16 @@ def main(args):
     generator.manual_seed(args.seed)
     sample_rate = frontend.sample_rate
 
-    sources = _read_sources(wav_scp, args.segments)
-    log.info("computing %s features of %d utterances of %s on %s", args.frontend, len(sources), wav_scp, device)
+    from avtk.io.audio import AudioReader
+
+    audio = AudioReader(wav_scp, args.resample, segments=args.segments, sample_rate=sample_rate, max_cached=4, sort=False)
+    log.info("computing %s features of %d utterances of %s on %s", args.frontend, len(audio), wav_scp, device)
     start = time.time()
     counts = {}  # utt -> frames, in input order
     skipped, total_samples, total_frames = [], 0, 0
     window_size = args.batch_size * 8  # utterances read ahead and sorted by length into batches
     with open_writer(args.wspecifier) as writer:
-        for window in _windows(_iter_audio(sources, sample_rate, args.resample), window_size):
+        for window in _windows(audio, window_size):
             feats_of = {}
             order = sorted(range(len(window)), key=lambda i: len(window[i][1]))
             for b in range(0, len(order), args.batch_size):
@@ -262,7 +211,7 @@ def main(args):
                 f.write(f"{utt} {n}\n")
     elapsed = time.time() - start
     if skipped:
-        log.warning("skipped %d of %d utterances too short for one frame (e.g. %s)", len(skipped), len(sources),
+        log.warning("skipped %d of %d utterances too short for one frame (e.g. %s)", len(skipped), len(audio),
                     skipped[0])
     if not counts:
         log.warning("wrote no features: %s has no usable utterances", wav_scp)

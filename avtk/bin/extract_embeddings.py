@@ -32,21 +32,6 @@ def get_parser():
     return p
 
 
-def _audio_reader(scp_path, segments, resample):
-    """An AudioReader over a wav.scp (and segments); it parses both when built, so the copies can go."""
-    import os
-    import shutil
-    import tempfile
-
-    from avtk.io.audio import AudioReader
-
-    with tempfile.TemporaryDirectory() as tmp:  # AudioReader reads a data dir
-        shutil.copy(scp_path, os.path.join(tmp, "wav.scp"))
-        if segments:
-            shutil.copy(segments, os.path.join(tmp, "segments"))
-        return AudioReader(tmp, resample=resample)
-
-
 def main(args):
     import torch
 
@@ -73,7 +58,9 @@ def main(args):
     if input_type == "wav":
         if kind != "scp":
             raise AvtkError(f"{args.rspecifier}: audio input must be an scp (wav.scp)")
-        items = _audio_reader(path, args.segments, args.resample)
+        from avtk.io.audio import AudioReader
+
+        items = AudioReader(path, args.resample, segments=args.segments, sort=False)
     else:
         items = open_reader(args.rspecifier)
     if args.seed_crops:

@@ -58,8 +58,9 @@ def is_pipe(location):
     return location.rstrip().endswith("|")
 
 
-def read_wav_scp(data_dir_or_wav_scp):
-    """{utt: AudioSource} from a data directory (wav.scp, plus segments when present) or a wav.scp file.
+def read_wav_scp(data_dir_or_wav_scp, segments=None):
+    """{utt: AudioSource} from a data directory (wav.scp, plus segments when present) or a wav.scp file
+    (plus the `segments` file given).
 
     Order: that of the segments file when present, else of wav.scp. A segment naming a recording absent from
     wav.scp, a malformed segments line and duplicate ids are errors naming the file and line.
@@ -71,7 +72,7 @@ def read_wav_scp(data_dir_or_wav_scp):
         if not os.path.exists(segments):
             segments = None
     else:
-        wav_scp, segments = path, None
+        wav_scp = path
     recos = {}
     for line in read_lines(wav_scp):
         if line.key in recos:
@@ -225,19 +226,20 @@ def load_audio(utt, source, *, sample_rate=SAMPLE_RATE, resample=False, segment=
 
 
 class AudioReader:
-    """Iterate (utt, float32 wave) over a data directory in sorted utterance order.
+    """Iterate (utt, float32 wave) over a data directory (or wav.scp) in sorted utterance order (or file order
+    with sort=False).
 
     A recording shared by several segments is read (and resampled) once and kept until its last segment
     has been served; at most `max_cached` recordings are kept at a time.
     """
 
-    def __init__(self, data_dir, resample=False, *, sample_rate=SAMPLE_RATE, max_cached=8):
-        self.data_dir = os.fspath(data_dir)
+    def __init__(self, data_dir, resample=False, *, segments=None, sample_rate=SAMPLE_RATE, max_cached=8, sort=True):
+        self.data_dir = os.fspath(data_dir)  # a data directory, or a wav.scp (with an optional segments file)
         self.resample = resample
         self.sample_rate = sample_rate
         self.max_cached = max(1, int(max_cached))
-        self.sources = read_wav_scp(self.data_dir)
-        self.utts = sorted(self.sources)
+        self.sources = read_wav_scp(self.data_dir, segments)
+        self.utts = sorted(self.sources) if sort else list(self.sources)
 
     def __len__(self):
         return len(self.utts)
