@@ -22,7 +22,8 @@ setup(
         "Pillow>=9.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "hypothesis>=6"],
+        "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "hypothesis>=6", "matplotlib>=3.5"],
+        "plot": ["matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["avtk=avtk.cli:main"]},
 )

@@ -38,3 +38,118 @@ def min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
     cost = c_miss * fnr * p_target + c_fa * fpr * (1.0 - p_target)
     k = int(np.argmin(cost))
     return float(cost[k] / min(c_miss * p_target, c_fa * (1.0 - p_target))), float(thr[k])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration-sensitive metrics. EER and minDCF judge only the order of the scores; Cllr and actDCF judge
+# the scores as log-likelihood ratios, so they are meaningful only for calibrated scores (for instance the
+# output of `avtk fuse --method logreg`). minCllr is Cllr after the best monotone recalibration of the
+# scores (PAV), i.e. the discrimination part of Cllr; Cllr - minCllr is the calibration loss.
+# All LLRs are natural-log; Cllr is in bits.
+# ---------------------------------------------------------------------------------------------------------
+
+_LN2 = np.log(2.0)
+
+
+def _check_classes(labels):
+    labels = np.asarray(labels).astype(bool)
+    n_tar, n_non = int(labels.sum()), int((~labels).sum())
+    if n_tar == 0 or n_non == 0:
+        raise ValueError(f"need both target and non-target trials (got {n_tar} target, {n_non} non-target)")
+    return labels, n_tar, n_non
+
+
+def cllr(llrs, labels):
+    """Log-likelihood-ratio cost in bits: the mean of the target and non-target log-loss of the LLRs
+    at prior 0.5, 1/2 [mean_tar log2(1 + e^-llr) + mean_non log2(1 + e^llr)].
+
+    `llrs` are natural-log likelihood ratios; an uninformative system (all LLRs 0) costs exactly 1 bit,
+    a perfect one 0. Meaningful only for calibrated scores: raw cosines give arbitrary values.
+    """
+    llrs = np.asarray(llrs, dtype=np.float64)
+    labels, _, _ = _check_classes(labels)
+    c_tar = np.logaddexp(0.0, -llrs[labels]).mean()
+    c_non = np.logaddexp(0.0, llrs[~labels]).mean()
+    return float((c_tar + c_non) / (2.0 * _LN2))
+
+
+def pav(y, weights=None):
+    """Weighted isotonic (non-decreasing) least-squares fit of the sequence `y` by pool-adjacent-violators.
+
+    Returns the fitted values, one per element of y, non-decreasing. Runs a single left-to-right pass
+    over a stack of blocks (each block: weighted mean, total weight, length), merging the top blocks while
+    they violate the order; every element is pushed once and merged at most once, so O(n). Runs of equal
+    consecutive values are pooled first (pooling equal values changes nothing), which leaves few blocks
+    for the loop when y is a 0/1 label sequence.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
+    if y.ndim != 1 or w.shape != y.shape:
+        raise ValueError("pav: y and weights must be 1-d and of the same length")
+    n = len(y)
+    if n == 0:
+        return y.copy()
+    starts = np.flatnonzero(np.r_[True, y[1:] != y[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    wsum = np.add.reduceat(w, starts)
+    ysum = np.add.reduceat(w * y, starts)
+    means = np.divide(ysum, wsum, out=y[starts].copy(), where=wsum > 0)
+    sm, sw, sl = [], [], []  # the stack of blocks: mean, weight, number of elements
+    for mean, weight, length in zip(means.tolist(), wsum.tolist(), lengths.tolist()):
+        while sm and sm[-1] >= mean:
+            pm, pw, pl = sm.pop(), sw.pop(), sl.pop()
+            total = pw + weight
+            mean = (pm * pw + mean * weight) / total if total > 0 else mean
+            weight, length = total, pl + length
+        sm.append(mean)
+        sw.append(weight)
+        sl.append(length)
+    return np.repeat(np.asarray(sm), np.asarray(sl))
+
+
+def pav_llrs(scores, labels):
+    """The optimal monotone calibration of `scores` on these trials: one natural-log LLR per trial, in
+    input order.
+
+    Trials are sorted by score and the target indicator is fitted by PAV; equal scores are one block
+    (a function of the score must give them the same value), so the result does not depend on how ties
+    are ordered. The fitted posterior p (at the empirical prior) becomes llr = logit(p) - logit(n_tar/n);
+    blocks of only targets or only non-targets give +inf / -inf.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels, n_tar, n_non = _check_classes(labels)
+    order = np.argsort(scores, kind="stable")
+    s, lab = scores[order], labels[order].astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    counts = np.diff(np.r_[starts, len(s)])
+    post = pav(np.add.reduceat(lab, starts) / counts, counts)  # one value per tie group
+    post = np.repeat(post, counts)
+    with np.errstate(divide="ignore"):
+        llr_sorted = np.log(post) - np.log1p(-post) - np.log(n_tar / n_non)
+    llrs = np.empty_like(llr_sorted)
+    llrs[order] = llr_sorted
+    return llrs
+
+
+def min_cllr(scores, labels):
+    """Minimum Cllr in bits: Cllr of the PAV-calibrated scores (`pav_llrs`), the best any monotone
+    calibration of these scores can reach on these trials. Depends only on the order of the scores, so it
+    is meaningful for raw scores too; always <= cllr(scores) and <= 1."""
+    return cllr(pav_llrs(scores, labels), labels)
+
+
+def act_dcf(llrs, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
+    """Actual detection cost of hard decisions made from calibrated LLRs at the Bayes threshold.
+
+    A trial is accepted when llr >= log(c_fa (1 - p) / (c_miss p)) (= -logit(p) for unit costs), and the
+    cost is normalised as in `min_dcf`, by min(c_miss p, c_fa (1 - p)), so actDCF >= minDCF and 1 is the
+    cost of the better trivial system. Meaningful only for calibrated scores (natural-log LLRs).
+    """
+    llrs = np.asarray(llrs, dtype=np.float64)
+    labels, n_tar, n_non = _check_classes(labels)
+    threshold = np.log(c_fa * (1.0 - p_target)) - np.log(c_miss * p_target)
+    accept = llrs >= threshold
+    p_miss = np.count_nonzero(~accept & labels) / n_tar
+    p_fa = np.count_nonzero(accept & ~labels) / n_non
+    cost = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
+    return float(cost / min(c_miss * p_target, c_fa * (1.0 - p_target)))

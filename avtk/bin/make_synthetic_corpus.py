@@ -22,6 +22,8 @@ def get_parser():
     p.add_argument("--num-train-speakers", type=int, default=d.num_train_speakers, help="speakers in data/train")
     p.add_argument("--num-test-speakers", type=int, default=d.num_test_speakers,
                    help="speakers in data/test, disjoint from training")
+    p.add_argument("--num-dev-speakers", type=int, default=d.num_dev_speakers,
+                   help="speakers of an optional DATA_DIR/dev (with trials), disjoint from both, for calibration")
     p.add_argument("--videos-per-speaker", type=int, default=d.videos_per_speaker,
                    help="sessions per speaker; each has its own channel, noise, lighting and pose")
     p.add_argument("--utts-per-video", type=int, default=d.utts_per_video, help="utterances per session")
@@ -41,12 +43,13 @@ def get_parser():
 def main(args):
     if not 0.0 <= args.label_noise < 1.0:
         raise AvtkError(f"--label-noise must be in [0, 1), got {args.label_noise}")
-    if args.num_train_speakers < 1 or args.num_test_speakers < 2:
-        raise AvtkError("need at least 1 training and 2 test speakers (for non-target trials)")
+    if args.num_train_speakers < 1 or args.num_test_speakers < 2 or args.num_dev_speakers in (1,):
+        raise AvtkError("need at least 1 training, 2 test and 0 or at least 2 dev speakers (for non-target trials)")
     if not 0 < args.min_duration <= args.max_duration:
         raise AvtkError(f"need 0 < --min-duration <= --max-duration, got {args.min_duration}, {args.max_duration}")
     cfg = Config(
         num_train_speakers=args.num_train_speakers, num_test_speakers=args.num_test_speakers,
+        num_dev_speakers=args.num_dev_speakers,
         videos_per_speaker=args.videos_per_speaker, utts_per_video=args.utts_per_video,
         min_duration=args.min_duration, max_duration=args.max_duration, frame_interval=args.frame_interval,
         label_noise=args.label_noise, raw_frames=args.raw_frames, seed=args.seed,

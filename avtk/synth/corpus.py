@@ -21,7 +21,8 @@ from avtk.synth import face, session, voice
 
 log = logging.getLogger(__name__)
 SR = 16000
-TRAIN, TEST = 0, 1
+TRAIN, TEST, DEV = 0, 1, 2
+SPLITS = {TRAIN: "train", TEST: "test", DEV: "dev"}
 _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"))
 
 
@@ -29,6 +30,7 @@ _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 class Config:
     num_train_speakers: int = 40
     num_test_speakers: int = 20
+    num_dev_speakers: int = 0  # a third disjoint set with trials, for calibration and fusion training
     videos_per_speaker: int = 3
     utts_per_video: int = 4
     min_duration: float = 2.0
@@ -63,8 +65,10 @@ def _rng(cfg, *key):
 
 
 def speaker_ids(cfg):
+    """Speaker ids of the train, test and dev splits (VoxCeleb-like: id0xxxx, id1xxxx, id2xxxx)."""
     return ([f"id{i:05d}" for i in range(1, cfg.num_train_speakers + 1)],
-            [f"id{10000 + i:05d}" for i in range(1, cfg.num_test_speakers + 1)])
+            [f"id{10000 + i:05d}" for i in range(1, cfg.num_test_speakers + 1)],
+            [f"id{20000 + i:05d}" for i in range(1, cfg.num_dev_speakers + 1)])
 
 
 def plan(cfg):
@@ -102,8 +106,10 @@ def _sessions(cfg, split, s, v):
 
 
 def _speaker_index(cfg, spk):
-    train, test = speaker_ids(cfg)
-    return (TRAIN, train.index(spk)) if spk in train else (TEST, test.index(spk))
+    for split, spks in enumerate(speaker_ids(cfg)):
+        if spk in spks:
+            return split, spks.index(spk)
+    raise KeyError(spk)
 
 
 def generate_utterance(cfg, out, utt):
@@ -151,13 +157,13 @@ def _worker(job):
     return len(utts)
 
 
-def _trials(cfg, test_utts):
+def _trials(cfg, test_utts, stream=8):
     """Balanced trials: every cross-video target pair, and as many random non-target pairs."""
     by_spk = {}
     for u in test_utts:
         by_spk.setdefault(u.spk, []).append(u)
     target = [(a, b) for us in by_spk.values() for i, a in enumerate(us) for b in us[i + 1:] if a.video != b.video]
-    rng = _rng(cfg, 8)
+    rng = _rng(cfg, stream)
     nontarget, seen = [], set()
     while len(nontarget) < len(target) and len(by_spk) > 1:
         a, b = rng.choice(len(test_utts), 2, replace=False)
@@ -179,7 +185,7 @@ def _write_data_dir(path, utts, out, frames_root="frame_align"):
 
 
 def make_corpus(cfg, out_dir, data_dir, nj=2):
-    """Generate the corpus under out_dir and its Kaldi data dirs data_dir/{train,test}."""
+    """Generate the corpus under out_dir and its Kaldi data dirs data_dir/{train,test[,dev]}."""
     out, data = Path(out_dir), Path(data_dir)
     utts = plan(cfg)
     by_spk = {}
@@ -197,10 +203,14 @@ def make_corpus(cfg, out_dir, data_dir, nj=2):
     train = [u for u in utts if u.split == TRAIN]
     test = [u for u in utts if u.split == TEST]
     trials = _trials(cfg, test)
-    for name, subset in (("train", train), ("test", test)):
-        _write_data_dir(data / name, subset, out)
-    with atomic_open(data / "test" / "trials") as f:
-        f.writelines(f"{a.utt_id} {b.utt_id} {'target' if t else 'nontarget'}\n" for a, b, t in trials)
+    for split, name in SPLITS.items():
+        subset = [u for u in utts if u.split == split]
+        if subset:
+            _write_data_dir(data / name, subset, out)
+        if subset and split != TRAIN:
+            with atomic_open(data / name / "trials") as f:
+                f.writelines(f"{a.utt_id} {b.utt_id} {'target' if t else 'nontarget'}\n"
+                             for a, b, t in (trials if split == TEST else _trials(cfg, subset, stream=10)))
     # The seed's lists: train_all.txt (spk path duration), O_list.txt (path duration), O_trials.txt (1|0 a b).
     with atomic_open(out / "train_all.txt") as f:
         f.writelines(f"{u.spk} {u.rel}.wav {u.duration:.2f}\n" for u in train)
@@ -212,6 +222,6 @@ def make_corpus(cfg, out_dir, data_dir, nj=2):
     if cfg.label_noise > 0:
         with atomic_open(data / "train" / "label_noise.txt") as f:
             f.writelines(f"{u.utt_id} {u.spk} {u.true_spk}\n" for u in noisy)
-    log.info("wrote %d train and %d test utterances, %d trials, %d relabelled training utterances",
-             len(train), len(test), len(trials), len(noisy))
+    log.info("wrote %d train, %d test and %d dev utterances, %d test trials, %d relabelled training utterances",
+             len(train), len(test), len(utts) - len(train) - len(test), len(trials), len(noisy))
     return utts

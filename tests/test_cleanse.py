@@ -1,0 +1,242 @@
+"""avtk cleanse: both steps on synthetic embeddings with injected mislabels, measured against the truth."""
+import json
+import math
+
+import kaldiio
+import numpy as np
+import pytest
+
+from avtk.cleanse import Modality, cleanse
+from conftest import avtk, run
+
+NUM_SPK, VIDEOS, PER_VIDEO = 40, 3, 4
+NOISE_RATE = 0.05
+
+
+def _make_corpus(root):
+    """40 speakers x 12 utterances; audio (64-dim) and face (48-dim) embeddings = identity vector + video
+    offset + utterance noise + a common offset. 5 % of the utterances are another speaker's, filed under a
+    wrong one (id and label of the wrong one, embeddings of the true one). Some clean utterances have a
+    badly degraded audio or face embedding (so one modality alone would misjudge them); 10 % of the
+    utterances, mislabelled ones among them, have no face embedding."""
+    rng = np.random.default_rng(1234)
+    spks = [f"id{10001 + i}" for i in range(NUM_SPK)]
+    voice = {s: rng.normal(size=64) for s in spks}
+    face = {s: rng.normal(size=48) for s in spks}
+    common_a, common_f = rng.normal(size=64) * 2, rng.normal(size=48) * 2
+    slots = [(s, v, k) for s in spks for v in range(VIDEOS) for k in range(PER_VIDEO)]
+    n = len(slots)
+    bad = set(rng.choice(n, int(round(NOISE_RATE * n)), replace=False).tolist())
+    degraded = rng.choice(sorted(set(range(n)) - bad), 24, replace=False).tolist()
+    bad_audio, bad_face = set(degraded[:12]), set(degraded[12:])
+    utts, truth, audio, faces = {}, {}, {}, {}
+    video_off = {}
+    for i, (label, v, k) in enumerate(slots):
+        true = label
+        if i in bad:
+            true = spks[(spks.index(label) + int(rng.integers(1, NUM_SPK))) % NUM_SPK]
+        video = f"v{v}{'x-y' if v == 2 else 'abc'}{i % 7}"  # a video id with '-' in it
+        utt = f"{label}-{video}-{k + 1:05d}"
+        key = (true, video)
+        if key not in video_off:
+            video_off[key] = (rng.normal(size=64) * 0.5, rng.normal(size=48) * 0.5)
+        va, vf = video_off[key]
+        audio[utt] = voice[true] + va + rng.normal(size=64) * (3.0 if i in bad_audio else 1.2) + common_a
+        faces[utt] = face[true] + vf + rng.normal(size=48) * (3.0 if i in bad_face else 1.2) + common_f
+        utts[utt] = label
+        if true != label:
+            truth[utt] = true
+    order = sorted(utts)
+    no_face = set(rng.choice(order, 48, replace=False).tolist()) | set(sorted(truth)[:3])
+    data = root / "data" / "train"
+    data.mkdir(parents=True)
+    corpus = root / "corpus"
+
+    def write(name, lines):
+        (data / name).write_text("".join(f"{line}\n" for line in lines))
+
+    def rel(utt):
+        spk, rest = utt.split("-", 1)
+        video, name = rest.rsplit("-", 1)
+        return f"{spk}/{video}/{name}.wav"
+
+    write("wav.scp", [f"{u} {corpus / rel(u)}" for u in order])
+    write("utt2spk", [f"{u} {utts[u]}" for u in order])
+    write("spk2utt", [f"{s} {' '.join(u for u in order if utts[u] == s)}" for s in spks])
+    write("utt2dur", [f"{u} {2 + (i % 5) * 0.5:.2f}" for i, u in enumerate(order)])
+    (data / "label_noise.txt").write_text("".join(f"{u} {utts[u]} {truth[u]}\n" for u in sorted(truth)))
+    emb = root / "emb"
+    emb.mkdir()
+    kaldiio.save_ark(str(emb / "audio.ark"), {u: audio[u].astype(np.float32) for u in order},
+                     scp=str(emb / "audio.scp"))
+    face_items = {}
+    for j, u in enumerate(order):
+        if u in no_face:
+            continue
+        if j % 3 == 0:  # per-frame rows, as a face extractor without pooling writes them
+            rows = faces[u] + rng.normal(size=(4, 48)) * 0.3
+            face_items[u] = rows.astype(np.float32)
+        else:
+            face_items[u] = faces[u].astype(np.float32)
+    kaldiio.save_ark(str(emb / "face.ark"), face_items, scp=str(emb / "face.scp"))
+    return {
+        "data": data, "corpus": corpus, "emb": emb, "truth": set(truth), "no_face": no_face,
+        "order": order, "utt2spk": utts, "rel": {u: rel(u) for u in order},
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return _make_corpus(tmp_path_factory.mktemp("cleanse"))
+
+
+def _cleanse(c, out, *extra, check=True):
+    return avtk(
+        "cleanse", "--audio-emb", f"scp:{c['emb'] / 'audio.scp'}", "--face-emb", f"scp:{c['emb'] / 'face.scp'}",
+        "--out-list", out / "train_all_clean.txt", "--out-dir", out / "train_clean", "--report", out / "report.json",
+        "--truth", c["data"] / "label_noise.txt", "--seed", "7", *extra, c["data"], check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def cleansed(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    proc = _cleanse(corpus, out, "--hist-plot", out / "hist.png")
+    return out, proc
+
+
+def _read_list(path):
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+def test_precision_and_recall_against_injected_truth(corpus, cleansed):
+    out, proc = cleansed
+    report = json.loads((out / "report.json").read_text())
+    truth = report["truth"]
+    assert truth["mislabelled"] == len(corpus["truth"]) == 24
+    assert truth["precision"] >= 0.9 and truth["recall"] >= 0.9, truth
+    assert "precision" in proc.stderr and "recall" in proc.stderr
+    # the flags in the list are the ones measured
+    flagged = {u for u, f in zip(corpus["order"], _read_list(out / "train_all_clean.txt")) if f[5] == "noisy"}
+    tp = len(flagged & corpus["truth"])
+    assert tp / len(flagged) == pytest.approx(truth["precision"], abs=1e-6)
+    assert tp / len(corpus["truth"]) == pytest.approx(truth["recall"], abs=1e-6)
+    # both steps are visible: peculiar is a superset of noisy, the classifier and thresholds are reported
+    assert report["peculiar"] >= report["noisy"] == len(flagged)
+    assert set(report["classifiers"]) == {"audio", "audio_visual"}
+    assert report["thresholds"]["audio"]["robust_sd"] > 0 and "visual" in report["thresholds"]
+    assert report["synthetic"]["recall"] >= 0.9 and report["synthetic"]["false_flag_rate"] <= 0.1
+
+
+def test_seed_format_list(corpus, cleansed):
+    out, _ = cleansed
+    rows = _read_list(out / "train_all_clean.txt")
+    assert len(rows) == len(corpus["order"])
+    durs = dict(line.split() for line in (corpus["data"] / "utt2dur").read_text().splitlines())
+    for utt, fields in zip(corpus["order"], rows):
+        assert len(fields) == 6
+        spk, rel, dur, a, v, flag = fields
+        assert spk == corpus["utt2spk"][utt] and rel == corpus["rel"][utt]
+        assert float(dur) == float(durs[utt])
+        assert -1 <= float(a) <= 1
+        assert flag in ("clean", "noisy")
+        if utt in corpus["no_face"]:
+            assert v == "nan"
+        else:
+            assert -1 <= float(v) <= 1
+    # mislabelled utterances sit far below the clean ones in both modalities
+    a = np.array([float(r[3]) for r in rows])
+    is_bad = np.array([u in corpus["truth"] for u in corpus["order"]])
+    assert np.median(a[is_bad]) < 0.3 < np.median(a[~is_bad])
+
+
+def test_missing_faces_are_judged_on_audio_and_counted(corpus, cleansed):
+    out, _ = cleansed
+    report = json.loads((out / "report.json").read_text())
+    assert report["missing"] == {"audio": 0, "visual": len(corpus["no_face"])}
+    assert report["audio_only"] >= len(corpus["no_face"])
+    rows = dict(zip(corpus["order"], _read_list(out / "train_all_clean.txt")))
+    faceless_bad = corpus["truth"] & corpus["no_face"]
+    assert len(faceless_bad) >= 3
+    assert sum(rows[u][5] == "noisy" for u in faceless_bad) >= len(faceless_bad) - 1
+
+
+def test_cleaned_data_dir_validates(corpus, cleansed):
+    out, _ = cleansed
+    run(["validate_data_dir.sh", "--no-feats", out / "train_clean"])
+    kept = [line.split()[0] for line in (out / "train_clean" / "utt2spk").read_text().splitlines()]
+    rows = dict(zip(corpus["order"], _read_list(out / "train_all_clean.txt")))
+    assert kept == sorted(u for u in corpus["order"] if rows[u][5] == "clean")
+    assert (out / "train_clean" / "utt2dur").is_file() and (out / "train_clean" / "wav.scp").is_file()
+
+
+def test_hist_plot_is_a_png(cleansed):
+    out, _ = cleansed
+    assert (out / "hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_outputs_and_corpus_root(corpus, cleansed, tmp_path):
+    out, _ = cleansed
+    _cleanse(corpus, tmp_path, "--corpus-root", corpus["corpus"])
+    assert (tmp_path / "train_all_clean.txt").read_bytes() == (out / "train_all_clean.txt").read_bytes()
+    assert (tmp_path / "report.json").read_bytes() == (out / "report.json").read_bytes()
+    for name in ("utt2spk", "spk2utt", "wav.scp", "utt2dur"):
+        assert (tmp_path / "train_clean" / name).read_bytes() == (out / "train_clean" / name).read_bytes()
+
+
+def test_missing_audio_embedding_is_an_error_naming_it(corpus, tmp_path):
+    victim = corpus["order"][17]
+    scp = corpus["emb"] / "audio.scp"
+    partial = tmp_path / "audio.scp"
+    partial.write_text("".join(line + "\n" for line in scp.read_text().splitlines()
+                               if not line.startswith(victim + " ")))
+    proc = avtk("cleanse", "--audio-emb", f"scp:{partial}", "--out-list", tmp_path / "list.txt",
+                "--report", tmp_path / "report.json", corpus["data"], check=False)
+    assert proc.returncode == 1
+    assert f"no embedding for utterance '{victim}'" in proc.stderr and str(partial) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "list.txt").exists() and not (tmp_path / "report.json").exists()
+
+
+def test_wav_outside_corpus_root_is_an_error(corpus, tmp_path):
+    proc = avtk("cleanse", "--audio-emb", f"scp:{corpus['emb'] / 'audio.scp'}", "--corpus-root", tmp_path,
+                "--out-list", tmp_path / "list.txt", corpus["data"], check=False)
+    assert proc.returncode == 1 and "is not under --corpus-root" in proc.stderr
+    assert corpus["order"][0] in proc.stderr
+
+
+def test_robust_leave_one_out_similarity_matches_brute_force():
+    rng = np.random.default_rng(0)
+    X = np.repeat(rng.normal(size=(5, 8)) * 2, 6, axis=0) + rng.normal(size=(30, 8))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    spk = np.repeat(np.arange(5), 6)
+    mod = Modality("audio", X, spk, 5)
+    for i in range(30):
+        others = [j for j in range(30) if spk[j] == spk[i] and j != i]
+        c = sum(mod.weights[j] * X[j] for j in others)
+        assert mod.own_loo[i] == pytest.approx(X[i] @ c / np.linalg.norm(c), abs=1e-9)
+    # an outlier gets a small weight, typical utterances nearly 1 (exactly 1 above the median)
+    X[0] = -X[1:6].mean(0) / np.linalg.norm(X[1:6].mean(0))
+    mod = Modality("audio", X, spk, 5)
+    assert mod.weights[0] < 0.1 and np.mean(mod.weights[1:] > 0.8) > 0.8 and np.sum(mod.weights == 1) >= 15
+    # nearest other speaker, as filed and as if relabelled
+    own, other = mod.score(np.arange(30), spk)
+    C = np.stack([X[spk == s].T @ mod.weights[spk == s] for s in range(5)])
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    sims = X @ C.T
+    for i in range(30):
+        assert other[i] == pytest.approx(max(sims[i, s] for s in range(5) if s != spk[i]), abs=1e-9)
+    own_r, other_r = mod.score([7], [3])  # utterance 7 (speaker 1) filed under speaker 3
+    assert own_r[0] == pytest.approx(sims[7, 3], abs=1e-9)
+    assert other_r[0] == pytest.approx(max(mod.own_loo[7], sims[7, 0], sims[7, 2], sims[7, 4]), abs=1e-9)
+
+
+def test_singleton_speakers_are_not_judged():
+    rng = np.random.default_rng(3)
+    utts = [f"u{i:03d}" for i in range(41)]
+    utt2spk = {u: f"s{i // 10}" for i, u in enumerate(utts)}  # s4 has one utterance
+    centres = rng.normal(size=(5, 16)) * 3
+    audio = {u: centres[int(utt2spk[u][1:])] + rng.normal(size=16) for u in utts}
+    result = cleanse(utts, utt2spk, audio, seed=1)
+    assert math.isnan(result.audio_sim[40]) and not result.noisy[40]
+    assert result.stats["not_judged"] == 1 and result.stats["missing"]["visual"] == 41
