@@ -1,5 +1,6 @@
 """egs/mini/run.sh as users run it, every stage: a valid corpus whose trivial baselines are not trivial,
-fbank that matches kaldi-native-fbank on every frame, and an ECAPA that beats the baseline by a clear margin."""
+fbank that matches kaldi-native-fbank on every frame, an ECAPA that beats the baseline by a clear margin,
+fusion that beats both modalities, and cleansing that finds the injected label noise."""
 import re
 import shutil
 
@@ -40,10 +41,18 @@ def eer_of(path):
     return float(re.search(r"EER ([\d.]+) %", path.read_text()).group(1))
 
 
+def results(recipe):
+    """{(system, scoring): EER %} from exp/RESULTS.md."""
+    table = (recipe / "exp/RESULTS.md").read_text()
+    return {tuple(c.strip() for c in line.split("|")[1:3]): float(line.split("|")[3])
+            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| system")}
+
+
 def test_stage0_default_mini_corpus(recipe, ran):
-    for x in ("train", "test"):
+    for x in ("train", "test", "dev", "train_clean"):
         run(["utils/validate_data_dir.sh", "--no-feats", f"data/{x}"], cwd=recipe)
     assert len((recipe / "data/train/utt2spk").read_text().splitlines()) == 40 * 3 * 4
+    assert len((recipe / "data/dev/utt2spk").read_text().splitlines()) == 10 * 3 * 4
     assert len((recipe / "data/train/label_noise.txt").read_text().splitlines()) == 24
     for modality in ("audio", "face"):
         eer = eer_of(recipe / f"exp/baseline/metrics_{modality}.txt")
@@ -56,7 +65,7 @@ def test_stage0_default_mini_corpus(recipe, ran):
 def test_stage1_fbank_matches_kaldi_native_fbank_on_every_frame(recipe, ran):
     from test_fbank import _assert_matches_kaldi, _knf_fbank
 
-    for x in ("train", "test"):
+    for x in ("train", "test", "dev"):
         feats = kaldiio.load_scp(str(recipe / f"data/{x}/feats.scp"))
         wavs = dict(line.split(maxsplit=1) for line in (recipe / f"data/{x}/wav.scp").read_text().splitlines())
         num_frames = dict(line.split() for line in (recipe / f"data/{x}/utt2num_frames").read_text().splitlines())
@@ -70,9 +79,30 @@ def test_stage1_fbank_matches_kaldi_native_fbank_on_every_frame(recipe, ran):
 
 def test_ecapa_beats_the_baseline_by_a_clear_margin(recipe, ran):
     baseline = eer_of(recipe / "exp/baseline/metrics_audio.txt")
-    ecapa = eer_of(recipe / "exp/ecapa/scores/metrics_cosine.txt")
+    assert results(recipe)[("audio: mean MFCC (trivial)", "cosine")] == baseline
+    ecapa = results(recipe)[("audio: ECAPA-TDNN C=256", "cosine")]
     assert ecapa < 0.75 * baseline, f"ECAPA EER {ecapa}% vs mean-MFCC baseline {baseline}%"
     config = (recipe / "exp/ecapa/config.yaml").read_text()
     assert "channels: 256" in config
     emb = kaldiio.load_scp(str(recipe / "exp/ecapa/emb/test.scp"))
     assert len(emb) == 20 * 3 * 4 and next(iter(emb.values())).shape == (192,)
+
+
+def test_fusion_beats_both_modalities_and_results_table(recipe, ran):
+    rows = results(recipe)
+    table = (recipe / "exp/RESULTS.md").read_text()
+    fused = rows[("fusion: logistic regression (dev)", "AS-Norm, calibrated")]
+    assert fused < min(rows[("audio: ECAPA-TDNN C=256", "AS-Norm")], rows[("face: 16x16 pixels (stand-in)", "AS-Norm")])
+    assert rows[("fusion: seed mean (a+v)/2", "cosine")] < rows[("face: 16x16 pixels (stand-in)", "cosine")]
+    assert "Cllr" in table and "Cleansing:" in table
+
+
+def test_cleansing_finds_the_injected_label_noise(recipe, ran):
+    import json
+
+    report = json.loads((recipe / "exp/cleanse/report.json").read_text())
+    assert report["truth"]["mislabelled"] == 24
+    assert report["truth"]["precision"] >= 0.8 and report["truth"]["recall"] >= 0.4, report["truth"]
+    lines = (recipe / "exp/cleanse/train_all_clean.txt").read_text().splitlines()
+    assert len(lines) == 480 and all(line.split()[5] in ("clean", "noisy") for line in lines)
+    assert (recipe / "exp/cleanse/similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,24 +1,48 @@
-"""Score trials by the cosine similarity of their embeddings."""
+"""Score trials by the cosine similarity of their embeddings, optionally AS-Norm normalised."""
 import logging
-
-import numpy as np
+import os
+import time
 
 from avtk.command import make_parser
 from avtk.data.trials import read_trials
+from avtk.errors import AvtkError
 from avtk.io.ark import load_table
 from avtk.io.atomic import atomic_open
-from avtk.scoring import cosine_scores
+from avtk.scoring import (
+    DEFAULT_TOP_N, check_duplicate_trials, make_cohort, missing_message, missing_utterances, read_utt2spk,
+    score_trials, subset_trials, table_mean,
+)
+
+log = logging.getLogger(__name__)
 
 
 def get_parser():
     p = make_parser(
-        "Cosine-score every trial of a trials file (Kaldi `enroll test target|nontarget` or the seed's "
-        "`1|0 enroll test`) from an embedding table. Writes one line per trial, in trials order: "
-        "`enroll test score [target|nontarget]`."
+        "Cosine-score every trial of a trials file (Kaldi `enroll test target|nontarget`, the seed's "
+        "`1|0 enroll test`, or unlabeled `enroll test`) from an embedding table, optionally with adaptive "
+        "symmetric score normalisation (AS-Norm) against a cohort. Writes one line per trial, in trials order: "
+        "`enroll test score [target|nontarget]`. Crop-set embeddings ((1+N) x dim, from extract-embeddings "
+        "--seed-crops) score (cos(whole, whole) + mean crop cosine) / 2, and their AS-Norm cohort statistics "
+        "use the whole-utterance row. A repeated trial, a trial whose utterance has no embedding (unless "
+        "--allow-missing) and a NaN or infinite embedding are errors."
     )
     p.add_argument("--trials", required=True, help="trials file")
     p.add_argument("--subtract-mean", action="store_true",
-                   help="subtract the mean of the scored embeddings before the cosine")
+                   help="subtract the mean of the scored embeddings (every vector of the table) before the cosine")
+    p.add_argument("--mean-from", metavar="RSPECIFIER",
+                   help="subtract the mean of this table's embeddings instead (e.g. the training embeddings)")
+    p.add_argument("--cohort", metavar="RSPECIFIER",
+                   help="AS-Norm cohort embeddings (usually one per training speaker); enables AS-Norm. The mean "
+                        "of --subtract-mean or --mean-from is subtracted from them too")
+    p.add_argument("--cohort-utt2spk", metavar="FILE",
+                   help="utt2spk of the --cohort table's utterances: the cohort becomes one member per speaker, "
+                        "the mean of its L2-normalised utterance embeddings")
+    p.add_argument("--top-n", type=int, default=DEFAULT_TOP_N,
+                   help="AS-Norm: the number of highest cohort scores of each side that give its mean and "
+                        "standard deviation (the whole cohort when it is smaller)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="skip trials whose utterances have no embedding (with a warning) and list them, "
+                        "`enroll test` per line, in SCORES.missing")
     p.add_argument("--map-paths", action="store_true",
                    help="trials keys are relative wav paths (seed style): map them to utterance ids")
     p.add_argument("rspecifier", help="embeddings, e.g. scp:exp/x/emb.scp")
@@ -27,15 +51,53 @@ def get_parser():
 
 
 def main(args):
+    if args.subtract_mean and args.mean_from:
+        raise AvtkError("--subtract-mean and --mean-from are alternatives: give one")
+    if args.cohort_utt2spk and not args.cohort:
+        raise AvtkError("--cohort-utt2spk needs --cohort")
+    if args.top_n < 2:
+        raise AvtkError(f"--top-n must be at least 2 (got {args.top_n})")
     trials = read_trials(args.trials, map_paths=args.map_paths)
+    check_duplicate_trials(trials, args.trials)
+    start = time.perf_counter()
     table = load_table(args.rspecifier)
+    log.debug("read %d embeddings from %s in %.2f s", len(table), args.rspecifier, time.perf_counter() - start)
+
+    missing, mask = missing_utterances(table, trials)
+    missing_file = f"{args.scores}.missing"
+    if missing and not args.allow_missing:
+        raise AvtkError(missing_message(trials, missing, mask, args.trials, args.rspecifier)
+                        + " (--allow-missing skips such trials)")
+    if missing:
+        if mask.all():
+            raise AvtkError(missing_message(trials, missing, mask, args.trials, args.rspecifier)
+                            + ": no trial is left to score")
+        with atomic_open(missing_file) as f:
+            f.writelines(f"{trials.enroll[i]} {trials.test[i]}\n" for i in mask.nonzero()[0])
+        log.warning("skipped %d of %d trials: %d utterances have no embedding in %s (e.g. %s); listed in %s",
+                    int(mask.sum()), len(trials), len(missing), args.rspecifier, missing[0], missing_file)
+        trials = subset_trials(trials, ~mask)
+    elif args.allow_missing and os.path.exists(missing_file):
+        os.remove(missing_file)  # a list from an earlier run would describe other scores
+
     mean = None
-    if args.subtract_mean:  # over every vector of the table (each row of crop sets)
-        mean = np.concatenate([np.asarray(v, np.float32).reshape(-1, np.shape(v)[-1]) for v in table.values()]).mean(0)
-    scores = cosine_scores(table, trials, mean, where=args.trials)
-    names = {1: "target", 0: "nontarget"}
+    if args.subtract_mean:
+        mean = table_mean(table, args.rspecifier)
+    elif args.mean_from:
+        mean = table_mean(load_table(args.mean_from), args.mean_from)
+    cohort = None
+    if args.cohort:
+        utt2spk = read_utt2spk(args.cohort_utt2spk) if args.cohort_utt2spk else None
+        names, cohort = make_cohort(load_table(args.cohort), mean, utt2spk, args.cohort, args.cohort_utt2spk)
+        log.info("AS-Norm cohort: %d %s from %s, top %d", len(names), "speakers" if utt2spk else "embeddings",
+                 args.cohort, min(args.top_n, len(names)))
+    start = time.perf_counter()
+    scores = score_trials(table, trials, mean, cohort, args.top_n, where=args.trials, source=args.rspecifier)
+    log.debug("scored in %.2f s", time.perf_counter() - start)
+
+    names = {1: " target", 0: " nontarget"}
+    labels = [""] * len(trials) if trials.labels is None else [names[int(x)] for x in trials.labels]
     with atomic_open(args.scores) as f:
-        for i, (e, t, s) in enumerate(zip(trials.enroll, trials.test, scores)):
-            label = f" {names[int(trials.labels[i])]}" if trials.labels is not None else ""
-            f.write(f"{e} {t} {s:.6f}{label}\n")
-    logging.getLogger(__name__).info("scored %d trials into %s", len(scores), args.scores)
+        f.writelines(f"{e} {t} {s:.6f}{lab}\n"
+                     for e, t, s, lab in zip(trials.enroll, trials.test, scores.tolist(), labels))
+    log.info("scored %d trials into %s", len(scores), args.scores)

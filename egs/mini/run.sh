@@ -9,6 +9,7 @@ seed=0          # corpus seed: the same seed gives the same corpus
 corpus=corpus   # generated VoxCeleb-style tree
 data=data
 exp=exp
+top_n=20        # AS-Norm cohort size (the cohort is the 40 training speakers' mean embeddings)
 
 help_message="Usage: $0 [options]
   Runs every stage by default; --stage N --stop-stage M runs stages N..M.
@@ -16,8 +17,12 @@ help_message="Usage: $0 [options]
     0  synthetic corpus, data dirs (validated) and trivial baselines (mean MFCC, raw pixels)
     1  fbank to ark/scp (\$cmd JOB=1:\$nj over split_scp splits): data/*/feats.scp, utt2num_frames
     3  train the speaker network (conf/ecapa_mini.yaml) -> exp/ecapa/avg_model.pt
-    5  extract speaker embeddings (\$cmd JOB=1:\$nj) -> exp/ecapa/emb/{train,test}.scp
-    6  cosine scoring of the test trials -> exp/ecapa/scores/, metrics"
+    5  extract embeddings (\$cmd JOB=1:\$nj): speaker -> exp/ecapa/emb/; face -> exp/face_pixels/emb/
+       (downscaled pixels stand in for the face network until its stage 4 lands)
+    6  cosine and AS-Norm scoring of the test and dev trials -> exp/*/scores/
+    7  fusion: the seed's mean, and logistic-regression fusion/calibration trained on dev -> exp/fusion/
+    8  the metrics table -> exp/RESULTS.md
+    9  audio-visual cleansing of the training list -> exp/cleanse/, data/train_clean"
 
 . ./path.sh
 . ./cmd.sh
@@ -34,7 +39,7 @@ check_count() {
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   log "Stage 0: synthetic corpus, data dirs and trivial baselines"
   avtk make-synthetic-corpus --config conf/corpus.yaml --seed "$seed" --nj "$nj" "$corpus" "$data"
-  for x in train test; do
+  for x in train test dev; do
     utils/validate_data_dir.sh --no-feats --check-audio "$data/$x"
   done
   mkdir -p "$exp/baseline"
@@ -50,7 +55,7 @@ fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "Stage 1: fbank to ark/scp"
-  for x in train test; do
+  for x in train test dev; do
     dir=$PWD/fbank/$x
     mkdir -p "$dir/split$nj" "$exp/log"
     split_scp "$data/$x/wav.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/wav.$n.scp"; done)
@@ -72,7 +77,7 @@ fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "Stage 5: extract speaker embeddings"
-  for x in train test; do
+  for x in train test dev; do
     dir=$exp/ecapa/emb
     mkdir -p "$dir/split$nj"
     split_scp "$data/$x/feats.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/feats_$x.$n.scp"; done)
@@ -84,13 +89,82 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   done
 fi
 
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  log "Stage 5: face embeddings (pixel stand-in)"
+  dir=$exp/face_pixels/emb
+  mkdir -p "$dir"
+  for x in train test dev; do
+    avtk extract-baseline --modality face "$data/$x" "ark,scp:$PWD/$dir/$x.ark,$PWD/$dir/$x.scp"
+  done
+fi
+
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  log "Stage 6: score the test trials"
-  mkdir -p "$exp/ecapa/scores"
-  avtk score --trials "$data/test/trials" "scp:$exp/ecapa/emb/test.scp" "$exp/ecapa/scores/test_cosine.txt"
-  avtk compute-metrics "$exp/ecapa/scores/test_cosine.txt" > "$exp/ecapa/scores/metrics_cosine.txt"
-  log "ecapa (cosine): $(tr '\n' ' ' < "$exp/ecapa/scores/metrics_cosine.txt")"
-  log "baseline (mean MFCC): $(tr '\n' ' ' < "$exp/baseline/metrics_audio.txt")"
+  log "Stage 6: cosine and AS-Norm scoring"
+  for sys in ecapa face_pixels; do
+    emb=$exp/$sys/emb
+    mkdir -p "$exp/$sys/scores"
+    for x in test dev; do
+      avtk score --trials "$data/$x/trials" --mean-from "scp:$emb/train.scp" \
+        "scp:$emb/$x.scp" "$exp/$sys/scores/${x}_cosine.txt"
+      avtk score --trials "$data/$x/trials" --mean-from "scp:$emb/train.scp" \
+        --cohort "scp:$emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n" \
+        "scp:$emb/$x.scp" "$exp/$sys/scores/${x}_asnorm.txt"
+    done
+  done
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  log "Stage 7: fusion and calibration"
+  mkdir -p "$exp/fusion"
+  a=$exp/ecapa/scores f=$exp/face_pixels/scores
+  avtk fuse --method mean --out "$exp/fusion/test_mean.txt" "$a/test_cosine.txt" "$f/test_cosine.txt"
+  avtk fuse --method logreg --modalities audio,face --train-scores "$a/dev_asnorm.txt" "$f/dev_asnorm.txt" \
+    --model-out "$exp/fusion/logreg.yaml" --out "$exp/fusion/test_logreg.txt" "$a/test_asnorm.txt" "$f/test_asnorm.txt"
+  avtk fuse --method logreg --modalities audio --train-scores "$a/dev_asnorm.txt" \
+    --model-out "$exp/fusion/audio_calibration.yaml" --out "$exp/fusion/test_audio_calibrated.txt" "$a/test_asnorm.txt"
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  log "Stage 8: metrics table"
+  row() {  # system, scoring, scores file, [--calibrated]
+    local m
+    m=$(avtk compute-metrics ${4:-} "$3")
+    echo "$m" | awk -v sys="$1" -v sc="$2" '
+      /^EER/ {eer=$2} /minDCF\(p=0.01\)/ {d1=$2} /minDCF\(p=0.05\)/ {d5=$2} /^Cllr/ {cllr=$2} /^minCllr/ {mc=$2}
+      END {printf "| %s | %s | %s | %s | %s | %s | %s |\n", sys, sc, eer, d1, d5, mc, (cllr == "" ? "-" : cllr)}'
+  }
+  {
+    echo "# Mini recipe results (test trials: $(wc -l < "$data/test/trials"))"
+    echo
+    echo "| system | scoring | EER % | minDCF p=0.01 | minDCF p=0.05 | minCllr | Cllr |"
+    echo "|---|---|---|---|---|---|---|"
+    row "audio: mean MFCC (trivial)" "cosine" "$exp/baseline/scores_audio.txt"
+    row "audio: ECAPA-TDNN C=256" "cosine" "$exp/ecapa/scores/test_cosine.txt"
+    row "audio: ECAPA-TDNN C=256" "AS-Norm" "$exp/ecapa/scores/test_asnorm.txt"
+    row "audio: ECAPA-TDNN C=256" "AS-Norm, calibrated on dev" "$exp/fusion/test_audio_calibrated.txt" --calibrated
+    row "face: 16x16 pixels (stand-in)" "cosine" "$exp/face_pixels/scores/test_cosine.txt"
+    row "face: 16x16 pixels (stand-in)" "AS-Norm" "$exp/face_pixels/scores/test_asnorm.txt"
+    row "fusion: seed mean (a+v)/2" "cosine" "$exp/fusion/test_mean.txt"
+    row "fusion: logistic regression (dev)" "AS-Norm, calibrated" "$exp/fusion/test_logreg.txt" --calibrated
+  } > "$exp/RESULTS.md"
+  cat "$exp/RESULTS.md"
+fi
+
+if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
+  log "Stage 9: audio-visual cleansing of the training list"
+  mkdir -p "$exp/cleanse"
+  avtk cleanse --audio-emb "scp:$exp/ecapa/emb/train.scp" --face-emb "scp:$exp/face_pixels/emb/train.scp" \
+    --truth "$data/train/label_noise.txt" --corpus-root "$corpus/wav" \
+    --out-list "$exp/cleanse/train_all_clean.txt" --out-dir "$data/train_clean" \
+    --report "$exp/cleanse/report.json" --hist-plot "$exp/cleanse/similarity.png" "$data/train"
+  python3 - "$exp/cleanse/report.json" >> "$exp/RESULTS.md" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+t = r["truth"]
+print(f"\nCleansing: {t['mislabelled']} of {r['utterances']} training utterances mislabelled (injected); "
+      f"{r['noisy']} flagged noisy; precision {t['precision']:.3f}, recall {t['recall']:.3f}")
+PY
+  tail -1 "$exp/RESULTS.md"
 fi
 
 log "done"

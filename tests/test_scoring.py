@@ -1,0 +1,274 @@
+"""avtk score: cosine scoring, AS-Norm against a naive per-trial implementation, and its input errors."""
+import math
+import re
+import statistics
+
+import kaldiio
+import numpy as np
+import pytest
+
+from avtk.data.trials import Trials, read_trials
+from avtk.errors import AvtkError
+from avtk.scoring import (
+    _select_top, check_duplicate_trials, cohort_stats, make_cohort, score_trials, table_mean, unit,
+)
+from conftest import avtk
+
+
+def _unit(v):
+    return [x / math.sqrt(sum(y * y for y in v)) for x in v] if any(v) else list(v)
+
+
+def _dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def naive_scores(table, trials, mean=None, cohort=None, top_n=300):
+    """One trial at a time in plain Python (float64): the definition, not the implementation."""
+    def prep(v):
+        v = [float(x) for x in np.asarray(v, np.float64).reshape(-1)]
+        return _unit([x - m for x, m in zip(v, mean)] if mean is not None else v)
+
+    out = []
+    for e, t in zip(trials.enroll, trials.test):
+        a, b = prep(table[e]), prep(table[t])
+        s = _dot(a, b)
+        if cohort is not None:
+            z = []
+            for side in (a, b):
+                top = sorted(_dot(side, c) for c in cohort)[-top_n:]
+                z.append((s - statistics.mean(top)) / statistics.stdev(top))
+            s = (z[0] + z[1]) / 2
+        out.append(s)
+    return np.array(out)
+
+
+def naive_cohort(table, mean=None, utt2spk=None):
+    """Cohort members as lists: each embedding, or per speaker the mean of its unit utterances (unit)."""
+    def prep(v):
+        v = [float(x) for x in np.asarray(v, np.float64).reshape(-1, np.shape(v)[-1])[0]]
+        return _unit([x - m for x, m in zip(v, mean)] if mean is not None else v)
+
+    if utt2spk is None:
+        return [prep(v) for v in table.values()]
+    groups = {}
+    for utt, v in table.items():
+        if utt in utt2spk:
+            groups.setdefault(utt2spk[utt], []).append(prep(v))
+    return [_unit([sum(col) / len(vs) for col in zip(*vs)]) for _, vs in sorted(groups.items())]
+
+
+def random_problem(seed, n_utts=30, dim=16, n_cohort=40, n_trials=80, crops=0):
+    rng = np.random.default_rng(seed)
+    spk = rng.standard_normal((6, dim))
+    shape = (dim,) if not crops else (1 + crops, dim)
+    table = {f"u{i:03d}": (spk[i % 6] + rng.standard_normal(shape) + 0.5).astype(np.float32)
+             for i in range(n_utts)}
+    keys = sorted(table)
+    pairs = list(dict.fromkeys((keys[a], keys[b]) for a, b in rng.integers(0, n_utts, (n_trials * 2, 2))))
+    pairs = pairs[:n_trials]
+    trials = Trials([p[0] for p in pairs], [p[1] for p in pairs], rng.integers(0, 2, len(pairs)).astype(np.int8))
+    cohort_table = {f"c{j:03d}": (rng.standard_normal(dim) + 0.5).astype(np.float32) for j in range(n_cohort)}
+    return table, trials, cohort_table
+
+
+@pytest.mark.parametrize("top_n", [3, 10, 40, 1000])  # 40 = the whole cohort, 1000 > the cohort: all of it
+def test_asnorm_equals_naive_per_trial(top_n):
+    table, trials, cohort_table = random_problem(0)
+    mean = table_mean(table)
+    _, cohort = make_cohort(cohort_table, mean)
+    got = score_trials(table, trials, mean, cohort, top_n)
+    want = naive_scores(table, trials, mean.astype(np.float64), naive_cohort(cohort_table, mean), top_n)
+    # float32 embeddings: the error scales with 1/sigma; the top 3 of 40 give sigma ~0.003 and scores ~100,
+    # so that case is held to 1e-5 relative, the others to 1e-5 absolute.
+    scale = np.maximum(1, np.abs(want)) if top_n == 3 else 1
+    assert np.abs((got - want) / scale).max() < 1e-5
+    assert np.abs(score_trials(table, trials, mean, cohort, top_n, workers=1) - got).max() < 1e-6
+
+
+def test_asnorm_large_cohort_fast_selection_equals_naive():
+    # 600 cohort members, top 30: the predicted-threshold selection path (and it must stay exact).
+    table, trials, cohort_table = random_problem(1, n_utts=40, dim=24, n_cohort=600, n_trials=60)
+    _, cohort = make_cohort(cohort_table)
+    got = score_trials(table, trials, cohort=cohort, top_n=30)
+    want = naive_scores(table, trials, cohort=naive_cohort(cohort_table), top_n=30)
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_top_selection_is_exact_whatever_the_threshold():
+    rng = np.random.default_rng(2)
+    scores = rng.standard_normal((50, 500)).astype(np.float32)
+    scores[3, :] = 0.25  # ties throughout a row
+    want = np.sort(scores, axis=1)[:, -20:]
+    for threshold in (np.full(50, 10, np.float32), np.full(50, -10, np.float32),  # too few / too many
+                      np.quantile(scores, 0.9, axis=1).astype(np.float32), None):
+        top, _ = _select_top(scores, 20, threshold, cap=80)
+        assert np.array_equal(np.sort(top, axis=1), want)
+    # the statistics of cohort_stats are those of the top n, with n - 1 in the std
+    x, c = unit(rng.standard_normal((7, 8))), unit(rng.standard_normal((60, 8)))
+    mu, sd = cohort_stats(x, c, 10)
+    top = np.sort(x.astype(np.float64) @ c.T.astype(np.float64), axis=1)[:, -10:]
+    assert np.allclose(mu, top.mean(1), atol=1e-6) and np.allclose(sd, top.std(1, ddof=1), atol=1e-6)
+
+
+def test_asnorm_is_symmetric():
+    table, trials, cohort_table = random_problem(3)
+    _, cohort = make_cohort(cohort_table)
+    swapped = Trials(trials.test, trials.enroll, trials.labels)
+    a = score_trials(table, trials, cohort=cohort, top_n=10)
+    b = score_trials(table, swapped, cohort=cohort, top_n=10)
+    assert np.abs(a - b).max() < 1e-6
+
+
+def test_cohort_from_utt2spk_averages_unit_utterances():
+    table, trials, cohort_table = random_problem(4, n_cohort=30)
+    utt2spk = {k: f"s{i % 7}" for i, k in enumerate(sorted(cohort_table)) if i != 5}  # c005 left out
+    mean = table_mean(cohort_table)
+    names, cohort = make_cohort(cohort_table, mean, utt2spk)
+    assert names == [f"s{j}" for j in range(7)]
+    want = np.array(naive_cohort(cohort_table, mean, utt2spk))
+    assert np.abs(cohort - want).max() < 1e-6
+    got = score_trials(table, trials, mean, cohort, 4)
+    assert np.abs(got - naive_scores(table, trials, mean, list(want), 4)).max() < 1e-5
+
+
+def test_crop_sets_use_the_whole_utterance_row_for_cohort_statistics():
+    table, trials, cohort_table = random_problem(5, crops=3)
+    _, cohort = make_cohort(cohort_table)
+    got = score_trials(table, trials, cohort=cohort, top_n=8)
+    c = np.array(naive_cohort(cohort_table), np.float64)
+    for i, (e, t) in enumerate(zip(trials.enroll, trials.test)):
+        a, b = unit(table[e]).astype(np.float64), unit(table[t]).astype(np.float64)
+        s = (a[0] @ b[0] + (a[1:] @ b[1:].T).mean()) / 2
+        top_e, top_t = np.sort(c @ a[0])[-8:], np.sort(c @ b[0])[-8:]
+        want = ((s - top_e.mean()) / top_e.std(ddof=1) + (s - top_t.mean()) / top_t.std(ddof=1)) / 2
+        assert abs(got[i] - want) < 1e-5
+
+
+def test_library_errors():
+    table, trials, cohort_table = random_problem(6)
+    with pytest.raises(AvtkError, match="top 2 or more"):
+        score_trials(table, trials, cohort=make_cohort({"c": cohort_table["c000"]})[1])
+    dup = Trials(["a", "b", "a"], ["b", "c", "b"], lineno=[3, 4, 7])
+    with pytest.raises(AvtkError, match=r"t: duplicate trial a b at line 7 \(first at line 3\)"):
+        check_duplicate_trials(dup, "t")
+    check_duplicate_trials(Trials(["a", "b"], ["b", "a"]), "t")  # (b, a) is another trial
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+
+
+def write_table(path, table):
+    kaldiio.save_ark(str(path.with_suffix(".ark")), table, scp=str(path.with_suffix(".scp")))
+    return f"scp:{path.with_suffix('.scp')}"
+
+
+def write_trials(path, trials):
+    path.write_text("".join(f"{e} {t} {'target' if lab else 'nontarget'}\n"
+                            for e, t, lab in zip(trials.enroll, trials.test, trials.labels)))
+    return path
+
+
+def read_scores(path):
+    lines = [line.split() for line in path.read_text().splitlines()]
+    return [(f[0], f[1]) for f in lines], np.array([float(f[2]) for f in lines]), [f[3:] for f in lines]
+
+
+def test_cli_asnorm_with_utt2spk_cohort_and_mean_from(tmp_path):
+    table, trials, cohort_table = random_problem(7, n_cohort=36)
+    emb = write_table(tmp_path / "emb", table)
+    coh = write_table(tmp_path / "train", cohort_table)
+    utt2spk = {k: f"spk{i % 9}" for i, k in enumerate(sorted(cohort_table))}
+    (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
+    tr = write_trials(tmp_path / "trials", trials)
+    out = tmp_path / "scores"
+    proc = avtk("score", "--trials", tr, "--mean-from", coh, "--cohort", coh, "--cohort-utt2spk",
+                tmp_path / "utt2spk", "--top-n", 6, emb, out)
+    assert "AS-Norm cohort: 9 speakers" in proc.stderr
+    pairs, got, labels = read_scores(out)
+    assert pairs == list(zip(trials.enroll, trials.test))  # trials order
+    assert labels == [["target" if x else "nontarget"] for x in trials.labels]
+    mean = np.mean(np.stack(list(cohort_table.values())), axis=0, dtype=np.float64)
+    want = naive_scores(table, trials, mean, naive_cohort(cohort_table, mean, utt2spk), 6)
+    assert np.abs((got - want) / np.maximum(1, np.abs(want))).max() < 1e-5  # top 6 of 9: small sigma
+    # --mean-from alone: plain cosine after subtracting the other table's mean
+    avtk("score", "--trials", tr, "--mean-from", coh, emb, out)
+    assert np.abs(read_scores(out)[1] - naive_scores(table, trials, mean)).max() < 2e-6
+    # --subtract-mean: the scored table's own mean
+    avtk("score", "--trials", tr, "--subtract-mean", emb, out)
+    own = np.mean(np.stack(list(table.values())), axis=0, dtype=np.float64)
+    assert np.abs(read_scores(out)[1] - naive_scores(table, trials, own)).max() < 2e-6
+
+
+def test_cli_missing_embeddings(tmp_path):
+    table, trials, _ = random_problem(8)
+    gone = list(dict.fromkeys(k for pair in zip(trials.enroll, trials.test) for k in pair))[:7]
+    emb = write_table(tmp_path / "emb", {k: v for k, v in table.items() if k not in gone})
+    tr = write_trials(tmp_path / "trials", trials)
+    n_bad = sum(e in gone or t in gone for e, t in zip(trials.enroll, trials.test))
+    out = tmp_path / "scores"
+    proc = avtk("score", "--trials", tr, emb, out, check=False)
+    assert proc.returncode == 1 and not out.exists()
+    error = proc.stderr.strip().splitlines()[-1]
+    assert f"{tr}: 7 utterances in {n_bad} of {len(trials)} trials have no embedding in {emb}" in error
+    assert "(first at line 1)" in error and ", ".join(repr(k) for k in gone[:5]) + ", ..." in error
+    assert repr(gone[5]) not in error and "--allow-missing" in error
+
+    proc = avtk("score", "--trials", tr, "--allow-missing", emb, out)
+    assert re.search(rf"WARNING .*skipped {n_bad} of {len(trials)} trials: 7 utterances", proc.stderr)
+    kept = [(e, t) for e, t in zip(trials.enroll, trials.test) if e not in gone and t not in gone]
+    skipped = [f"{e} {t}" for e, t in zip(trials.enroll, trials.test) if e in gone or t in gone]
+    assert read_scores(out)[0] == kept
+    assert (tmp_path / "scores.missing").read_text().splitlines() == skipped
+    # a complete run removes the stale list
+    avtk("score", "--trials", tr, "--allow-missing", write_table(tmp_path / "all", table), out)
+    assert not (tmp_path / "scores.missing").exists()
+
+
+def test_cli_input_errors(tmp_path):
+    table, trials, cohort_table = random_problem(9, n_trials=10)
+    emb = write_table(tmp_path / "emb", table)
+    out = tmp_path / "scores"
+
+    def error(*args):
+        proc = avtk("score", *args, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
+        return proc.stderr.strip().splitlines()[-1]
+
+    tr = write_trials(tmp_path / "trials", trials)
+    lines = tr.read_text().splitlines()
+    dup = tmp_path / "dup"
+    dup.write_text("\n".join(lines[:6] + [lines[2]] + lines[6:]) + "\n")
+    assert f"{dup}: duplicate trial {lines[2].rsplit(' ', 1)[0]} at line 7 (first at line 3)" in error(
+        "--trials", dup, emb, out)
+
+    bad = tmp_path / "bad"
+    bad.write_text("\n".join(lines[:4] + ["u001 u002 maybe"] + lines[4:]) + "\n")
+    assert f"{bad}:5: malformed trial line" in error("--trials", bad, emb, out)
+
+    nan = dict(table)
+    nan["u004"] = nan["u004"].copy()
+    nan["u004"][3] = np.nan
+    nan_emb = write_table(tmp_path / "nan", nan)
+    msg = error("--trials", tr, nan_emb, out)
+    assert re.search(r"embedding of utterance 'u004' has NaN or infinite values", msg)
+    assert "NaN" in error("--trials", tr, "--mean-from", nan_emb, emb, out)
+
+    assert "alternatives" in error("--trials", tr, "--subtract-mean", "--mean-from", emb, emb, out)
+    assert "--cohort-utt2spk needs --cohort" in error("--trials", tr, "--cohort-utt2spk", tr, emb, out)
+    small = write_table(tmp_path / "small", {k: v[:8] for k, v in cohort_table.items()})
+    assert f"{emb}: embeddings have dimension 16 but the cohort has 8" in error("--trials", tr, "--cohort", small,
+                                                                                  emb, out)
+    assert "--top-n must be at least 2" in error("--trials", tr, "--cohort", emb, "--top-n", 1, emb, out)
+
+
+def test_cli_unlabeled_trials_and_read_trials_roundtrip(tmp_path):
+    table, trials, _ = random_problem(10, n_trials=12)
+    emb = write_table(tmp_path / "emb", table)
+    tr = tmp_path / "pairs"
+    tr.write_text("".join(f"{e} {t}\n" for e, t in zip(trials.enroll, trials.test)))
+    avtk("score", "--trials", tr, emb, tmp_path / "s")
+    pairs, got, labels = read_scores(tmp_path / "s")
+    assert labels == [[]] * len(trials) and pairs == list(zip(trials.enroll, trials.test))
+    assert np.abs(got - naive_scores(table, read_trials(tr))).max() < 2e-6
