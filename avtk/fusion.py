@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avtk.data.trials import read_trials
+from avtk.data.table import numbered_fields
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
 
@@ -53,41 +54,33 @@ def read_scores(path):
     enroll, test, scores, labels, linenos = [], [], [], [], []
     labelled, first = None, None
     seen = {}
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as err:
-        raise AvtkError(f"cannot read scores {path}: {err.strerror}") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            fields = raw.split()
-            if not fields:
-                continue
-            if len(fields) not in (3, 4) or (len(fields) == 4 and fields[3] not in _LABELS):
-                raise AvtkError(f"{path}:{lineno}: expected `enroll test score [target|nontarget]`: "
-                                f"{raw.strip()!r}")
-            has = len(fields) == 4
-            if labelled is None:
-                labelled, first = has, lineno
-            elif has != labelled:
-                raise AvtkError(f"{path}:{lineno}: this line {'has' if has else 'lacks'} a target|nontarget "
-                                f"label but line {first} {'has' if labelled else 'lacks'} one")
-            try:
-                value = float(fields[2])
-            except ValueError:
-                raise AvtkError(f"{path}:{lineno}: score {fields[2]!r} is not a number") from None
-            if not math.isfinite(value):
-                raise AvtkError(f"{path}:{lineno}: score {fields[2]!r} is not finite (a missing score is "
-                                f"a line left out, not nan)")
-            key = (fields[0], fields[1])
-            if key in seen:
-                raise AvtkError(f"{path}:{lineno}: duplicate trial {key[0]} {key[1]} (first at line "
-                                f"{seen[key]})")
-            seen[key] = lineno
-            enroll.append(fields[0])
-            test.append(fields[1])
-            scores.append(value)
-            labels.append(_LABELS[fields[3]] if has else 0)
-            linenos.append(lineno)
+    for lineno, fields, text in numbered_fields(path, "scores "):
+        if len(fields) not in (3, 4) or (len(fields) == 4 and fields[3] not in _LABELS):
+            raise AvtkError(f"{path}:{lineno}: expected `enroll test score [target|nontarget]`: "
+                            f"{text!r}")
+        has = len(fields) == 4
+        if labelled is None:
+            labelled, first = has, lineno
+        elif has != labelled:
+            raise AvtkError(f"{path}:{lineno}: this line {'has' if has else 'lacks'} a target|nontarget "
+                            f"label but line {first} {'has' if labelled else 'lacks'} one")
+        try:
+            value = float(fields[2])
+        except ValueError:
+            raise AvtkError(f"{path}:{lineno}: score {fields[2]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise AvtkError(f"{path}:{lineno}: score {fields[2]!r} is not finite (a missing score is "
+                            f"a line left out, not nan)")
+        key = (fields[0], fields[1])
+        if key in seen:
+            raise AvtkError(f"{path}:{lineno}: duplicate trial {key[0]} {key[1]} (first at line "
+                            f"{seen[key]})")
+        seen[key] = lineno
+        enroll.append(fields[0])
+        test.append(fields[1])
+        scores.append(value)
+        labels.append(_LABELS[fields[3]] if has else 0)
+        linenos.append(lineno)
     if not enroll:
         raise AvtkError(f"{path}: no scores (empty file)")
     return Scores(path, enroll, test, np.asarray(scores, np.float64),

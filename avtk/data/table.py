@@ -12,22 +12,28 @@ class Line:
     lineno: int
 
 
-def read_lines(path, min_fields=2):
-    """Every non-empty line of a table as Line(key, value, lineno); a malformed line names file:line."""
-    lines = []
+def numbered_fields(path, what=""):
+    """Yield (lineno, fields, text) for every non-empty line of a text file; an unreadable file is an
+    AvtkError ("cannot read {what}{path}")."""
     try:
         f = open(path, encoding="utf-8")
     except OSError as err:
-        raise AvtkError(f"cannot read {path}: {err.strerror}") from None
+        raise AvtkError(f"cannot read {what}{path}: {err.strerror}") from None
     with f:
         for lineno, raw in enumerate(f, 1):
-            text = raw.strip()
-            if not text:
-                continue
-            fields = text.split(maxsplit=1)
-            if len(text.split()) < min_fields:
-                raise AvtkError(f"{path}:{lineno}: malformed line (expected at least {min_fields} fields): {text!r}")
-            lines.append(Line(fields[0], fields[1] if len(fields) > 1 else "", lineno))
+            fields = raw.split()
+            if fields:
+                yield lineno, fields, raw.strip()
+
+
+def read_lines(path, min_fields=2):
+    """Every non-empty line of a table as Line(key, value, lineno); a malformed line names file:line."""
+    lines = []
+    for lineno, fields, text in numbered_fields(path):
+        if len(fields) < min_fields:
+            raise AvtkError(f"{path}:{lineno}: malformed line (expected at least {min_fields} fields): {text!r}")
+        rest = text.split(maxsplit=1)
+        lines.append(Line(fields[0], rest[1] if len(rest) > 1 else "", lineno))
     return lines
 
 

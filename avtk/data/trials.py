@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from avtk.data.table import numbered_fields
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
 
@@ -83,36 +84,28 @@ def read_trials(path, map_paths=False):
     enroll, test, labels, linenos = [], [], [], []
     style = None
     first_line = None
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as err:
-        raise AvtkError(f"cannot read trials {path}: {err.strerror}") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            fields = raw.split()
-            if not fields:
-                continue
-            this = _style_of(fields)
-            if this is None:
-                expected = _FORMS[style] if style else " or ".join(_FORMS.values())
-                raise AvtkError(f"{path}:{lineno}: malformed trial line (expected {expected}): {raw.strip()!r}")
-            if style is None:
-                style, first_line = this, lineno
-            elif this != style:
-                raise AvtkError(
-                    f"{path}:{lineno}: mixed trial styles: this line is {this} style {_FORMS[this]}, "
-                    f"but line {first_line} is {style} style {_FORMS[style]}: {raw.strip()!r}"
-                )
-            if style == "kaldi":
-                e, t, lab = fields[0], fields[1], _KALDI_LABELS[fields[2]]
-            elif style == "seed":
-                lab, e, t = _SEED_LABELS[fields[0]], fields[1], fields[2]
-            else:
-                e, t, lab = fields[0], fields[1], None
-            enroll.append(e)
-            test.append(t)
-            labels.append(lab)
-            linenos.append(lineno)
+    for lineno, fields, text in numbered_fields(path, "trials "):
+        this = _style_of(fields)
+        if this is None:
+            expected = _FORMS[style] if style else " or ".join(_FORMS.values())
+            raise AvtkError(f"{path}:{lineno}: malformed trial line (expected {expected}): {text!r}")
+        if style is None:
+            style, first_line = this, lineno
+        elif this != style:
+            raise AvtkError(
+                f"{path}:{lineno}: mixed trial styles: this line is {this} style {_FORMS[this]}, "
+                f"but line {first_line} is {style} style {_FORMS[style]}: {text!r}"
+            )
+        if style == "kaldi":
+            e, t, lab = fields[0], fields[1], _KALDI_LABELS[fields[2]]
+        elif style == "seed":
+            lab, e, t = _SEED_LABELS[fields[0]], fields[1], fields[2]
+        else:
+            e, t, lab = fields[0], fields[1], None
+        enroll.append(e)
+        test.append(t)
+        labels.append(lab)
+        linenos.append(lineno)
     if style is None:
         raise AvtkError(f"{path}: no trials (empty file)")
     trials = Trials(
