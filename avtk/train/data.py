@@ -57,7 +57,8 @@ class CropDataset(torch.utils.data.Dataset):
             raise AvtkError(f"{data_dir}: {len(missing)} utterances of utt2spk have no {self.input} entry, e.g. {missing[0]}")
         if empty:
             log.warning("%s: skipping %d utterances with no frames, e.g. %s", data_dir, len(empty), empty[0])
-        self.utts = [u for u in sorted(utt2spk) if u not in set(empty)]
+        skip = set(empty)
+        self.utts = [u for u in sorted(utt2spk) if u not in skip]
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
         self.skipped = len(empty)
 

@@ -84,7 +84,7 @@ class Trainer:
             raise AvtkError(f"{train_data}/feats.scp has {dim}-dimensional features but the model "
                             f"({cfg['model']['encoder']}) expects {self.net.feature_dim}")
         l = cfg["loss"]
-        self.loss = build_loss(l["name"], embed_dim=self._embed_dim(), num_classes=len(self.speakers),
+        self.loss = build_loss(l["name"], embed_dim=self.net.encoder.embed_dim, num_classes=len(self.speakers),
                                margin=l["margin"], scale=l["scale"], subcenters=l["subcenters"])
         self.margins = MarginScheduler(l["margin"], l["margin_warmup_start"], l["margin_warmup_epochs"])
         self.module = TrainModule(self.net, self.loss).to(self.device)
@@ -100,14 +100,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         self.start_epoch = 1
-
-    def _embed_dim(self):
-        with torch.no_grad():
-            self.net.eval()
-            dim = self.net.feature_dim or 80
-            out = self.net.encode(torch.zeros(1, 200, dim))
-            self.net.train()
-        return out.shape[-1]
 
     # ----------------------------------------------------------------------------------- state
 
