@@ -1,10 +1,9 @@
 """Trivial embeddings that trained networks must beat: mean MFCC for speech, raw pixels for faces."""
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
 from avtk.errors import AvtkError
+from avtk.face.frames import frame_paths, read_frame
 from avtk.features.mel import log_mel
 
 
@@ -16,24 +15,11 @@ def mean_mfcc(wave, n_ceps=20):
     return (dct @ mel).astype(np.float32)
 
 
-def frame_paths(utt, frames_dir):
-    """The jpg frames of an utterance in sorted name order; an unreadable directory names the utterance."""
-    d = Path(frames_dir)
-    if not d.is_dir():
-        raise AvtkError(f"utterance {utt}: frames directory {frames_dir} does not exist")
-    return sorted(d.glob("*.jpg"))
-
-
 def mean_pixels(utt, frames_dir, size=16):
     """Mean over frames of the RGB frame downscaled to size x size; None if there are no frames."""
     paths = frame_paths(utt, frames_dir)
     if not paths:
         return None
-    vecs = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                vecs.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), np.float32).ravel())
-        except OSError as err:
-            raise AvtkError(f"utterance {utt}: cannot read frame {p}: {err}") from None
+    vecs = [np.asarray(Image.fromarray(read_frame(utt, p)).resize((size, size), Image.BILINEAR), np.float32).ravel()
+            for p in paths]
     return np.mean(vecs, axis=0) / 255.0

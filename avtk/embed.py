@@ -1,7 +1,9 @@
 """Embedding extraction: whole utterances, batched by length, equal to one-at-a-time extraction.
 
-Utterances are read in windows, sorted by length inside a window and batched up to `max_frames` padded
-frames; the networks mask the padding, so an utterance's embedding does not depend on its batch.
+Speech: utterances are read in windows, sorted by length inside a window and batched up to `max_frames`
+padded frames; the networks mask the padding, so an utterance's embedding does not depend on its batch.
+Faces: N evenly spaced frames per utterance; the embedding is the mean of the L2-normalised frame embeddings,
+so the dot product of two of them is the mean of the seed's NxN frame cosine matrix.
 """
 import logging
 import os
@@ -17,14 +19,14 @@ WINDOW = 512  # utterances sorted together
 
 
 def save_model(path, weights, cfg, speakers, epochs=None):
-    """A model file for extraction: a SpeakerNet state_dict, the resolved config and the training speakers."""
+    """A model file for extraction: a network's state_dict, the resolved config and the training speakers."""
     with atomic_path(path) as tmp:
         torch.save({"model": weights, "config": cfg, "speakers": list(speakers), "epochs": epochs}, tmp)
 
 
 def load_model(path, device="cpu"):
-    """(SpeakerNet in eval mode, config) from a model or checkpoint file written by avtk train."""
-    from avtk.models.speaker_net import SpeakerNet
+    """(SpeakerNet or FaceNet in eval mode, config) from a model or checkpoint file written by avtk train."""
+    from avtk.models import build_network
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
@@ -33,7 +35,7 @@ def load_model(path, device="cpu"):
     if not isinstance(blob, dict) or "model" not in blob or "config" not in blob:
         raise AvtkError(f"{path}: not an avtk model (expected keys 'model' and 'config'; "
                         "import foreign checkpoints with avtk import-model)")
-    net = SpeakerNet.from_config(blob["config"]["model"])
+    net = build_network(blob["config"]["model"])
     net.load_state_dict(blob["model"])
     return net.to(device).eval(), blob["config"]
 
@@ -94,6 +96,50 @@ def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, 
             feats = feats[:, :int(frames.max())]
         emb = net.embed_features(feats, frames).float().cpu().numpy()
         yield from zip(keys, emb)
+
+
+@torch.inference_mode()
+def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=None, bad=None):
+    """Yield (utt, embedding) for (utt, frames directory) items: the mean of the L2-normalised embeddings of
+    n_frames evenly spaced frames (avtk.face.frames.evenly_spaced).
+
+    Utterances without frames get no embedding and are appended to `no_face`. An unreadable frame (or
+    directory) raises AvtkError naming it, unless `bad` is a list: then the utterance is skipped and
+    (utt, reason) appended there.
+    """
+    import torch.nn.functional as F
+
+    from avtk.face.frames import evenly_spaced, frame_paths, read_frame
+
+    no_face = [] if no_face is None else no_face
+    pending = []
+
+    def flush():
+        x = torch.from_numpy(np.concatenate([images for _, images in pending])).to(device)
+        emb = F.normalize(net(x).float(), dim=1).cpu().numpy()
+        start = 0
+        for utt, images in pending:
+            yield utt, emb[start:start + len(images)].mean(0)
+            start += len(images)
+        pending.clear()
+
+    for utt, frames_dir in items:
+        try:
+            paths = evenly_spaced(frame_paths(utt, frames_dir), n_frames)
+            if not paths:
+                no_face.append(utt)
+                continue
+            images = np.stack([read_frame(utt, p, net.input_size) for p in paths])
+        except AvtkError as err:
+            if bad is None:
+                raise
+            bad.append((utt, str(err)))
+            continue
+        pending.append((utt, images))
+        if sum(len(i) for _, i in pending) >= batch_frames:
+            yield from flush()
+    if pending:
+        yield from flush()
 
 
 def crops(x, n, length):
@@ -159,7 +205,7 @@ def read_items(data_or_scp, input_type, keys=None):
     return gen(), skipped
 
 
-def validation_eer(net, data_dir, trials_path, input_type, device, max_frames):
+def validation_eer(net, data_dir, trials_path, input_type, device, max_frames, face_frames=5):
     """EER (%) of cosine scoring on a trials file, embedding its utterances from data_dir."""
     from avtk.data.trials import read_trials
     from avtk.metrics import eer
@@ -168,9 +214,19 @@ def validation_eer(net, data_dir, trials_path, input_type, device, max_frames):
     trials = read_trials(trials_path)
     if trials.labels is None:
         raise AvtkError(f"{trials_path}: validation trials need target/nontarget labels")
-    items, skipped = read_items(data_dir, input_type, set(trials.enroll) | set(trials.test))
+    keys = set(trials.enroll) | set(trials.test)
     was_training = net.training
     net.eval()
-    table = dict(embed(net, items, input_type, device, max_frames, skipped))
+    if input_type == "frames":
+        from avtk.data.table import read_dict
+
+        dirs = read_dict(os.path.join(data_dir, "frames.scp"))
+        missing = sorted(keys - set(dirs))
+        if missing:
+            raise AvtkError(f"{data_dir}/frames.scp: no frames for {len(missing)} trial utterances, e.g. {missing[0]}")
+        table = dict(embed_faces(net, ((k, dirs[k]) for k in sorted(keys)), device, face_frames, no_face=[]))
+    else:
+        items, skipped = read_items(data_dir, input_type, keys)
+        table = dict(embed(net, items, input_type, device, max_frames, skipped))
     net.train(was_training)
     return 100.0 * eer(cosine_scores(table, trials, where=trials_path), trials.labels)[0]

@@ -1,5 +1,6 @@
-"""Extract one embedding per utterance (full length, batched by length) into an ark/scp table."""
+"""Extract one embedding per utterance (speech: full length, batched by length; faces: N frames) into ark/scp."""
 import logging
+import os
 
 from avtk.command import make_parser
 
@@ -11,11 +12,15 @@ def get_parser():
         "end computes the features). Each embedding covers the whole utterance; batches group utterances of "
         "similar length and the networks mask the padding, so the result equals one-at-a-time extraction. "
         "Utterances that give no frames are skipped with a warning and counted. Finally the number of "
-        "embeddings is checked against the input."
+        "embeddings is checked against the input. A face model (iresnet) reads `scp:data/x/frames.scp` (utterance "
+        "-> directory of aligned frames) and embeds --num-frames evenly spaced frames per utterance: the mean "
+        "of their L2-normalised embeddings. Utterances without face frames get no embedding; they are counted "
+        "and listed in the --no-face file, and scoring treats their face modality as missing."
     )
     p.add_argument("--model", required=True, help="avtk model file (EXP/avg_model.pt)")
-    p.add_argument("--input-type", choices=["auto", "feats", "wav"], default="auto",
-                   help="what the rspecifier holds; auto: wav if its file is named wav.scp, else feats")
+    p.add_argument("--input-type", choices=["auto", "feats", "wav", "frames"], default="auto",
+                   help="what the rspecifier holds; auto: frames for a face model, else wav if its file is named "
+                        "wav.scp, else feats")
     p.add_argument("--segments", help="segments file for a wav.scp input")
     p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -27,7 +32,15 @@ def get_parser():
                         "write a (1+N, dim) matrix per utterance, whole utterance first; avtk score then gives "
                         "(cos(whole) + mean NxN crop cosine) / 2. The seed used 5")
     p.add_argument("--crop-seconds", type=float, default=3.0, help="length of the --seed-crops crops")
-    p.add_argument("rspecifier", help="scp:feats.scp or scp:wav.scp (a Kaldi rspecifier)")
+    p.add_argument("--num-frames", type=int, default=5, help="face models: evenly spaced frames per utterance "
+                   "(all of them, the last repeated, when there are fewer)")
+    p.add_argument("--batch-frames", type=int, default=64, help="face models: frames per batch")
+    p.add_argument("--no-face", metavar="FILE",
+                   help="face models: write the utterances without face frames here (default: the output scp "
+                        "(or ark) with its extension replaced by .no_face)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="face models: skip (and count) utterances with an unreadable frame instead of failing")
+    p.add_argument("rspecifier", help="scp:feats.scp, scp:wav.scp or scp:frames.scp (a Kaldi rspecifier)")
     p.add_argument("wspecifier", help="output table, e.g. ark,scp:exp/x/emb.1.ark,exp/x/emb.1.scp")
     return p
 
@@ -45,7 +58,12 @@ def main(args):
     kind, _, path = args.rspecifier.partition(":")
     input_type = args.input_type
     if input_type == "auto":
-        input_type = "wav" if path.endswith("wav.scp") else "feats"
+        input_type = "frames" if cfg["data"]["input"] == "frames" else "wav" if path.endswith("wav.scp") else "feats"
+    if (input_type == "frames") != (cfg["data"]["input"] == "frames"):
+        raise AvtkError(f"{args.model} is a {'face' if cfg['data']['input'] == 'frames' else 'speech'} model "
+                        f"and cannot embed {input_type} ({args.rspecifier})")
+    if input_type == "frames":
+        return _faces(args, net, kind, path, log)
     skipped, order = [], []
 
     def counted(items):  # remember the input order; check the feature dimension of non-empty inputs
@@ -80,3 +98,43 @@ def main(args):
     if len(out) + len(skipped) != total:
         raise AvtkError(f"wrote {len(out)} embeddings and skipped {len(skipped)} for {total} inputs")
     log.info("wrote %d embeddings (%s) to %s", len(out), input_type, args.wspecifier)
+
+
+def _no_face_path(args):
+    if args.no_face:
+        return args.no_face
+    from avtk.errors import AvtkError
+    from avtk.io.ark import parse_specifier
+
+    ark, scp, _ = parse_specifier(args.wspecifier, "wspecifier")
+    target = scp or ark
+    if target in ("-", "") or target.endswith("|"):
+        raise AvtkError(f"{args.wspecifier} writes to a stream: give --no-face FILE")
+    return os.path.splitext(target)[0] + ".no_face"
+
+
+def _faces(args, net, kind, path, log):
+    from avtk.data.table import read_dict, write_dict
+    from avtk.embed import embed_faces
+    from avtk.errors import AvtkError
+    from avtk.io.ark import open_writer
+
+    if kind != "scp":
+        raise AvtkError(f"{args.rspecifier}: face input must be an scp of frame directories (frames.scp)")
+    dirs = read_dict(path)
+    no_face, bad = [], [] if args.skip_bad else None
+    with open_writer(args.wspecifier) as writer:
+        n = 0
+        for utt, emb in embed_faces(net, dirs.items(), args.device, args.num_frames, args.batch_frames, no_face, bad):
+            writer[utt] = emb
+            n += 1
+    write_dict(_no_face_path(args), {u: "no_face" for u in no_face})
+    if no_face:
+        log.warning("%d of %d utterances have no face frames and got no embedding (listed in %s), e.g. %s",
+                    len(no_face), len(dirs), _no_face_path(args), no_face[0])
+    if bad:
+        log.warning("skipped %d of %d utterances with unreadable frames (--skip-bad), e.g. %s", len(bad), len(dirs),
+                    bad[0][1])
+    if n + len(no_face) + len(bad or []) != len(dirs):
+        raise AvtkError(f"wrote {n} embeddings, {len(no_face)} without faces, {len(bad or [])} skipped, for {len(dirs)} inputs")
+    log.info("wrote %d face embeddings (%d frames each) to %s", n, args.num_frames, args.wspecifier)

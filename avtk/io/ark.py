@@ -57,7 +57,7 @@ _STDERR_TAIL = 800  # characters of a failing pipe's stderr quoted in an error
 # specifiers
 
 
-def _parse_specifier(spec, kind):
+def parse_specifier(spec, kind):
     """Split `types:files` into (ark, scp, options); kind is 'wspecifier' or 'rspecifier'."""
     if not isinstance(spec, str) or ":" not in spec:
         raise AvtkError(f"invalid {kind} {spec!r}: expected e.g. 'ark:FILE', 'scp:FILE' or 'ark,scp:FILE.ark,FILE.scp'")
@@ -169,7 +169,7 @@ class TableWriter:
 
     def __init__(self, wspecifier):
         self.wspecifier = wspecifier
-        ark, scp, options = _parse_specifier(wspecifier, "wspecifier")
+        ark, scp, options = parse_specifier(wspecifier, "wspecifier")
         if ark is None:
             raise AvtkError(
                 f"invalid wspecifier {wspecifier!r}: an scp is written only alongside an ark, "
@@ -428,7 +428,7 @@ class TableReader:
 
     def __init__(self, rspecifier):
         self.rspecifier = rspecifier
-        ark, scp, options = _parse_specifier(rspecifier, "rspecifier")
+        ark, scp, options = parse_specifier(rspecifier, "rspecifier")
         self.ark, self.scp = ark, scp
         self.permissive = "p" in options
         if ark is not None and not (ark == "-" or _is_input_pipe(ark)) and not os.path.exists(ark):

@@ -1,20 +1,22 @@
-"""Speaker networks and losses, with small name -> class registries for configs.
+"""Speaker and face networks and losses, with small name -> class registries for configs.
 
-Encoders take features (batch, dim, frames) and optional `lengths` (valid frames per item) and return
-(batch, embed_dim) embeddings; losses take (embeddings, labels) and return (loss, accuracy in %).
+Speech encoders take features (batch, dim, frames) and optional `lengths` (valid frames per item), face
+encoders (modality "face") take normalised images (batch, 3, H, W); both return (batch, embed_dim) embeddings; losses take (embeddings, labels) and return (loss, accuracy in %).
 """
 import inspect
 
 from avtk.errors import AvtkError
 from avtk.models.ecapa import EcapaTdnn
+from avtk.models.iresnet import iresnet18, iresnet34, iresnet50, iresnet100
 from avtk.models.losses import AamSoftmax, MarginScheduler
 from avtk.models.resnet import ResNet34
 
-ENCODERS = {"ecapa_tdnn": EcapaTdnn, "resnet34": ResNet34}
+ENCODERS = {"ecapa_tdnn": EcapaTdnn, "resnet34": ResNet34, "iresnet18": iresnet18, "iresnet34": iresnet34,
+            "iresnet50": iresnet50, "iresnet100": iresnet100}
 LOSSES = {"aam_softmax": AamSoftmax}
 
 __all__ = ["ENCODERS", "LOSSES", "EcapaTdnn", "ResNet34", "AamSoftmax", "MarginScheduler",
-           "build_encoder", "build_loss"]
+           "build_encoder", "build_loss", "build_network", "modality"]
 
 
 def _build(kind, registry, name, kwargs):
@@ -37,3 +39,21 @@ def build_encoder(name, **kwargs):
 def build_loss(name, **kwargs):
     """A loss from LOSSES by name; unknown names or arguments raise AvtkError."""
     return _build("loss", LOSSES, name, kwargs)
+
+
+def modality(encoder):
+    """"face" or "speech": what an encoder of ENCODERS embeds."""
+    if encoder not in ENCODERS:
+        raise AvtkError(f"unknown encoder '{encoder}'; known: {', '.join(sorted(ENCODERS))}")
+    return getattr(ENCODERS[encoder], "modality", "speech")
+
+
+def build_network(model_cfg):
+    """The whole network of a config's `model` section: a SpeakerNet, or a FaceNet for a face encoder."""
+    if modality(model_cfg["encoder"]) == "face":
+        from avtk.models.face_net import FaceNet
+
+        return FaceNet.from_config(model_cfg)
+    from avtk.models.speaker_net import SpeakerNet
+
+    return SpeakerNet.from_config(model_cfg)

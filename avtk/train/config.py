@@ -1,6 +1,7 @@
 """Training configuration: one nested YAML, checked against the defaults; unknown keys are errors.
 
-Sections: model, loss, optim, scheduler, data, augment, runtime. A `*_args` mapping (encoder_args,
+Sections: model, loss, optim, scheduler, data, augment, runtime. The encoder decides the modality: a face
+encoder (iresnet*) trains on face frames (data.input: frames), a speech encoder on features or audio. A `*_args` mapping (encoder_args,
 frontend_args) is handed to its constructor, which checks it. Any key can be overridden from the command
 line as `section.key=value` (the value is parsed as YAML).
 """
@@ -17,11 +18,12 @@ DEFAULTS = {
         "frontend": "kaldi_fbank",   # see avtk.features.FRONTENDS; must match the features of data.input: feats
         "frontend_args": {},
         "cmn": True,                 # subtract each utterance's (or crop's) mean feature before the encoder
+        "channels": "rgb",           # face encoders: rgb (insightface) or bgr (the seed's V-Vox2)
     },
     "loss": {
         "name": "aam_softmax",
-        "margin": 0.2,
-        "scale": 30.0,
+        "margin": None,              # null: 0.2 for speech, 0.4 for faces (the seed's)
+        "scale": None,               # null: 30 for speech, 64 for faces
         "subcenters": 1,
         "margin_warmup_start": 0,    # epoch where the margin starts to grow from 0
         "margin_warmup_epochs": 0,   # epochs over which it reaches `margin` (0: full margin from the start)
@@ -34,7 +36,9 @@ DEFAULTS = {
         "final_lr": 5.0e-5,
     },
     "data": {
-        "input": "feats",            # feats: feats.scp (ark) in the data dir; wav: wav.scp, fbank on the fly
+        "input": None,               # feats: feats.scp (ark); wav: wav.scp, fbank on the fly; frames:
+                                     # frames.scp (face encoders; one random frame per utterance per step).
+                                     # null: feats for speech encoders, frames for face encoders
         "crop_seconds": 2.0,         # random training crops (wrap-padded when the utterance is shorter)
         "batch_size": 128,           # global: divided among DDP ranks
         "num_workers": 0,
@@ -42,6 +46,9 @@ DEFAULTS = {
     },
     "augment": {
         "spec_augment": True,        # one time and one frequency mask per crop
+        "face_flip": 0.5,            # face frames: probability of a horizontal flip,
+        "face_blur": 0.5,            # of a Gaussian blur (kernel 5-9, sigma 0.1-5),
+        "face_grey": 0.2,            # and of greyscale
         "wave": False,               # wav input: MUSAN/RIR augmentation from the dirs below
         "noise_dir": None,
         "music_dir": None,
@@ -59,6 +66,7 @@ DEFAULTS = {
         "threads": 0,                # torch CPU threads per process (0: torch's default)
         "val_interval": 1,           # validate every this many epochs (and after the last)
         "val_max_frames": 20000,     # padded frames per validation batch
+        "val_face_frames": 5,        # face validation: evenly spaced frames per utterance
     },
 }
 
@@ -116,9 +124,26 @@ def load_config(path=None, overrides=()):
     return cfg
 
 
+def _resolve_modality(cfg):
+    """Fill the modality-dependent defaults (left null in DEFAULTS) and check the input suits the encoder."""
+    from avtk.models import modality
+
+    face = modality(cfg["model"]["encoder"]) == "face"
+    for section, key, speech, faces in (("loss", "margin", 0.2, 0.4), ("loss", "scale", 30.0, 64.0),
+                                        ("data", "input", "feats", "frames")):
+        if cfg[section][key] is None:
+            cfg[section][key] = faces if face else speech
+    if face != (cfg["data"]["input"] == "frames"):
+        raise AvtkError(f"config data.input is {cfg['data']['input']} but model.encoder "
+                        f"{cfg['model']['encoder']} is a {'face' if face else 'speech'} encoder "
+                        f"(face encoders take data.input: frames, speech encoders feats or wav)")
+
+
 def _check(cfg):
+    _resolve_modality(cfg)
     choices = {
-        ("data", "input"): ("feats", "wav"),
+        ("data", "input"): ("feats", "wav", "frames"),
+        ("model", "channels"): ("rgb", "bgr"),
         ("runtime", "amp"): ("none", "bf16", "fp16"),
         ("optim", "name"): ("adam", "sgd"),
         ("scheduler", "name"): ("exponential", "warmup_exponential"),

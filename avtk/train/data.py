@@ -1,4 +1,5 @@
-"""Training data: random fixed-length crops of features (feats.scp) or audio (wav.scp), sharded per rank.
+"""Training data: random fixed-length crops of features (feats.scp) or audio (wav.scp), or one random face
+frame per utterance (frames.scp), sharded per rank.
 
 Every random choice for a sample comes from a generator seeded by (seed, epoch, index), so the data of an
 epoch is the same whatever the number of workers, and a resumed run sees exactly what it would have seen.
@@ -92,6 +93,60 @@ class CropDataset(torch.utils.data.Dataset):
             if self.augment is not None:
                 x = self.augment(x, rng)
         return torch.from_numpy(np.array(x, dtype=np.float32)), int(self.labels[index]), index
+
+
+class FrameDataset(torch.utils.data.Dataset):
+    """Items (index, epoch) -> (one random augmented face frame, uint8 RGB (H, W, 3), label, index).
+
+    Utterances without frames are skipped with a warning and counted; an unreadable frame is an error
+    naming the file."""
+
+    def __init__(self, data_dir, cfg, seed, size):
+        from avtk.face.frames import frame_paths
+
+        self.data_dir, self.seed, self.size = data_dir, seed, size
+        self.probs = {k: cfg["augment"][f"face_{k}"] for k in ("flip", "blur", "grey")}
+        utt2spk = read_dict(os.path.join(data_dir, "utt2spk"))
+        path = os.path.join(data_dir, "frames.scp")
+        if not os.path.exists(path):
+            raise AvtkError(f"{path}: missing (data.input is frames; build it with avtk extract-face-frames)")
+        dirs = read_dict(path)
+        missing = sorted(u for u in utt2spk if u not in dirs)
+        if missing:
+            raise AvtkError(f"{data_dir}: {len(missing)} utterances of utt2spk have no frames.scp entry, e.g. {missing[0]}")
+        self.speakers = sorted(set(utt2spk.values()))
+        spk_index = {s: i for i, s in enumerate(self.speakers)}
+        frames = {u: frame_paths(u, dirs[u]) for u in sorted(utt2spk)}
+        empty = [u for u, f in frames.items() if not f]
+        if empty:
+            log.warning("%s: skipping %d utterances with no face frames, e.g. %s", data_dir, len(empty), empty[0])
+        self.utts = [u for u in frames if frames[u]]
+        self.frames = [frames[u] for u in self.utts]
+        self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
+        self.skipped = len(empty)
+
+    def __len__(self):
+        return len(self.utts)
+
+    def feature_dim(self):
+        return None
+
+    def __getitem__(self, item):
+        from avtk.face.frames import augment_face, read_frame
+
+        index, epoch = item
+        rng = np.random.default_rng([self.seed, epoch, index])
+        paths = self.frames[index]
+        image = read_frame(self.utts[index], paths[int(rng.integers(len(paths)))], self.size)
+        image = augment_face(image, rng, **self.probs)
+        return torch.from_numpy(image), int(self.labels[index]), index
+
+
+def make_dataset(data_dir, cfg, seed, augment=None, image_size=None):
+    """The training set of data.input: frames (face), feats or wav (speech)."""
+    if cfg["data"]["input"] == "frames":
+        return FrameDataset(data_dir, cfg, seed, image_size)
+    return CropDataset(data_dir, cfg, seed, augment=augment)
 
 
 class ShardedBatches:

@@ -16,7 +16,7 @@ import torch
 from avtk.errors import AvtkError
 from avtk.train import checkpoint as ckpt
 from avtk.train.config import save_config
-from avtk.train.data import CropDataset, ShardedBatches, collate
+from avtk.train.data import ShardedBatches, collate, make_dataset
 from avtk.train.distributed import setup, teardown
 from avtk.train.schedule import learning_rate
 
@@ -72,15 +72,16 @@ class Trainer:
         self.val_trials = val_trials
         self.val_data = val_data or (os.path.dirname(val_trials) if val_trials else None)
 
-        from avtk.models import build_loss
+        from avtk.models import build_loss, build_network
         from avtk.models.losses import MarginScheduler
-        from avtk.models.speaker_net import SpeakerNet, TrainModule
+        from avtk.models.speaker_net import TrainModule
 
-        self.dataset = CropDataset(train_data, cfg, rt["seed"], augment=_augmenter(cfg))
+        self.net = build_network(cfg["model"])
+        self.dataset = make_dataset(train_data, cfg, rt["seed"], augment=_augmenter(cfg),
+                                    image_size=getattr(self.net, "input_size", None))
         self.speakers = self.dataset.speakers
-        self.net = SpeakerNet.from_config(cfg["model"])
         dim = self.dataset.feature_dim()
-        if dim is not None and self.net.feature_dim is not None and dim != self.net.feature_dim:
+        if dim is not None and getattr(self.net, "feature_dim", None) not in (None, dim):
             raise AvtkError(f"{train_data}/feats.scp has {dim}-dimensional features but the model "
                             f"({cfg['model']['encoder']}) expects {self.net.feature_dim}")
         l = cfg["loss"]
@@ -140,9 +141,12 @@ class Trainer:
     # ----------------------------------------------------------------------------------- loop
 
     def _features(self, crops, index, epoch):
-        """Normalised (batch, frames, dim) features of a batch of crops, SpecAugment applied per crop."""
+        """Normalised (batch, frames, dim) features of a batch of crops, SpecAugment applied per crop; or
+        normalised (batch, 3, H, W) images of a batch of face frames."""
         crops = crops.to(self.device, non_blocking=True)
         with torch.no_grad():
+            if self.cfg["data"]["input"] == "frames":
+                return self.net.normalize(crops)
             if self.cfg["data"]["input"] == "wav":
                 feats, _ = self.net.features(crops)
             else:
@@ -207,8 +211,9 @@ class Trainer:
     def _validate(self, epoch):
         from avtk.embed import validation_eer
 
+        rt = self.cfg["runtime"]
         eer = validation_eer(self.net, self.val_data, self.val_trials, self.cfg["data"]["input"], self.device,
-                             self.cfg["runtime"]["val_max_frames"])
+                             rt["val_max_frames"], rt["val_face_frames"])
         log.info("epoch %d validation EER %.3f%% (%s)", epoch, eer, self.val_trials)
         with open(os.path.join(self.exp, "validation.txt"), "a") as f:
             f.write(f"{epoch} {eer:.4f}\n")
