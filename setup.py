@@ -24,6 +24,9 @@ setup(
     extras_require={
         "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "hypothesis>=6", "matplotlib>=3.5"],
         "plot": ["matplotlib>=3.5"],
+        # PyAV decodes VoxCeleb2's m4a/mp4. The MTCNN face detector's weights come from facenet-pytorch,
+        # installed apart with `pip install --no-deps facenet-pytorch==2.6.0` (its metadata pins an old torch).
+        "video": ["av>=11"],
     },
     entry_points={"console_scripts": ["avtk=avtk.cli:main"]},
 )

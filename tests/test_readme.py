@@ -16,4 +16,6 @@ def test_two_commands_and_ci_runs_the_test_one():
     assert "pytest" in tests
     for cmd in (main_job, tests):
         assert cmd.startswith("python -m pip install torch==2.13.0 && ")
-    assert tests in (REPO / ".ci" / "run").read_text().splitlines()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert tests in ci
+    assert "python -m pytest -q -m recipe tests" in ci  # the mini recipe end to end, apart from the suite

@@ -11,7 +11,9 @@ byte order (what `LC_ALL=C sort -k1,1` gives):
   utt2num_frames  <utterance> <count>
   feats.scp       <utterance> <rxfilename>
   vad.scp         <utterance> <rxfilename>
-  frames.scp      <utterance> <directory of face frames>
+  frames.scp      <utterance> <directory of aligned face frames>
+  video.scp       <utterance> <video file>                  (input of avtk extract-face-frames)
+  raw_frames.scp  <utterance> <directory of unaligned frames> (likewise)
   text            <utterance> [words...]    (never required: speaker recognition is text-free)
   spk2gender      <speaker> m|f
   trials          see avtk.data.trials      (validate checks it; fix/subset/combine leave it alone)
@@ -105,12 +107,15 @@ SPECS = {
         FileSpec("feats.scp", "utterance", "<utterance> <rxfilename>", 2, None),
         FileSpec("vad.scp", "utterance", "<utterance> <rxfilename>", 2, None),
         FileSpec("frames.scp", "utterance", "<utterance> <directory>", 2, 2),
+        FileSpec("video.scp", "utterance", "<utterance> <video file>", 2, 2),
+        FileSpec("raw_frames.scp", "utterance", "<utterance> <directory>", 2, 2),
         FileSpec("text", "utterance", "<utterance> [words...]", 1, None),
         FileSpec("spk2gender", "speaker", "<speaker> m|f", 2, 2, _parse_gender),
     ]
 }
 # Files with one line per utterance (wav.scp too, when there are no segments).
-PER_UTT = ("segments", "utt2dur", "utt2num_frames", "feats.scp", "vad.scp", "frames.scp", "text")
+PER_UTT = ("segments", "utt2dur", "utt2num_frames", "feats.scp", "vad.scp", "frames.scp", "video.scp",
+           "raw_frames.scp", "text")
 REQUIRED = ("wav.scp", "utt2spk", "spk2utt")
 KNOWN = tuple(SPECS)
 

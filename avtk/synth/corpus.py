@@ -175,13 +175,15 @@ def _trials(cfg, test_utts, stream=8):
     return [trials[i] for i in rng.permutation(len(trials))]
 
 
-def _write_data_dir(path, utts, out, frames_root="frame_align"):
+def _write_data_dir(path, utts, out, raw_frames, frames_root="frame_align"):
     write_dict(path / "wav.scp", {u.utt_id: str((out / "wav" / f"{u.rel}.wav").resolve()) for u in utts})
     utt2spk = {u.utt_id: u.spk for u in utts}
     write_dict(path / "utt2spk", utt2spk)
     write_dict(path / "spk2utt", utt2spk_to_spk2utt(utt2spk))
     write_dict(path / "utt2dur", {u.utt_id: f"{u.duration:.2f}" for u in utts})
     write_dict(path / "frames.scp", {u.utt_id: str((out / frames_root / u.rel).resolve()) for u in utts})
+    if raw_frames:  # raw frames with ground-truth landmarks, for avtk extract-face-frames --detector landmarks
+        write_dict(path / "raw_frames.scp", {u.utt_id: str((out / "frame_raw" / u.rel).resolve()) for u in utts})
 
 
 def make_corpus(cfg, out_dir, data_dir, nj=2):
@@ -206,7 +208,7 @@ def make_corpus(cfg, out_dir, data_dir, nj=2):
     for split, name in SPLITS.items():
         subset = [u for u in utts if u.split == split]
         if subset:
-            _write_data_dir(data / name, subset, out)
+            _write_data_dir(data / name, subset, out, cfg.raw_frames)
         if subset and split != TRAIN:
             with atomic_open(data / name / "trials") as f:
                 f.writelines(f"{a.utt_id} {b.utt_id} {'target' if t else 'nontarget'}\n"

@@ -12,17 +12,20 @@ exp=exp
 top_n=20        # AS-Norm cohort size (the cohort is the 40 training speakers' mean embeddings)
 
 help_message="Usage: $0 [options]
-  Runs every stage by default; --stage N --stop-stage M runs stages N..M.
+  Runs every stage by default; --stage N --stop-stage M runs stages N..M (each reads what earlier ones wrote).
   Stages:
     0  synthetic corpus, data dirs (validated) and trivial baselines (mean MFCC, raw pixels)
     1  fbank to ark/scp (\$cmd JOB=1:\$nj over split_scp splits): data/*/feats.scp, utt2num_frames
+    2  face frames: align the raw frames with their landmarks (\$cmd JOB=1:\$nj) -> frame_align/, data/*/frames.scp
     3  train the speaker network (conf/ecapa_mini.yaml) -> exp/ecapa/avg_model.pt
-    5  extract embeddings (\$cmd JOB=1:\$nj): speaker -> exp/ecapa/emb/; face -> exp/face_pixels/emb/
-       (downscaled pixels stand in for the face network until its stage 4 lands)
+    4  train the face network (conf/iresnet_mini.yaml) -> exp/iresnet/avg_model.pt
+    5  extract speaker and face embeddings (\$cmd JOB=1:\$nj) -> exp/{ecapa,iresnet}/emb/
     6  cosine and AS-Norm scoring of the test and dev trials -> exp/*/scores/
     7  fusion: the seed's mean, and logistic-regression fusion/calibration trained on dev -> exp/fusion/
     8  the metrics table -> exp/RESULTS.md
-    9  audio-visual cleansing of the training list -> exp/cleanse/, data/train_clean"
+    9  audio-visual cleansing of the training list -> exp/cleanse/, data/train_clean
+    10 retrain the speaker network on the cleaned list and compare test EERs -> exp/ecapa_clean/
+  Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size)"
 
 . ./path.sh
 . ./cmd.sh
@@ -69,9 +72,29 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   done
 fi
 
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  log "Stage 2: face frames aligned from the raw frames and their landmarks"
+  for x in train test dev; do
+    dir=$PWD/frame_align/$x
+    mkdir -p "$dir/split$nj"
+    split_scp "$data/$x/raw_frames.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/raw_frames.$n.scp"; done)
+    $cmd JOB=1:"$nj" "$exp/log/faces_$x.JOB.log" \
+      avtk extract-face-frames --detector landmarks \
+        "$dir/split$nj/raw_frames.JOB.scp" "$dir" "$dir/split$nj/frames.JOB.scp"
+    for n in $(seq "$nj"); do cat "$dir/split$nj/frames.$n.scp"; done | sort > "$data/$x/frames.scp"
+    check_count "$data/$x/frames.scp" "$data/$x/raw_frames.scp"
+  done
+fi
+
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: train the speaker network"
   avtk train --config conf/ecapa_mini.yaml --train-data "$data/train" --exp "$exp/ecapa" \
+    --val-trials "$data/test/trials"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  log "Stage 4: train the face network"
+  avtk train --config conf/iresnet_mini.yaml --train-data "$data/train" --exp "$exp/iresnet" \
     --val-trials "$data/test/trials"
 fi
 
@@ -90,23 +113,33 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  log "Stage 5: face embeddings (pixel stand-in)"
-  dir=$exp/face_pixels/emb
-  mkdir -p "$dir"
+  log "Stage 5: extract face embeddings"
   for x in train test dev; do
-    avtk extract-baseline --modality face "$data/$x" "ark,scp:$PWD/$dir/$x.ark,$PWD/$dir/$x.scp"
+    dir=$exp/iresnet/emb
+    mkdir -p "$dir/split$nj"
+    split_scp "$data/$x/frames.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/frames_$x.$n.scp"; done)
+    $cmd JOB=1:"$nj" "$exp/log/embed_face_$x.JOB.log" \
+      avtk extract-embeddings --model "$exp/iresnet/avg_model.pt" \
+        "scp:$dir/split$nj/frames_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
+    for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
+    for n in $(seq "$nj"); do cat "$dir/$x.$n.no_face"; done | sort > "$dir/$x.no_face"
+    # every utterance has an embedding or is listed as having no face
+    cat "$dir/$x.scp" "$dir/$x.no_face" > "$dir/$x.all"
+    check_count "$dir/$x.all" "$data/$x/frames.scp"
+    rm "$dir/$x.all"
   done
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "Stage 6: cosine and AS-Norm scoring"
-  for sys in ecapa face_pixels; do
+  for sys in ecapa iresnet; do
     emb=$exp/$sys/emb
     mkdir -p "$exp/$sys/scores"
     for x in test dev; do
-      avtk score --trials "$data/$x/trials" --mean-from "scp:$emb/train.scp" \
+      # --allow-missing: trials of utterances without a face are listed in *.missing; fusion falls back to audio
+      avtk score --allow-missing --trials "$data/$x/trials" --mean-from "scp:$emb/train.scp" \
         "scp:$emb/$x.scp" "$exp/$sys/scores/${x}_cosine.txt"
-      avtk score --trials "$data/$x/trials" --mean-from "scp:$emb/train.scp" \
+      avtk score --allow-missing --trials "$data/$x/trials" --mean-from "scp:$emb/train.scp" \
         --cohort "scp:$emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n" \
         "scp:$emb/$x.scp" "$exp/$sys/scores/${x}_asnorm.txt"
     done
@@ -116,7 +149,7 @@ fi
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   log "Stage 7: fusion and calibration"
   mkdir -p "$exp/fusion"
-  a=$exp/ecapa/scores f=$exp/face_pixels/scores
+  a=$exp/ecapa/scores f=$exp/iresnet/scores
   avtk fuse --method mean --out "$exp/fusion/test_mean.txt" "$a/test_cosine.txt" "$f/test_cosine.txt"
   avtk fuse --method logreg --modalities audio,face --train-scores "$a/dev_asnorm.txt" "$f/dev_asnorm.txt" \
     --model-out "$exp/fusion/logreg.yaml" --out "$exp/fusion/test_logreg.txt" "$a/test_asnorm.txt" "$f/test_asnorm.txt"
@@ -142,8 +175,9 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     row "audio: ECAPA-TDNN C=256" "cosine" "$exp/ecapa/scores/test_cosine.txt"
     row "audio: ECAPA-TDNN C=256" "AS-Norm" "$exp/ecapa/scores/test_asnorm.txt"
     row "audio: ECAPA-TDNN C=256" "AS-Norm, calibrated on dev" "$exp/fusion/test_audio_calibrated.txt" --calibrated
-    row "face: 16x16 pixels (stand-in)" "cosine" "$exp/face_pixels/scores/test_cosine.txt"
-    row "face: 16x16 pixels (stand-in)" "AS-Norm" "$exp/face_pixels/scores/test_asnorm.txt"
+    row "face: 16x16 pixels (trivial)" "cosine" "$exp/baseline/scores_face.txt"
+    row "face: iresnet18 w=8" "cosine" "$exp/iresnet/scores/test_cosine.txt"
+    row "face: iresnet18 w=8" "AS-Norm" "$exp/iresnet/scores/test_asnorm.txt"
     row "fusion: seed mean (a+v)/2" "cosine" "$exp/fusion/test_mean.txt"
     row "fusion: logistic regression (dev)" "AS-Norm, calibrated" "$exp/fusion/test_logreg.txt" --calibrated
   } > "$exp/RESULTS.md"
@@ -153,7 +187,7 @@ fi
 if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
   log "Stage 9: audio-visual cleansing of the training list"
   mkdir -p "$exp/cleanse"
-  avtk cleanse --audio-emb "scp:$exp/ecapa/emb/train.scp" --face-emb "scp:$exp/face_pixels/emb/train.scp" \
+  avtk cleanse --audio-emb "scp:$exp/ecapa/emb/train.scp" --face-emb "scp:$exp/iresnet/emb/train.scp" \
     --truth "$data/train/label_noise.txt" --corpus-root "$corpus/wav" \
     --out-list "$exp/cleanse/train_all_clean.txt" --out-dir "$data/train_clean" \
     --report "$exp/cleanse/report.json" --hist-plot "$exp/cleanse/similarity.png" "$data/train"
@@ -164,6 +198,26 @@ t = r["truth"]
 print(f"\nCleansing: {t['mislabelled']} of {r['utterances']} training utterances mislabelled (injected); "
       f"{r['noisy']} flagged noisy; precision {t['precision']:.3f}, recall {t['recall']:.3f}")
 PY
+  tail -1 "$exp/RESULTS.md"
+fi
+
+if [ "$stage" -le 10 ] && [ "$stop_stage" -ge 10 ]; then
+  log "Stage 10: retrain the speaker network on the cleaned list"
+  avtk train --config conf/ecapa_mini.yaml --train-data "$data/train_clean" --exp "$exp/ecapa_clean" \
+    --val-trials "$data/test/trials"
+  dir=$exp/ecapa_clean/emb
+  mkdir -p "$dir/split$nj" "$exp/ecapa_clean/scores"
+  split_scp "$data/test/feats.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/feats_test.$n.scp"; done)
+  $cmd JOB=1:"$nj" "$exp/log/embed_clean_test.JOB.log" \
+    avtk extract-embeddings --model "$exp/ecapa_clean/avg_model.pt" \
+      "scp:$dir/split$nj/feats_test.JOB.scp" "ark,scp:$PWD/$dir/test.JOB.ark,$PWD/$dir/test.JOB.scp"
+  for n in $(seq "$nj"); do cat "$dir/test.$n.scp"; done | sort > "$dir/test.scp"
+  check_count "$dir/test.scp" "$data/test/feats.scp"
+  avtk score --trials "$data/test/trials" "scp:$dir/test.scp" "$exp/ecapa_clean/scores/test_cosine.txt"
+  avtk score --trials "$data/test/trials" "scp:$exp/ecapa/emb/test.scp" "$exp/ecapa_clean/scores/test_cosine_noisy_model.txt"
+  noisy=$(avtk compute-metrics "$exp/ecapa_clean/scores/test_cosine_noisy_model.txt" | awk '/^EER/ {print $2}')
+  clean=$(avtk compute-metrics "$exp/ecapa_clean/scores/test_cosine.txt" | awk '/^EER/ {print $2}')
+  echo "Retraining (stage 10): ECAPA on the noisy list ($(wc -l < "$data/train/utt2spk") utts) test EER $noisy %, on the cleaned list ($(wc -l < "$data/train_clean/utt2spk") utts) $clean % (cosine, no mean subtraction)" >> "$exp/RESULTS.md"
   tail -1 "$exp/RESULTS.md"
 fi
 

@@ -1,0 +1,73 @@
+"""Detect, align (112x112, insightface template) and save the face frames of videos or raw image directories."""
+import logging
+import os
+
+from avtk.command import make_parser
+
+
+def get_parser():
+    p = make_parser(
+        "Build aligned face frames for the utterances of an scp (`<utt> <video file or directory of raw frames>`, "
+        "a data dir's video.scp or raw_frames.scp). Videos are decoded with PyAV (the `video` extra) and one frame "
+        "is taken every --interval seconds, named by its 25-fps frame number (0010.jpg at 0.4 s, the seed's "
+        "layout); directories give their images in sorted name order. Each frame's 5 landmarks come from "
+        "--detector, and a least-squares similarity (Umeyama) warps the frame to the insightface 112x112 template. "
+        "Writes OUT_DIR/<utt>/NNNN.jpg (each utterance's directory appears whole) and the frames.scp table "
+        "(`<utt> <absolute directory>`). Frames without a face are left out and counted; an utterance with no "
+        "face in any frame keeps an empty directory, which avtk extract-embeddings lists as no_face. Already "
+        "aligned frames (the seed's frame_align tree) need no processing: list them in frames.scp directly."
+    )
+    p.add_argument("--detector", choices=["landmarks", "mtcnn"], default="mtcnn",
+                   help="landmarks: read <dir>/landmarks.txt (`<frame> x1 y1 ... x5 y5`, e.g. the synthetic corpus's "
+                        "ground truth); mtcnn: the MTCNN detector, weights from facenet-pytorch "
+                        "(pip install --no-deps facenet-pytorch==2.6.0)")
+    p.add_argument("--interval", type=float, default=0.4, help="seconds between frames taken from a video")
+    p.add_argument("--size", type=int, default=112, help="side of the aligned square image")
+    p.add_argument("--min-face", type=int, default=20, help="mtcnn: smallest face side in pixels")
+    p.add_argument("--device", default="cpu", help="mtcnn: cpu, cuda or cuda:N")
+    p.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) utterances whose video or frames cannot be read instead of failing")
+    p.add_argument("in_scp", help="`<utt> <video or directory>` table")
+    p.add_argument("out_dir", help="root of the aligned frames: OUT_DIR/<utt>/*.jpg")
+    p.add_argument("frames_scp", help="output table `<utt> <directory>`")
+    return p
+
+
+def main(args):
+    import torch
+
+    from avtk.data.table import read_dict, write_dict
+    from avtk.errors import AvtkError
+    from avtk.face.extract import build_detector, extract_utterance
+
+    log = logging.getLogger(__name__)
+    torch.set_num_threads(args.num_threads)
+    sources = read_dict(args.in_scp)
+    detector = build_detector(args.detector, args.device, args.min_face)
+    out = {}
+    frames = faces = 0
+    no_face, bad = [], []
+    for utt, source in sources.items():
+        target = os.path.abspath(os.path.join(args.out_dir, utt))
+        try:
+            n, k = extract_utterance(utt, source, target, detector, args.interval, args.size)
+        except AvtkError as err:
+            if not args.skip_bad:
+                raise
+            log.warning("skipping %s: %s", utt, err)
+            bad.append(utt)
+            continue
+        frames, faces = frames + n, faces + k
+        if k == 0:
+            no_face.append(utt)
+        out[utt] = target
+    write_dict(args.frames_scp, out)
+    if no_face:
+        log.warning("%d of %d utterances have no face in any frame (empty directories), e.g. %s",
+                    len(no_face), len(sources), no_face[0])
+    if bad:
+        log.warning("skipped %d of %d utterances that could not be read (--skip-bad), e.g. %s",
+                    len(bad), len(sources), bad[0])
+    log.info("%d utterances: %d frames, %d with a face (%d without) -> %s, %s", len(out), frames, faces,
+             frames - faces, args.out_dir, args.frames_scp)
