@@ -281,3 +281,24 @@ def test_extract_face_frames_with_the_mtcnn_detector(tmp_path):
             for x, y in TEMPLATE_112[:2]]
     cheek = grey[60:66, 53:59].mean()
     assert max(eyes) < cheek, (eyes, cheek)
+
+
+def test_extract_face_frames_from_a_video(tmp_path):
+    """An mp4 (written with PyAV) decoded every 0.4 s, faces found by MTCNN, frames named by 25-fps number."""
+    import matplotlib
+
+    from avtk.io.media import write_video
+
+    photo = np.asarray(Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg"))
+                       .convert("RGB").resize((300, 256)))
+    frames = [photo] * 25 + [np.full_like(photo, 100)] * 25  # 1 s of face, then 1 s without
+    write_video(tmp_path / "v.mp4", frames, fps=25)
+    (tmp_path / "video.scp").write_text(f"u1 {tmp_path}/v.mp4\nu2 {tmp_path}/missing.mp4\n")
+    proc = avtk("extract-face-frames", tmp_path / "video.scp", tmp_path / "align", tmp_path / "frames.scp",
+                check=False)
+    assert proc.returncode == 1 and f"utterance u2: video {tmp_path}/missing.mp4 does not exist" in proc.stderr
+    proc = avtk("extract-face-frames", "--skip-bad", tmp_path / "video.scp", tmp_path / "align",
+                tmp_path / "frames.scp")
+    assert "1 utterances: 4 frames, 2 with a face (2 without)" in proc.stderr  # 0.4, 0.8 | 1.2, 1.6 s
+    assert sorted(os.listdir(tmp_path / "align/u1")) == ["0010.jpg", "0020.jpg"]
+    assert (tmp_path / "frames.scp").read_text() == f"u1 {tmp_path}/align/u1\n"

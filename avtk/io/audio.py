@@ -14,6 +14,10 @@ Conventions:
   * a segment's sample range is [round(start * sr), round(end * sr)); an end past the recording by at most
     `MAX_OVERSHOOT` seconds is clipped to the recording (Kaldi's extract-segments default), more is an error.
 
+Files whose extension is in `avtk.io.media.MEDIA_EXTENSIONS` (.m4a .mp4 .aac .mkv .webm .ogg .opus, any case:
+VoxCeleb2's m4a and mp4) are decoded with PyAV (`avtk.io.media.read_audio`, AAC priming removed) at their native
+rate and then follow the rules above like any other file; all else is read with libsndfile.
+
 Every failure (missing, empty or corrupt file, failing pipe, wrong rate, segment out of range) is an
 `AvtkError` naming the utterance and the file or command.
 """
@@ -32,6 +36,7 @@ import torch
 
 from avtk.data.table import read_lines
 from avtk.errors import AvtkError
+from avtk.io import media
 from avtk.io.atomic import atomic_path
 from avtk.io.resample import resample as _resample
 
@@ -165,6 +170,12 @@ def _read_file(utt, path):
         raise AvtkError(f"utterance {utt}: audio file {path} is a directory")
     if os.path.getsize(path) == 0:
         raise AvtkError(f"utterance {utt}: audio file {path} is empty (0 bytes)")
+    if os.path.splitext(path)[1].lower() in media.MEDIA_EXTENSIONS:
+        try:
+            data, rate = media.read_audio(path)
+        except AvtkError as err:
+            raise AvtkError(f"utterance {utt}: {err}") from None
+        return data, rate, path
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError, ValueError, OSError) as err:
