@@ -240,3 +240,46 @@ def test_singleton_speakers_are_not_judged():
     result = cleanse(utts, utt2spk, audio, seed=1)
     assert math.isnan(result.audio_sim[40]) and not result.noisy[40]
     assert result.stats["not_judged"] == 1 and result.stats["missing"]["visual"] == 41
+
+
+def test_benjamini_hochberg_threshold():
+    from avtk.cleanse import benjamini_hochberg
+
+    p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, np.nan])
+    # k/m * 0.05 with m = 8 tested: 0.00625, 0.0125, 0.01875, 0.025, ...; the largest k with p_(k) <= is 2
+    assert benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 7
+    # at 0.1: 0.074 <= 7/8 * 0.1, so the first 7 go, 0.039 (above 3/8 * 0.1) included: the step-up rule
+    assert benjamini_hochberg(p, 0.1).tolist() == [True] * 7 + [False, False]
+    assert not benjamini_hochberg(np.full(3, np.nan), 0.05).any()
+
+
+def test_joint_step_finds_mislabels_that_the_networks_memorised():
+    """Networks trained on the noisy list pull a mislabel towards its wrong label: its own similarity is only
+    moderately low and its margin positive, unlike a synthetic mislabel. It is still atypical in BOTH
+    modalities, while clean outliers are atypical in one: the joint step separates them."""
+    rng = np.random.default_rng(5)
+    spks, per = 30, 12
+    utts, utt2spk, audio, face, truth = [], {}, {}, {}, set()
+    ident_a, ident_v = rng.normal(size=(spks, 32)), rng.normal(size=(spks, 32))
+    for s in range(spks):
+        for k in range(per):
+            u = f"s{s:02d}-u{k:02d}"
+            utts.append(u)
+            utt2spk[u] = f"s{s:02d}"
+            a, v = ident_a[s] + 0.5 * rng.normal(size=32), ident_v[s] + 0.5 * rng.normal(size=32)
+            if k == 0:  # mislabelled and memorised: halfway between its true speaker and its label
+                t = (s + 1 + int(rng.integers(spks - 1))) % spks
+                a = 0.45 * ident_a[t] + 0.55 * ident_a[s] + 0.5 * rng.normal(size=32)
+                v = 0.45 * ident_v[t] + 0.55 * ident_v[s] + 0.5 * rng.normal(size=32)
+                truth.add(u)
+            elif k == 1:  # clean, one modality degraded
+                a = a + 1.5 * rng.normal(size=32)
+            elif k == 2:
+                v = v + 1.5 * rng.normal(size=32)
+            audio[u], face[u] = a, v
+    from avtk.cleanse import evaluate
+
+    joint = evaluate(cleanse(utts, utt2spk, audio, face), truth)
+    assert joint["precision"] >= 0.9 and joint["recall"] >= 0.9, joint
+    synthetic = evaluate(cleanse(utts, utt2spk, audio, face, fine="synthetic"), truth)
+    assert synthetic["recall"] < 0.5, synthetic  # its synthetic mislabels are far more extreme than these

@@ -2,10 +2,13 @@
 
 Step 1 (coarse) compares each utterance with the robust leave-one-out centroid of its labelled speaker
 and the nearest other speaker, per modality, and flags "peculiar" utterances (robust z below
--`--peculiar-z` from the median/MAD of all utterances, or a negative margin). Step 2 (fine) flags a
-peculiar utterance noisy when a logistic regression, trained on synthetic mislabels of the same set
-(`--seed`), gives it a probability above `--threshold`. Utterances without a face embedding are judged on
-audio alone (counted); a missing audio embedding is an error. See avtk/cleanse.py for the method.
+-`--peculiar-z` from the median/MAD of all utterances, or a negative margin). Step 2 (fine), `--fine joint`
+(default), flags a peculiar utterance noisy when it is atypical in every modality at once: its joint
+p-value max(Phi(z_audio), Phi(z_visual))^2 passes the Benjamini-Hochberg procedure at false-discovery
+rate `--fdr`. `--fine synthetic` instead uses a logistic regression trained on synthetic mislabels of the
+same set (`--seed`) and `--threshold`; it suits networks that did not train on this list. Utterances
+without a face embedding are judged on audio alone (counted); a missing audio embedding is an error.
+See avtk/cleanse.py for the method.
 
 Outputs (each written atomically): `--out-list` in the seed's format
 `spk rel_path duration audio_sim visual_sim clean|noisy` (`nan` for an unavailable similarity);
@@ -50,8 +53,13 @@ def get_parser():
     p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic mislabels")
     p.add_argument("--peculiar-z", type=float, default=2.0,
                    help="coarse step: peculiar if an own-speaker similarity's robust z-score is below minus this")
+    p.add_argument("--fine", choices=["joint", "synthetic"], default="joint",
+                   help="fine step: joint (every modality atypical, FDR-controlled) or synthetic (classifier "
+                        "trained on synthetic mislabels)")
+    p.add_argument("--fdr", type=float, default=0.05,
+                   help="fine step joint: false-discovery rate of the Benjamini-Hochberg threshold")
     p.add_argument("--threshold", type=float, default=0.5,
-                   help="fine step: noisy if peculiar and the classifier's probability exceeds this")
+                   help="fine step synthetic: noisy if peculiar and the classifier's probability exceeds this")
     p.add_argument("--num-synthetic", type=int, default=20000,
                    help="utterances relabelled to train the fine-step classifier (at most all of them)")
     p.add_argument("--no-subtract-mean", dest="subtract_mean", action="store_false",
@@ -166,15 +174,17 @@ def main(args):
         del face_table
 
     result = cleanse(utts, utt2spk, audio, face, seed=args.seed, peculiar_z=args.peculiar_z,
-                     threshold=args.threshold, num_synthetic=args.num_synthetic,
+                     threshold=args.threshold, num_synthetic=args.num_synthetic, fine=args.fine, fdr=args.fdr,
                      subtract_mean=args.subtract_mean)
     stats = dict(result.stats)
     stats["data_dir"] = args.data_dir
     st = stats
     log.info("%d utterances of %d speakers: %d without a face embedding, %d judged on audio alone",
              st["utterances"], st["speakers"], st["missing"]["visual"], st["audio_only"])
-    log.info("coarse step: %d peculiar; fine step: %d noisy (synthetic estimate: recall %s, false flags %s)",
-             st["peculiar"], st["noisy"], st["synthetic"]["recall"], st["synthetic"]["false_flag_rate"])
+    log.info("coarse step: %d peculiar; fine step (%s): %d noisy (joint at FDR %s: %d; synthetic-mislabel "
+             "classifier: %d, its own estimate on synthetic mislabels: recall %s, false flags %s)",
+             st["peculiar"], st["fine"], st["noisy"], st["thresholds"]["fdr"], st["noisy_by_method"]["joint"],
+             st["noisy_by_method"]["synthetic"], st["synthetic"]["recall"], st["synthetic"]["false_flag_rate"])
     if truth is not None:
         stats["truth"] = dict(evaluate(result, truth), file=args.truth)
         t = stats["truth"]
