@@ -202,3 +202,17 @@ def test_train_from_wav_with_augmentation_and_sgd(corpus, tmp_path):
     # An avg_model trained on audio embeds features from compute-fbank too: one front end.
     avtk("extract-embeddings", "--model", exp / "avg_model.pt", f"scp:{corpus}/data/test/wav.scp",
          f"ark:{tmp_path}/e.ark")
+
+
+def test_every_recipe_training_config_loads():
+    """egs/*/conf/*.yaml training configs resolve against the defaults (an unknown key would be an error)."""
+    from avtk.train.config import load_config
+    from conftest import REPO
+
+    confs = [p for p in sorted(REPO.glob("egs/*/conf/*.yaml")) if "model" in yaml.safe_load(p.read_text())]
+    assert {p.name for p in confs} >= {"ecapa_mini.yaml", "iresnet_mini.yaml", "ecapa_l.yaml", "iresnet18.yaml"}
+    for p in confs:
+        cfg = load_config(p)
+        face = cfg["model"]["encoder"].startswith("iresnet")
+        assert (cfg["data"]["input"] == "frames") == face
+        assert (cfg["loss"]["margin"], cfg["loss"]["scale"]) == ((0.4, 64.0) if face else (0.2, 30.0))
