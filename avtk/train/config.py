@@ -68,6 +68,7 @@ DEFAULTS = {
         "val_max_frames": 20000,     # padded frames per validation batch
         "val_face_frames": 5,        # face validation: evenly spaced frames per utterance
     },
+    "source": None,                  # set by avtk import-model: where an imported model came from
 }
 
 
