@@ -230,12 +230,13 @@ def test_margin_scheduler():
 
 
 def test_registries():
-    assert set(ENCODERS) == {"ecapa_tdnn", "resnet34"} and set(LOSSES) == {"aam_softmax"}
+    assert set(ENCODERS) == {"ecapa_tdnn", "resnet34", "iresnet18", "iresnet34", "iresnet50", "iresnet100"}
+    assert set(LOSSES) == {"aam_softmax"}
     enc = build_encoder("ecapa_tdnn", in_dim=40, channels=64, embed_dim=32)
     assert isinstance(enc, EcapaTdnn) and enc.embed_dim == 32
     assert isinstance(build_encoder("resnet34", base_width=8), ResNet34)
     assert build_loss("aam_softmax", embed_dim=32, num_classes=4, margin=0.1).margin == 0.1
-    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: ecapa_tdnn, resnet34"):
+    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: ecapa_tdnn, iresnet100, iresnet18, iresnet34, iresnet50, resnet34"):
         build_encoder("tdnn")
     with pytest.raises(AvtkError, match="unknown argument chanels for encoder 'ecapa_tdnn'; accepted: in_dim, channels"):
         build_encoder("ecapa_tdnn", chanels=512)
