@@ -27,6 +27,8 @@ setup(
         # PyAV decodes VoxCeleb2's m4a/mp4. The MTCNN face detector's weights come from facenet-pytorch,
         # installed apart with `pip install --no-deps facenet-pytorch==2.6.0` (its metadata pins an old torch).
         "video": ["av>=11"],
+        # avtk export --format onnx, and its parity test against onnxruntime
+        "onnx": ["onnx>=1.17", "onnxruntime>=1.19"],
     },
     entry_points={"console_scripts": ["avtk=avtk.cli:main"]},
 )

@@ -30,7 +30,7 @@ def load_model(path, device="cpu"):
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # torch.load raises OSError, RuntimeError, UnpicklingError, EOFError, ...
         raise AvtkError(f"cannot load model {path}: {err}") from None
     if not isinstance(blob, dict) or "model" not in blob or "config" not in blob:
         raise AvtkError(f"{path}: not an avtk model (expected keys 'model' and 'config'; "

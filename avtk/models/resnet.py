@@ -101,7 +101,7 @@ class ResNet34(nn.Module):
             for j, block in enumerate(getattr(self, f"layer{i}")):
                 if lengths is not None and j == 0 and stride != 1:
                     lengths = (lengths + stride - 1) // stride
-                    mask = _time_mask(lengths, -(-x.shape[-1] // stride), x.dtype)
+                    mask = _time_mask(lengths, (x.shape[-1] + stride - 1) // stride, x.dtype)  # ceil; exports to ONNX
                 x = block(x, mask)
         h = x.flatten(1, 2)  # (B, C * F', T')
         if mask is None:
