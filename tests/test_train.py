@@ -216,3 +216,16 @@ def test_every_recipe_training_config_loads():
         face = cfg["model"]["encoder"].startswith("iresnet")
         assert (cfg["data"]["input"] == "frames") == face
         assert (cfg["loss"]["margin"], cfg["loss"]["scale"]) == ((0.4, 64.0) if face else (0.2, 30.0))
+
+
+def test_a_fresh_run_replaces_a_previous_run_in_the_same_exp(corpus, tmp_path):
+    """Re-running a recipe stage without --resume must not average, prune or validate against the files
+    an earlier (longer) run left in EXP."""
+    exp = tmp_path / "exp"
+    conf = write_conf(tmp_path / "c.yaml")
+    train(corpus, exp, conf, "--val-trials", corpus / "data/test/trials", "runtime.epochs=3")
+    proc = train(corpus, exp, conf, "--val-trials", corpus / "data/test/trials", "runtime.epochs=2")
+    assert "held 5 files of a previous run" in proc.stderr
+    assert sorted(os.listdir(exp / "checkpoints")) == ["epoch_001.pt", "epoch_002.pt"]
+    assert torch.load(exp / "avg_model.pt", map_location="cpu", weights_only=False)["epochs"] == [1, 2]
+    assert [line.split()[0] for line in (exp / "validation.txt").read_text().splitlines()] == ["1", "2"]

@@ -48,6 +48,20 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def clear_previous_run(exp):
+    """Remove a previous run's epoch checkpoints, last_good.pt, validation.txt and avg_model.pt from exp;
+    returns how many files went. A fresh run must not average, prune or resume against them."""
+    stale = [checkpoint_path(exp, e) for e in epochs_saved(exp)]
+    stale += [os.path.join(exp, "checkpoints", "last_good.pt"), os.path.join(exp, "validation.txt"),
+              os.path.join(exp, "avg_model.pt")]
+    gone = 0
+    for path in stale:
+        if os.path.exists(path):
+            os.remove(path)
+            gone += 1
+    return gone
+
+
 def prune(exp, keep):
     for epoch in epochs_saved(exp)[:-keep] if keep > 0 else []:
         os.remove(checkpoint_path(exp, epoch))

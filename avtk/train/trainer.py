@@ -226,6 +226,12 @@ class Trainer:
             save_config(self.cfg, os.path.join(self.exp, "config.yaml"))
         if self.resume:
             self._restore()
+        elif self.dist.main:
+            gone = ckpt.clear_previous_run(self.exp)
+            if gone:
+                log.warning("%s held %d files of a previous run (checkpoints, validation.txt, avg_model.pt); "
+                            "removed them: this run starts afresh (--resume continues a run)", self.exp, gone)
+        self.dist.barrier()
         log.info("training %s on %d utterances of %d speakers, epochs %d-%d, %d steps/epoch, %s, amp %s",
                  self.cfg["model"]["encoder"], len(self.dataset), len(self.speakers), self.start_epoch,
                  rt["epochs"], len(self.batches), self.device, self.amp)
