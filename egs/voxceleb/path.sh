@@ -1,0 +1,8 @@
+# Environment for the recipe: Kaldi-style utils on PATH, C sorting, the avtk command.
+export PATH="$PWD/utils:$PATH"
+export LC_ALL=C
+export PYTHONUNBUFFERED=1
+if ! command -v avtk >/dev/null 2>&1; then
+  echo "path.sh: the avtk command is not on PATH; install it first: pip install torch==2.13.0 && pip install -e ../.." >&2
+  return 1 2>/dev/null || exit 1
+fi

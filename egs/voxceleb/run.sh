@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# VoxCeleb: train on VoxCeleb2 dev (speech: ECAPA-L, faces: iresnet18), test on VoxCeleb1 O/E/H, fuse, cleanse
+# the training list and retrain on it. Either layout of the data: the seed's tree or the official release.
+set -euo pipefail
+
+stage=0
+stop_stage=100
+layout=seed          # seed: --vox2 and --vox1 are the seed's trees; official: --vox2-dev, --vox1 (and --trials-dir)
+vox2=                # seed: VoxCeleb2 root with wav/, frame_align/, train_all.txt
+vox1=                # VoxCeleb1 root: seed: wav/, frame_align/, {O,E,H}_list.txt, {O,E,H}_trials.txt; official: wav/
+vox2_dev=            # official: VoxCeleb2 dev with aac/ (m4a) and mp4/
+trials_dir=          # official: veri_test2.txt, list_test_all2.txt, list_test_hard2.txt (default: --vox1)
+pretrained=          # a directory with the seed's A-Vox2.model and V-Vox2.model (V-Glint.model optional):
+                     # stages 3-4 import them instead of training, stage 10 is skipped
+speaker_conf=conf/ecapa_l.yaml
+face_conf=conf/iresnet18.yaml
+train_opts=          # section.key=value overrides for both trainings, e.g. "runtime.epochs=40 data.num_workers=4"
+gpus=8               # GPUs per node for torchrun (0: plain CPU training, one process)
+nnodes=1             # torchrun multi-node: run this script on every node with its --node-rank
+node_rank=0
+master_addr=localhost
+master_port=29500
+nj=32                # parallel jobs of fbank, face frames and extraction ($cmd JOB=1:$nj)
+device=cpu           # extraction and face detection device (cuda with a GPU per job)
+top_n=300            # AS-Norm cohort size (cohort: the training speakers' mean embeddings)
+cal_set=O            # the trial set logistic-regression fusion is trained on (applied to the others)
+
+help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
+       $0 --layout official --vox2-dev DIR --vox1 DIR [--trials-dir DIR] [options]
+  Stages (every one by default; --stage N --stop-stage M runs N..M from the files earlier stages wrote):
+    0  data dirs (avtk prepare-voxceleb): data/{vox2_train|vox2_dev}, data/vox1_{O,E,H} with trials
+    1  fbank of every set (\$cmd JOB=1:\$nj) -> fbank/, data/*/feats.scp
+    2  face frames: official layout: MTCNN + alignment of the mp4s (\$cmd JOB=1:\$nj) -> frame_align/;
+       seed layout: its frame_align/ tree is used as is
+    3  speaker network (\$speaker_conf) with torchrun over --gpus/--nnodes -> exp/speaker/avg_model.pt
+    4  face network (\$face_conf) -> exp/face/avg_model.pt       (with --pretrained: 3-4 import the seed's models)
+    5  embeddings of the training set and the trial sets (\$cmd JOB=1:\$nj)
+    6  cosine and AS-Norm scoring of O/E/H
+    7  fusion: the seed's mean, and logistic regression trained on --cal-set, applied to the other sets
+    8  the metrics table -> exp/RESULTS.md
+    9  audio-visual cleansing -> exp/cleanse/train_all_clean.txt, data/<train>_clean
+    10 retrain the speaker network on the cleaned list and compare O/E/H EERs
+  Options: --stage --stop-stage --layout --vox2 --vox1 --vox2-dev --trials-dir --pretrained --speaker-conf
+           --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --nj --device --top-n
+           --cal-set"
+
+. ./path.sh
+. ./cmd.sh
+. utils/parse_options.sh
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+check_count() {
+  local got want
+  got=$(wc -l < "$1"); want=$(wc -l < "$2")
+  [ "$got" -eq "$want" ] || die "$1 has $got lines but $2 has $want"
+}
+run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+# Split an scp into $nj parts under DIR: split_to SCP DIR NAME -> DIR/NAME.{1..nj}.scp
+split_to() {
+  mkdir -p "$2"
+  split_scp "$1" $(for n in $(seq "$nj"); do echo "$2/$3.$n.scp"; done)
+}
+
+case $layout in
+  seed) train=vox2_train ;;
+  official) train=vox2_dev ;;
+  *) die "--layout is '$layout'; choose seed or official" ;;
+esac
+sets() { for x in O E H; do [ -f "data/vox1_$x/trials" ] && echo "vox1_$x"; done; true; }
+spk_exp=exp/speaker face_exp=exp/face
+train_cmd_prefix() {  # torchrun over GPUs and nodes, or plain avtk on a CPU
+  if [ "$gpus" -gt 0 ]; then
+    echo "torchrun --nproc_per_node $gpus --nnodes $nnodes --node_rank $node_rank --master_addr $master_addr \
+--master_port $master_port -m avtk.cli"
+  else
+    echo "avtk"
+  fi
+}
+
+if run_stage 0; then
+  log "Stage 0: data dirs ($layout layout)"
+  if [ "$layout" = seed ]; then
+    [ -n "$vox2" ] && [ -n "$vox1" ] || die "stage 0 (seed layout) needs --vox2 DIR (VoxCeleb2 with wav/, frame_align/, train_all.txt) and --vox1 DIR (VoxCeleb1 with wav/, frame_align/, O_list.txt, O_trials.txt, ...)"
+    avtk prepare-voxceleb seed --vox2 "$vox2" --vox1 "$vox1" data
+  else
+    [ -n "$vox2_dev" ] && [ -n "$vox1" ] || die "stage 0 (official layout) needs --vox2-dev DIR (VoxCeleb2 dev with aac/ and mp4/) and --vox1 DIR (VoxCeleb1 with wav/); --trials-dir DIR holds veri_test2.txt, list_test_all2.txt, list_test_hard2.txt"
+    avtk prepare-voxceleb official --vox2-dev "$vox2_dev" --vox1 "$vox1" --trials-dir "${trials_dir:-$vox1}" data
+  fi
+  [ -n "$(sets)" ] || die "no VoxCeleb1 trial set was prepared: check the trial lists under ${trials_dir:-$vox1}"
+  for x in $train $(sets); do utils/validate_data_dir.sh --no-feats "data/$x"; done
+fi
+
+[ -f "data/$train/wav.scp" ] || die "data/$train/wav.scp is missing: run stage 0 first (with --vox2/--vox1 or --vox2-dev/--vox1)"
+
+if run_stage 1; then
+  log "Stage 1: fbank"
+  for x in $train $(sets); do
+    dir=$PWD/fbank/$x
+    split_to "data/$x/wav.scp" "$dir/split$nj" wav
+    $cmd JOB=1:"$nj" "exp/log/fbank_$x.JOB.log" \
+      avtk compute-fbank --device "$device" --write-num-frames "$dir/utt2num_frames.JOB" \
+        "scp:$dir/split$nj/wav.JOB.scp" "ark,scp:$dir/raw_fbank.JOB.ark,$dir/raw_fbank.JOB.scp"
+    for n in $(seq "$nj"); do cat "$dir/raw_fbank.$n.scp"; done | sort > "data/$x/feats.scp"
+    for n in $(seq "$nj"); do cat "$dir/utt2num_frames.$n"; done | sort > "data/$x/utt2num_frames"
+    check_count "data/$x/feats.scp" "data/$x/wav.scp"
+  done
+fi
+
+if run_stage 2; then
+  log "Stage 2: face frames"
+  for x in $train $(sets); do
+    if [ -f "data/$x/frames.scp" ] && [ ! -f "data/$x/video.scp" ]; then
+      log "data/$x/frames.scp lists aligned frames already (the seed's frame_align/): nothing to do"
+      continue
+    fi
+    [ -f "data/$x/video.scp" ] || { log "data/$x has no video.scp and no frames.scp: no faces for $x"; continue; }
+    dir=$PWD/frame_align/$x
+    split_to "data/$x/video.scp" "$dir/split$nj" video
+    $cmd JOB=1:"$nj" "exp/log/faces_$x.JOB.log" \
+      avtk extract-face-frames --detector mtcnn --device "$device" --skip-bad \
+        "$dir/split$nj/video.JOB.scp" "$dir" "$dir/split$nj/frames.JOB.scp"
+    for n in $(seq "$nj"); do cat "$dir/split$nj/frames.$n.scp"; done | sort > "data/$x/frames.scp"
+  done
+fi
+
+if run_stage 3; then
+  if [ -n "$pretrained" ]; then
+    log "Stage 3: import the seed's speaker model from $pretrained"
+    [ -f "$pretrained/A-Vox2.model" ] || die "--pretrained $pretrained has no A-Vox2.model"
+    avtk import-model --format a-vox2 "$pretrained/A-Vox2.model" "$spk_exp/avg_model.pt"
+  else
+    log "Stage 3: train the speaker network ($speaker_conf, $gpus GPU(s) x $nnodes node(s))"
+    $(train_cmd_prefix) train --config "$speaker_conf" --train-data "data/$train" --exp "$spk_exp" \
+      --val-trials "data/vox1_$cal_set/trials" $train_opts
+  fi
+fi
+
+if run_stage 4; then
+  if [ -n "$pretrained" ]; then
+    log "Stage 4: import the seed's face model(s) from $pretrained"
+    [ -f "$pretrained/V-Vox2.model" ] || die "--pretrained $pretrained has no V-Vox2.model"
+    avtk import-model --format v-vox2 "$pretrained/V-Vox2.model" "$face_exp/avg_model.pt"
+    if [ -f "$pretrained/V-Glint.model" ]; then
+      avtk import-model --format v-glint "$pretrained/V-Glint.model" exp/face_glint/avg_model.pt
+    fi
+  else
+    [ -f "data/$train/frames.scp" ] || die "data/$train/frames.scp is missing: run stage 2 (official layout) or give the seed's tree with frame_align/"
+    log "Stage 4: train the face network ($face_conf)"
+    $(train_cmd_prefix) train --config "$face_conf" --train-data "data/$train" --exp "$face_exp" \
+      --val-trials "data/vox1_$cal_set/trials" $train_opts
+  fi
+fi
+
+face_systems() { echo face; [ -f exp/face_glint/avg_model.pt ] && echo face_glint; true; }
+
+# embed MODEL_EXP SET TABLE: $cmd JOB=1:$nj extraction of data/SET/TABLE into MODEL_EXP/emb/SET.scp
+embed() {
+  local exp_dir=$1 x=$2 table=$3 dir=$1/emb input=${3%.scp}
+  [ "$input" = feats ] || [ "$input" = wav ] || input=frames
+  split_to "data/$x/$table" "$dir/split$nj" "${table%.scp}_$x"
+  $cmd JOB=1:"$nj" "exp/log/embed_${exp_dir##*/}_$x.JOB.log" \
+    avtk extract-embeddings --model "$exp_dir/avg_model.pt" --device "$device" --input-type "$input" \
+      "scp:$dir/split$nj/${table%.scp}_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
+  for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
+  if [ "$table" = frames.scp ]; then
+    for n in $(seq "$nj"); do cat "$dir/$x.$n.no_face"; done | sort > "$dir/$x.no_face"
+    [ "$(cat "$dir/$x.scp" "$dir/$x.no_face" | wc -l)" -eq "$(wc -l < "data/$x/frames.scp")" ] \
+      || die "$dir/$x.scp and $x.no_face do not add up to data/$x/frames.scp"
+  else
+    check_count "$dir/$x.scp" "data/$x/$table"
+  fi
+}
+
+if run_stage 5; then
+  log "Stage 5: embeddings"
+  # imported seed models carry their own front end: they embed audio; trained ones read the fbank of stage 1
+  speech_table=feats.scp
+  [ -n "$pretrained" ] && speech_table=wav.scp
+  for x in $train $(sets); do
+    embed "$spk_exp" "$x" "$speech_table"
+    if [ -f "data/$x/frames.scp" ]; then
+      for f in $(face_systems); do embed "exp/$f" "$x" frames.scp; done
+    fi
+  done
+fi
+
+if run_stage 6; then
+  log "Stage 6: cosine and AS-Norm scoring"
+  for sys in speaker $(face_systems); do
+    emb=exp/$sys/emb
+    mkdir -p "exp/$sys/scores"
+    for x in $(sets); do
+      [ -f "$emb/$x.scp" ] || continue
+      avtk score --allow-missing --trials "data/$x/trials" "scp:$emb/$x.scp" "exp/$sys/scores/${x}_cosine.txt"
+      avtk score --allow-missing --trials "data/$x/trials" --cohort "scp:$emb/$train.scp" \
+        --cohort-utt2spk "data/$train/utt2spk" --top-n "$top_n" \
+        "scp:$emb/$x.scp" "exp/$sys/scores/${x}_asnorm.txt"
+    done
+  done
+fi
+
+if run_stage 7; then
+  log "Stage 7: fusion"
+  mkdir -p exp/fusion
+  a=exp/speaker/scores f=exp/face/scores cal=vox1_$cal_set
+  for x in $(sets); do
+    [ -f "$f/${x}_cosine.txt" ] || continue
+    avtk fuse --method mean --allow-missing --out "exp/fusion/${x}_mean.txt" "$a/${x}_cosine.txt" "$f/${x}_cosine.txt"
+  done
+  if [ -f "$f/${cal}_asnorm.txt" ]; then
+    avtk fuse --method logreg --modalities audio,face --allow-missing \
+      --train-scores "$a/${cal}_asnorm.txt" "$f/${cal}_asnorm.txt" --model-out exp/fusion/logreg.yaml \
+      --out "exp/fusion/${cal}_logreg_self.txt" "$a/${cal}_asnorm.txt" "$f/${cal}_asnorm.txt"
+    for x in $(sets); do
+      [ "$x" = "$cal" ] && continue
+      avtk fuse --method logreg --model exp/fusion/logreg.yaml --allow-missing --out "exp/fusion/${x}_logreg.txt" \
+        "$a/${x}_asnorm.txt" "$f/${x}_asnorm.txt"
+    done
+  fi
+fi
+
+if run_stage 8; then
+  log "Stage 8: metrics table"
+  row() {  # set, system, scoring, scores file, [--calibrated]
+    [ -f "$4" ] || return 0
+    avtk compute-metrics ${5:-} "$4" | awk -v set="$1" -v sys="$2" -v sc="$3" '
+      /^EER/ {eer=$2} /minDCF\(p=0.01\)/ {d1=$2} /minDCF\(p=0.05\)/ {d5=$2} /^Cllr/ {cllr=$2}
+      END {printf "| %s | %s | %s | %s | %s | %s | %s |\n", set, sys, sc, eer, d1, d5, (cllr == "" ? "-" : cllr)}'
+  }
+  {
+    echo "# VoxCeleb results"
+    echo
+    echo "| set | system | scoring | EER % | minDCF p=0.01 | minDCF p=0.05 | Cllr |"
+    echo "|---|---|---|---|---|---|---|"
+    for x in $(sets); do
+      for sys in speaker $(face_systems); do
+        row "$x" "$sys" cosine "exp/$sys/scores/${x}_cosine.txt"
+        row "$x" "$sys" AS-Norm "exp/$sys/scores/${x}_asnorm.txt"
+      done
+      row "$x" "fusion: mean (a+v)/2" cosine "exp/fusion/${x}_mean.txt"
+      if [ "$x" = "vox1_$cal_set" ]; then
+        row "$x" "fusion: logreg (trained on this set)" "AS-Norm" "exp/fusion/${x}_logreg_self.txt" --calibrated
+      else
+        row "$x" "fusion: logreg (vox1_$cal_set)" "AS-Norm" "exp/fusion/${x}_logreg.txt" --calibrated
+      fi
+    done
+  } > exp/RESULTS.md
+  cat exp/RESULTS.md
+fi
+
+if run_stage 9; then
+  log "Stage 9: audio-visual cleansing of data/$train"
+  mkdir -p exp/cleanse
+  face_emb=()
+  [ -f "exp/face/emb/$train.scp" ] && face_emb=(--face-emb "scp:exp/face/emb/$train.scp")
+  avtk cleanse --audio-emb "scp:exp/speaker/emb/$train.scp" "${face_emb[@]}" \
+    --out-list exp/cleanse/train_all_clean.txt --out-dir "data/${train}_clean" \
+    --report exp/cleanse/report.json --hist-plot exp/cleanse/similarity.png "data/$train"
+  echo "Cleansing: $(grep -c ' noisy$' exp/cleanse/train_all_clean.txt) of $(wc -l < exp/cleanse/train_all_clean.txt) training utterances flagged noisy (exp/cleanse/train_all_clean.txt)" >> exp/RESULTS.md
+  tail -1 exp/RESULTS.md
+fi
+
+if run_stage 10; then
+  if [ -n "$pretrained" ]; then
+    log "Stage 10: skipped with --pretrained (retraining needs a training run)"
+  else
+    log "Stage 10: retrain the speaker network on data/${train}_clean"
+    $(train_cmd_prefix) train --config "$speaker_conf" --train-data "data/${train}_clean" --exp exp/speaker_clean \
+      --val-trials "data/vox1_$cal_set/trials" $train_opts
+    for x in $(sets); do
+      embed exp/speaker_clean "$x" feats.scp
+      mkdir -p exp/speaker_clean/scores
+      avtk score --trials "data/$x/trials" "scp:exp/speaker_clean/emb/$x.scp" "exp/speaker_clean/scores/${x}_cosine.txt"
+      noisy=$(avtk compute-metrics "exp/speaker/scores/${x}_cosine.txt" | awk '/^EER/ {print $2}')
+      clean=$(avtk compute-metrics "exp/speaker_clean/scores/${x}_cosine.txt" | awk '/^EER/ {print $2}')
+      echo "Retraining (stage 10), $x: speaker EER $noisy % on the full list, $clean % on the cleaned list (cosine)" >> exp/RESULTS.md
+      tail -1 exp/RESULTS.md
+    done
+  fi
+fi
+
+log "done"

@@ -1,0 +1,130 @@
+"""egs/voxceleb/run.sh end to end on a tiny VoxCeleb-shaped tree built from the synthetic corpus: the official
+layout (VoxCeleb2 dev as real m4a and mp4 files written with PyAV, VoxCeleb1 wavs and a cleaned trial list),
+every stage on a CPU (torchrun with one gloo process for training), then the --pretrained path with files in
+the seed's checkpoint layouts, and the messages for missing inputs."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from PIL import Image
+
+from conftest import REPO, UTILS, avtk, run
+
+TINY_SPEECH = {
+    "model": {"encoder": "ecapa_tdnn", "encoder_args": {"in_dim": 80, "channels": 32, "embed_dim": 16}},
+    "optim": {"lr": 0.005},
+    "data": {"input": "feats", "batch_size": 8, "crop_seconds": 1.0},
+    "runtime": {"epochs": 2, "log_interval": 2, "average_last": 2, "device": "cpu"},
+}
+TINY_FACE = {
+    "model": {"encoder": "iresnet18", "encoder_args": {"width": 4, "embed_dim": 16}},
+    "data": {"batch_size": 8},
+    "runtime": {"epochs": 2, "log_interval": 2, "average_last": 2, "device": "cpu"},
+}
+
+
+def _video_frames(raw_dir, n):
+    """25-fps frames showing raw frame k (named by 25-fps frame number 10k) around t = 0.4 k."""
+    names = sorted(p for p in os.listdir(raw_dir) if p.endswith(".jpg"))
+    images = [np.asarray(Image.open(os.path.join(raw_dir, name)).convert("RGB")) for name in names]
+    return [images[min(max(int(round(j / 10)), 1), len(images)) - 1] for j in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """corpus -> vox2/dev/{aac,mp4}, vox1/{wav,frame_align}, lists/veri_test2.txt, and a copy of egs/voxceleb."""
+    from avtk.io.media import write_audio, write_video
+
+    root = tmp_path_factory.mktemp("vox")
+    avtk("make-synthetic-corpus", "--num-train-speakers", 4, "--num-test-speakers", 3, "--videos-per-speaker", 2,
+         "--utts-per-video", 3, "--min-duration", 1.6, "--max-duration", 2.4, root / "corpus", root / "cdata")
+    corpus = root / "corpus"
+    for line in (corpus / "train_all.txt").read_text().splitlines():
+        _, rel, _ = line.split()
+        stem = rel[:-4]
+        wave, rate = sf.read(corpus / "wav" / rel, dtype="float32")
+        write_audio(root / "vox2/dev/aac" / f"{stem}.m4a", wave, rate)
+        write_video(root / "vox2/dev/mp4" / f"{stem}.mp4",
+                    _video_frames(corpus / "frame_raw" / stem, int(len(wave) / rate * 25)), 25, wave, rate)
+    for line in (corpus / "O_list.txt").read_text().splitlines():
+        stem = line.split()[0][:-4]
+        (root / "vox1/wav" / stem).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(corpus / "wav" / f"{stem}.wav", root / "vox1/wav" / f"{stem}.wav")
+        shutil.copytree(corpus / "frame_align" / stem, root / "vox1/frame_align" / stem)
+    (root / "lists").mkdir()
+    shutil.copy(corpus / "O_trials.txt", root / "lists/veri_test2.txt")
+    recipe = root / "recipe"
+    shutil.copytree(REPO / "egs/voxceleb", recipe, symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "exp", "fbank", "frame_align"))
+    (recipe / "utils").unlink()
+    (recipe / "utils").symlink_to(UTILS)
+    (recipe / "conf/tiny_speech.yaml").write_text(yaml.safe_dump(TINY_SPEECH))
+    (recipe / "conf/tiny_face.yaml").write_text(yaml.safe_dump(TINY_FACE))
+    return root
+
+
+def recipe_run(tree, *args, check=True):
+    return run(["./run.sh", "--layout", "official", "--vox2-dev", tree / "vox2/dev", "--vox1", tree / "vox1",
+                "--trials-dir", tree / "lists", "--nj", 2, "--gpus", 1, "--top-n", 3,
+                "--speaker-conf", "conf/tiny_speech.yaml", "--face-conf", "conf/tiny_face.yaml", *args],
+               cwd=tree / "recipe", check=check)
+
+
+def test_missing_data_paths_stop_with_what_to_pass(tree, tmp_path):
+    recipe = tree / "recipe"
+    proc = run(["./run.sh", "--layout", "official", "--vox1", tree / "vox1"], cwd=recipe, check=False)
+    assert proc.returncode == 1 and "stage 0 (official layout) needs --vox2-dev DIR" in proc.stderr
+    proc = run(["./run.sh", "--stage", "3"], cwd=recipe, check=False)
+    assert proc.returncode == 1 and "data/vox2_train/wav.scp is missing: run stage 0 first" in proc.stderr
+
+
+def test_every_stage_on_the_official_layout(tree):
+    proc = recipe_run(tree)
+    recipe = tree / "recipe"
+    data = recipe / "data"
+    # stage 0: m4a audio, mp4 video, VoxCeleb1 wavs, the cleaned list as Kaldi trials
+    wav_scp = (data / "vox2_dev/wav.scp").read_text().splitlines()
+    assert len(wav_scp) == 4 * 2 * 3 and all(line.endswith(".m4a") for line in wav_scp)
+    assert len((data / "vox2_dev/video.scp").read_text().splitlines()) == 24
+    assert len((data / "vox1_O/trials").read_text().splitlines()) == len((tree / "lists/veri_test2.txt").read_text().splitlines())
+    # stage 1 read the m4a files; stage 2 found faces in the mp4s with MTCNN and aligned them
+    assert len((data / "vox2_dev/feats.scp").read_text().splitlines()) == 24
+    frames = dict(line.split() for line in (data / "vox2_dev/frames.scp").read_text().splitlines())
+    with_faces = [u for u, d in frames.items() if os.listdir(d)]
+    assert len(with_faces) >= 20, "MTCNN found faces in too few synthetic videos"
+    jpg = os.path.join(frames[with_faces[0]], sorted(os.listdir(frames[with_faces[0]]))[0])
+    assert np.asarray(Image.open(jpg)).shape == (112, 112, 3)
+    # stages 3-4 trained through torchrun; 5-8 embedded, scored, fused and tabulated
+    for exp in ("speaker", "face"):
+        assert (recipe / f"exp/{exp}/avg_model.pt").is_file() and (recipe / f"exp/{exp}/config.yaml").is_file()
+    table = (recipe / "exp/RESULTS.md").read_text()
+    for row in ("| vox1_O | speaker | cosine |", "| vox1_O | speaker | AS-Norm |", "| vox1_O | face | AS-Norm |",
+                "| vox1_O | fusion: mean (a+v)/2 | cosine |", "| vox1_O | fusion: logreg (trained on this set) |"):
+        assert row in table, table
+    # stage 9 wrote the seed's clean list and a cleaned data dir; stage 10 retrained on it
+    lines = (recipe / "exp/cleanse/train_all_clean.txt").read_text().splitlines()
+    assert len(lines) == 24 and all(line.split()[5] in ("clean", "noisy") for line in lines)
+    run(["utils/validate_data_dir.sh", "--no-feats", "data/vox2_dev_clean"], cwd=recipe)
+    assert "Retraining (stage 10), vox1_O: speaker EER" in table
+    assert (recipe / "exp/speaker_clean/avg_model.pt").is_file()
+
+    # --pretrained: the seed's A-Vox2.model and V-Vox2.model, imported and evaluated without training
+    from test_import_model import ecapa_layout, iresnet_layout
+
+    pre = tree / "pretrained"
+    pre.mkdir()
+    torch.save(ecapa_layout(1024, 3, perturb_frontend=False), pre / "A-Vox2.model")
+    state = iresnet_layout("iresnet18", 4)
+    state["weight"] = torch.randn(5994, 512)
+    torch.save(state, pre / "V-Vox2.model")
+    proc = recipe_run(tree, "--pretrained", pre, "--stage", 3, "--stop-stage", 10)
+    assert "Stage 10: skipped with --pretrained" in proc.stderr
+    model = torch.load(recipe / "exp/speaker/avg_model.pt", map_location="cpu", weights_only=False)
+    assert model["config"]["model"]["frontend"] == "seed" and model["config"]["source"]["format"] == "a-vox2"
+    face = torch.load(recipe / "exp/face/avg_model.pt", map_location="cpu", weights_only=False)
+    assert face["config"]["model"]["channels"] == "bgr"
+    assert "| vox1_O | speaker | AS-Norm |" in (recipe / "exp/RESULTS.md").read_text()
