@@ -257,7 +257,8 @@ if run_stage 9; then
   avtk cleanse --audio-emb "scp:exp/speaker/emb/$train.scp" "${face_emb[@]}" \
     --out-list exp/cleanse/train_all_clean.txt --out-dir "data/${train}_clean" \
     --report exp/cleanse/report.json --hist-plot exp/cleanse/similarity.png "data/$train"
-  echo "Cleansing: $(grep -c ' noisy$' exp/cleanse/train_all_clean.txt) of $(wc -l < exp/cleanse/train_all_clean.txt) training utterances flagged noisy (exp/cleanse/train_all_clean.txt)" >> exp/RESULTS.md
+  echo >> exp/RESULTS.md
+  echo "Cleansing: $(grep -c ' noisy$' exp/cleanse/train_all_clean.txt || true) of $(wc -l < exp/cleanse/train_all_clean.txt) training utterances flagged noisy (exp/cleanse/train_all_clean.txt)" >> exp/RESULTS.md
   tail -1 exp/RESULTS.md
 fi
 
