@@ -142,3 +142,10 @@ def test_stage10_retrains_on_the_cleaned_list(recipe, ran):
     assert len(line) == 1 and f"cleaned list ({kept} utts)" in line[0]
     assert (recipe / "exp/ecapa_clean/avg_model.pt").is_file()
     assert len(kaldiio.load_scp(str(recipe / "exp/ecapa_clean/emb/test.scp"))) == 20 * 3 * 4
+
+
+def test_stage6_resumes_from_files_on_disk(recipe, ran):
+    before = (recipe / "exp/RESULTS.md").read_text().split("\nCleansing")[0]
+    proc = run(["./run.sh", "--stage", "6", "--stop-stage", "8"], cwd=recipe)
+    assert "Stage 5" not in proc.stderr and "Stage 6" in proc.stderr
+    assert (recipe / "exp/RESULTS.md").read_text().split("\nCleansing")[0] == before

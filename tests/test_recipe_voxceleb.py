@@ -128,3 +128,20 @@ def test_every_stage_on_the_official_layout(tree):
     face = torch.load(recipe / "exp/face/avg_model.pt", map_location="cpu", weights_only=False)
     assert face["config"]["model"]["channels"] == "bgr"
     assert "| vox1_O | speaker | AS-Norm |" in (recipe / "exp/RESULTS.md").read_text()
+
+
+def test_seed_layout_data_and_frames_stages(tree, tmp_path):
+    """The seed's tree (the synthetic corpus is one: wav/, frame_align/, train_all.txt, O_list/O_trials):
+    stage 0 prepares it, stage 1 computes fbank, stage 2 keeps its aligned frames as they are."""
+    recipe = tmp_path / "recipe"
+    shutil.copytree(tree / "recipe", recipe, symlinks=True, ignore=shutil.ignore_patterns("data", "exp", "fbank",
+                                                                                          "frame_align"))
+    corpus = tree / "corpus"
+    proc = run(["./run.sh", "--layout", "seed", "--vox2", corpus, "--vox1", corpus, "--nj", 2, "--stop-stage", 2],
+               cwd=recipe)
+    assert "data/vox2_train/frames.scp lists aligned frames already" in proc.stderr
+    frames = dict(line.split() for line in (recipe / "data/vox2_train/frames.scp").read_text().splitlines())
+    assert len(frames) == 24 and all(d.startswith(str(corpus / "frame_align")) for d in frames.values())
+    assert len((recipe / "data/vox1_O/feats.scp").read_text().splitlines()) == 3 * 2 * 3
+    trials = (recipe / "data/vox1_O/trials").read_text()
+    assert trials == (tree / "cdata/test/trials").read_text()
