@@ -2,7 +2,6 @@
 import numpy as np
 from PIL import Image
 
-from avtk.errors import AvtkError
 from avtk.face.frames import frame_paths, read_frame
 from avtk.features.mel import log_mel
 
