@@ -1,10 +1,13 @@
 """Embedding extraction: whole utterances, batched by length, equal to one-at-a-time extraction.
 
 Speech: utterances are read in windows, sorted by length inside a window and batched up to `max_frames`
-padded frames; the networks mask the padding, so an utterance's embedding does not depend on its batch.
+padded frames (on the CPU at most CPU_MAX_FRAMES); the networks mask the padding, so an utterance's
+embedding does not depend on its batch. ECAPA-TDNN and iresnet encoders run as their fused inference copies
+(prepare_for_inference); bench/extract.py and bench/face_extract.py measure them.
 Faces: N evenly spaced frames per utterance; the embedding is the mean of the L2-normalised frame embeddings,
 so the dot product of two of them is the mean of the seed's NxN frame cosine matrix.
 """
+import copy
 import logging
 import os
 
@@ -16,6 +19,14 @@ from avtk.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 WINDOW = 512  # utterances sorted together
+# Padded frames per batch on the CPU, whatever max_frames asks: larger batches measured slower there (their
+# activations leave the caches and are page-faulted afresh at every allocation; bench/extract.py).
+CPU_MAX_FRAMES = 4000
+
+
+def batch_frames(max_frames, device):
+    """The padded frames per batch `embed` uses: max_frames, at most CPU_MAX_FRAMES on the CPU."""
+    return min(max_frames, CPU_MAX_FRAMES) if torch.device(device).type == "cpu" else max_frames
 
 
 def save_model(path, weights, cfg, speakers, epochs=None):
@@ -71,14 +82,34 @@ def _pad(arrays):
     return torch.from_numpy(out), lengths
 
 
+def prepare_for_inference(net):
+    """The network extraction runs: for a network in eval mode whose encoder is an ECAPA-TDNN or an iresnet, a
+    copy with the encoder's inference form (avtk.models.ecapa / avtk.models.iresnet fuse_for_inference: the
+    same embeddings within float32 rounding, faster on CPU); any other network (ResNet34, or a network in
+    training mode) unchanged. `net` itself is not changed; the copy holds folded copies of its weights, so
+    prepare again after they change (`embed` and `embed_faces` prepare on every call)."""
+    from avtk.models import ecapa, iresnet
+
+    fuse = {ecapa.EcapaTdnn: ecapa.fuse_for_inference,
+            iresnet.IResNet: iresnet.fuse_for_inference}.get(type(getattr(net, "encoder", None)))
+    if net.training or fuse is None:
+        return net
+    fast = copy.copy(net)
+    fast._modules = {**net._modules, "encoder": fuse(net.encoder)}  # a module table of its own
+    return fast
+
+
 @torch.inference_mode()
-def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, frame_samples=160):
+def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, frame_samples=160, fused=True):
     """Yield (key, embedding np.float32) for (key, array) items; arrays are features (frames, dim) or audio.
 
-    Items that give no frames are not embedded; their keys are appended to `skipped`.
+    Items that give no frames are not embedded; their keys are appended to `skipped`. fused: run the network
+    prepare_for_inference gives (fused=False: `net` as it is; the embeddings agree within 1e-4).
     """
     skipped = [] if skipped is None else skipped
-    for batch in _batches(items, max_frames * (frame_samples if input_type == "wav" else 1)):
+    if fused:
+        net = prepare_for_inference(net)
+    for batch in _batches(items, batch_frames(max_frames, device) * (frame_samples if input_type == "wav" else 1)):
         keys = [k for k, _ in batch]
         x, lengths = _pad([a for _, a in batch])
         x, lengths = x.to(device), lengths.to(device)
@@ -99,9 +130,10 @@ def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, 
 
 
 @torch.inference_mode()
-def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=None, bad=None):
+def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=None, bad=None, fused=True):
     """Yield (utt, embedding) for (utt, frames directory) items: the mean of the L2-normalised embeddings of
-    n_frames evenly spaced frames (avtk.face.frames.evenly_spaced).
+    n_frames evenly spaced frames (avtk.face.frames.evenly_spaced). fused: run the network
+    prepare_for_inference gives (fused=False: `net` as it is; the embeddings agree within 1e-4).
 
     Utterances without frames get no embedding and are appended to `no_face`. An unreadable frame (or
     directory) raises AvtkError naming it, unless `bad` is a list: then the utterance is skipped and
@@ -112,6 +144,8 @@ def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=N
     from avtk.face.frames import evenly_spaced, frame_paths, read_frame
 
     no_face = [] if no_face is None else no_face
+    if fused:
+        net = prepare_for_inference(net)
     pending = []
 
     def flush():

@@ -39,6 +39,7 @@ import torch
 
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_path
+from avtk.embed import prepare_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +347,7 @@ def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, f
     face_score, face_blob = None, None
     if face_a is not None:
         fnet, _, face_blob = load_network(face_model, device)
+        fnet = prepare_for_inference(fnet)  # fused iresnet, as avtk.embed.embed_faces
         if not is_face(fnet):
             raise AvtkError(f"{face_model} is a speaker model, not a face model (--face-model)")
         reader = FaceReader(int(fnet.input_size), face_frames, interval, device)

@@ -42,3 +42,31 @@ def avtk(*args, **kwargs):
 @pytest.fixture
 def sh():
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small tensors: OpenMP sync costs dominate them (more so under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomize_bn(model, seed=0, negative_scales=False):
+    """Give every BatchNorm non-trivial running statistics and affine terms (some scales negative if asked), so
+    that padding leaks and wrong BN folds show; returns the model in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            sign = (torch.randint(0, 2, (n,), generator=g) * 2 - 1) if negative_scales else 1
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_((torch.rand(n, generator=g) + 0.5) * sign)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+    return model.eval()

@@ -8,32 +8,14 @@ import torch.nn.functional as F
 from avtk.errors import AvtkError
 from avtk.models import ENCODERS, LOSSES, AamSoftmax, EcapaTdnn, MarginScheduler, ResNet34, build_encoder, build_loss
 from avtk.models.ecapa import split_seed_state_dict
+from conftest import randomize_bn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP sync costs (large on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(module):
     return sum(p.numel() for p in module.parameters())
-
-
-def randomize_bn(model, seed=0):
-    """Give every BatchNorm non-trivial running statistics and affine terms, so padding leaks would show."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
-    return model.eval()
 
 
 def padded_vs_single(model, lengths, dim, seed=0):

@@ -219,6 +219,51 @@ class KaldiFbank(nn.Module):
         idx = reflect_index(pos[None, :], lengths.clamp_min(1)[:, None])
         return torch.gather(wave, 1, idx).unfold(1, length, shift)
 
+    # Frames computed together on the CPU: enough to amortise the per-operation overhead, few enough that the
+    # (rows, n_fft) intermediates stay in cache (a batch of 16 utterances of 20 s is 65 MB per intermediate).
+    CPU_CHUNK_FRAMES = 1024
+
+    def _rows_to_feats(self, frames):
+        """(..., frame_length) frames of the scaled waveform (dither already added) -> (..., out_dim) features.
+
+        The arithmetic is the same for any batch shape, so a frame's features do not depend on its batch.
+        """
+        length, p = self.frame_length, self.preemphasis
+        if self.remove_dc_offset:
+            frames = frames - frames.mean(dim=-1, keepdim=True)
+        if self.use_energy:
+            energy = frames.pow(2).sum(-1).clamp_min(FLOAT_EPSILON).log()
+            if self.energy_floor > 0.0:
+                energy = energy.clamp_min(math.log(self.energy_floor))
+        if frames.requires_grad and torch.is_grad_enabled():  # differentiable (out= and in-place ops are not)
+            if p != 0.0:
+                frames = torch.cat([frames[..., :1] * (1.0 - p), frames[..., 1:] - p * frames[..., :-1]], dim=-1)
+            spec = torch.view_as_real(torch.fft.rfft(frames * self.window, n=self.n_fft, dim=-1)).pow(2).sum(-1)
+            if not self.use_power:
+                spec = spec.sqrt()
+            feats = torch.matmul(spec, self.mel_fb).clamp_min(FLOAT_EPSILON).log()
+        else:
+            # Pre-emphasis and window written into the zero-padded FFT buffer: the same float32 operations in
+            # the same order as the branch above, with fewer passes over memory.
+            buf = frames.new_empty(frames.shape[:-1] + (self.n_fft,))
+            buf[..., length:] = 0.0
+            y = buf[..., :length]
+            if p != 0.0:
+                torch.mul(frames[..., :-1], p, out=y[..., 1:])
+                torch.sub(frames[..., 1:], y[..., 1:], out=y[..., 1:])
+                torch.mul(frames[..., :1], 1.0 - p, out=y[..., :1])
+            else:
+                y.copy_(frames)
+            y.mul_(self.window)
+            spec = torch.view_as_real(torch.fft.rfft(buf, dim=-1)).square_()
+            spec = spec[..., 0] + spec[..., 1]  # = .sum(-1) bit for bit; a reduction over 2 is slow
+            if not self.use_power:
+                spec = spec.sqrt_()
+            feats = torch.matmul(spec, self.mel_fb).clamp_min_(FLOAT_EPSILON).log_()
+        if self.use_energy:
+            feats = torch.cat([energy.unsqueeze(-1), feats], dim=-1)
+        return feats
+
     def forward(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         lengths = _check_lengths(wave, lengths, "KaldiFbank")
@@ -229,26 +274,18 @@ class KaldiFbank(nn.Module):
             return wave.new_zeros((batch, 0, self.out_dim), dtype=torch.float32), counts
         with torch.autocast(device_type=wave.device.type, enabled=False):
             x = wave.float() * WAVE_SCALE
-            frames = self._frames(x, lengths, frames_max)  # (B, F, L)
+            frames = self._frames(x, lengths, frames_max)  # (B, F, L), a view of x
             if self.dither != 0.0:
                 noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
                 frames = frames + self.dither * noise
-            if self.remove_dc_offset:
-                frames = frames - frames.mean(dim=-1, keepdim=True)
-            if self.use_energy:
-                energy = frames.pow(2).sum(-1).clamp_min(FLOAT_EPSILON).log()
-                if self.energy_floor > 0.0:
-                    energy = energy.clamp_min(math.log(self.energy_floor))
-            if self.preemphasis != 0.0:
-                p = self.preemphasis
-                frames = torch.cat([frames[..., :1] * (1.0 - p), frames[..., 1:] - p * frames[..., :-1]], dim=-1)
-            frames = frames * self.window
-            spec = torch.view_as_real(torch.fft.rfft(frames, n=self.n_fft, dim=-1)).pow(2).sum(-1)
-            if not self.use_power:
-                spec = spec.sqrt()
-            feats = torch.matmul(spec, self.mel_fb).clamp_min(FLOAT_EPSILON).log()
-            if self.use_energy:
-                feats = torch.cat([energy.unsqueeze(-1), feats], dim=-1)
-            valid = torch.arange(frames_max, device=feats.device)[None, :] < counts[:, None]
-            feats = feats.masked_fill(~valid.unsqueeze(-1), 0.0)
-        return feats.contiguous(), counts
+            if frames.device.type != "cpu":
+                feats = self._rows_to_feats(frames)
+                valid = torch.arange(frames_max, device=feats.device)[None, :] < counts[:, None]
+                return feats.masked_fill(~valid.unsqueeze(-1), 0.0).contiguous(), counts
+            # CPU: each utterance's own frames only (no work on padding), in cache-sized chunks.
+            feats = frames.new_zeros((batch, frames_max, self.out_dim))
+            chunk = self.CPU_CHUNK_FRAMES
+            for b, n in enumerate(counts.tolist()):
+                for f in range(0, n, chunk):
+                    feats[b, f:min(f + chunk, n)] = self._rows_to_feats(frames[b, f:min(f + chunk, n)])
+        return feats, counts

@@ -38,11 +38,17 @@ plain path with no masking.
 
 The variance's divisor is max(T - 1, 1), so a 1-frame input gives variance 0 (clamped to 1e-4) instead of
 the NaN of ``torch.var``; at T >= 2 this is the seed's unbiased variance.
+
+Extraction: `fuse_for_inference(model)` gives an equivalent module for inference only (see its docstring): BN
+scales folded into the convolutions, in-place activations, the attention's time-constant context as a bias;
+embeddings within 1e-4 of the model's (tests/test_extract_speed.py), about 1.2x faster on
+CPU (bench/extract.py). `avtk.embed.embed` uses it.
 """
 import torch
 from torch import nn
 
 from avtk.errors import AvtkError
+from avtk.models.fold import bn_affine
 
 #: Prefix of the seed's front-end buffers in its checkpoints; they belong to the front end, not the encoder.
 SEED_FRONTEND_PREFIX = "torchfbank."
@@ -230,3 +236,181 @@ def split_seed_state_dict(state):
         else:
             encoder[name] = value
     return encoder, loss, frontend
+
+
+# ------------------------------------------------------------------------------------------ inference only
+
+
+def _relu_bounds(scale):
+    """Per-channel (low, high) clamp bounds with relu(y) * scale == clamp(y * scale, low, high) exactly:
+    [0, inf) where scale >= 0, (-inf, 0] where it is negative."""
+    zero, inf = torch.zeros_like(scale), torch.full_like(scale, float("inf"))
+    negative = scale < 0
+    return torch.where(negative, -inf, zero), torch.where(negative, zero, inf)
+
+
+def _sqrt(x):
+    """sqrt of a small positive tensor as x * rsqrt(x) (within 2 ulp): torch's CPU sqrt (also exp, tanh, ...)
+    starts a parallel region from ~100 elements, and on a loaded 2-core machine each such region waited ~8 ms
+    for its second thread; rsqrt stays serial below 32,768 elements."""
+    return x * torch.rsqrt(x)
+
+
+class _ConvReluBn(nn.Module):
+    """bn(relu(conv(x))) of an eval-mode block, with the BN's scale folded into the conv.
+
+    relu(y) * s = max(y * s, 0) for s > 0 (min(y * s, 0) for s < 0), so the scale moves into the conv's weight
+    and bias and the ReLU becomes a clamp; the BN's shift is added after it (it cannot move into the conv: the
+    ReLU sits between them). The activation, the shift and the padding mask are applied in place.
+    """
+
+    def __init__(self, conv, bn):
+        super().__init__()
+        scale, shift = bn_affine(bn)
+        dtype = conv.weight.dtype
+        low, high = _relu_bounds(scale)
+        scale = scale.to(dtype)
+        self.register_buffer("weight", conv.weight.detach() * scale[:, None, None])
+        self.register_buffer("bias", conv.bias.detach() * scale)
+        self.register_buffer("shift", shift.to(dtype)[:, None])
+        self.register_buffer("low", low.to(dtype)[:, None])
+        self.register_buffer("high", high.to(dtype)[:, None])
+        self.positive = bool((scale > 0).all())  # the common case: a plain in-place ReLU
+        self.padding, self.dilation = conv.padding, conv.dilation
+
+    def forward(self, x, mask=None):
+        y = nn.functional.conv1d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation)
+        if self.positive:
+            y.relu_()
+        else:
+            torch.clamp(y, self.low, self.high, out=y)
+        y.add_(self.shift)
+        return y if mask is None else y.mul_(mask)
+
+
+class _FusedRes2Block(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.width, self.nums = block.width, block.nums
+        self.conv1 = _ConvReluBn(block.conv1, block.bn1)
+        self.convs = nn.ModuleList(_ConvReluBn(c, b) for c, b in zip(block.convs, block.bns))
+        self.conv3 = _ConvReluBn(block.conv3, block.bn3)
+        self.se1, self.se2 = block.se.se[1], block.se.se[3]  # shared with the model, unchanged
+
+    def forward(self, x, mask, count, out):
+        """Writes the block's output into `out` (a slice of layer4's input) and returns it."""
+        splits = torch.split(self.conv1(x, mask), self.width, dim=1)
+        pieces, sp = [], None
+        for i in range(self.nums):
+            sp = splits[i] if i == 0 else sp + splits[i]
+            sp = self.convs[i](sp, mask)
+            pieces.append(sp)
+        pieces.append(splits[self.nums])
+        h = self.conv3(torch.cat(pieces, dim=1), mask)
+        s = h.sum(dim=-1, keepdim=True) / count  # h is zero on the padding
+        h.mul_(torch.sigmoid(self.se2(torch.relu(self.se1(s)))))
+        return torch.add(h, x, out=out)
+
+
+class FusedEcapaTdnn(nn.Module):
+    """An EcapaTdnn for inference only; see fuse_for_inference."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.in_dim, self.channels, self.embed_dim = model.in_dim, model.channels, model.embed_dim
+        self.conv1 = _ConvReluBn(model.conv1, model.bn1)
+        self.layers = nn.ModuleList(_FusedRes2Block(b) for b in (model.layer1, model.layer2, model.layer3))
+        self.layer4 = model.layer4  # shared with the model, unchanged
+        pooled = model.layer4.out_channels
+        # Attention: its first conv sees [h; mean; std], whose last two parts are constant over time, so it is
+        # W_h h + (W_m mean + W_s std + b): a (batch, attention) bias instead of 2/3 of the conv. Its BN
+        # (after the ReLU) has its scale folded in as in _ConvReluBn.
+        conv, bn = model.attention[0], model.attention[2]
+        scale, shift = bn_affine(bn)
+        dtype = conv.weight.dtype
+        low, high = _relu_bounds(scale)
+        scale = scale.to(dtype)
+        weight = conv.weight.detach()[:, :, 0] * scale[:, None]
+        self.register_buffer("att_weight", weight[:, :pooled, None].contiguous())
+        self.register_buffer("att_context", weight[:, pooled:].contiguous())
+        self.register_buffer("att_bias", conv.bias.detach() * scale)
+        self.register_buffer("att_shift", shift.to(dtype)[:, None])
+        self.register_buffer("att_low", low.to(dtype)[:, None])
+        self.register_buffer("att_high", high.to(dtype)[:, None])
+        self.att_positive = bool((scale > 0).all())
+        self.att_out = model.attention[4]  # shared with the model, unchanged
+        # Head: bn5 -> fc6 -> bn6, all affine: one Linear.
+        s5, b5 = bn_affine(model.bn5)
+        s6, b6 = bn_affine(model.bn6)
+        weight, bias = model.fc6.weight.detach().double(), model.fc6.bias.detach().double()
+        self.register_buffer("head_weight", (s6[:, None] * weight * s5[None, :]).to(dtype))
+        self.register_buffer("head_bias", (s6 * (weight @ b5 + bias) + b6).to(dtype))
+        self.training = False  # not .eval(): that would reach into the shared modules of `model`
+
+    def _pool(self, h, mask, count):
+        """Attentive statistics pooling as EcapaTdnn._pool (h is zero on the padding)."""
+        if mask is None and h.shape[-1] > 1:
+            var, mean = torch.var_mean(h, dim=-1, keepdim=True)  # unbiased, as masked_mean_std at T >= 2
+            std = _sqrt(var.clamp(min=1e-4))
+        else:
+            mean, std = masked_mean_std(h, mask, count, 1e-4)
+        context = torch.cat([mean, std], dim=1)[:, :, 0] @ self.att_context.T + self.att_bias  # (B, A)
+        a = nn.functional.conv1d(h, self.att_weight).add_(context[:, :, None])
+        if self.att_positive:
+            a.relu_()
+        else:
+            torch.clamp(a, self.att_low, self.att_high, out=a)
+        scores = self.att_out(a.add_(self.att_shift).tanh_())
+        if mask is not None:
+            scores.masked_fill_(mask == 0, float("-inf"))
+        w = torch.softmax(scores, dim=-1).mul_(h)
+        mu = w.sum(dim=-1)
+        sg = _sqrt((w.mul_(h).sum(dim=-1) - mu * mu).clamp(min=1e-4))
+        return torch.cat([mu, sg], dim=1)
+
+    def forward(self, x, lengths=None):
+        if x.dim() != 3 or x.shape[1] != self.in_dim:
+            raise AvtkError(f"ECAPA-TDNN expects features (batch, {self.in_dim}, frames), got {tuple(x.shape)}")
+        frames = x.shape[-1]
+        mask, count = None, frames
+        if lengths is not None:
+            lengths = check_lengths(lengths, frames, x.shape[0]).to(x.device)
+        if lengths is not None and bool((lengths < frames).any()):
+            mask = length_mask(lengths, frames, x.dtype)
+            count = lengths.to(x.dtype).view(-1, 1, 1)
+            x = x * mask
+        x = self.conv1(x.contiguous(), mask)
+        c = self.channels
+        # layer4's input cat(x1, x2, x3), written in place by the blocks.
+        cat = torch.empty(x.shape[0], 3 * c, frames, dtype=x.dtype, device=x.device)
+        x1, x2, x3 = cat[:, :c], cat[:, c:2 * c], cat[:, 2 * c:]
+        self.layers[0](x, mask, count, x1)
+        x = x + x1
+        self.layers[1](x, mask, count, x2)
+        self.layers[2](x.add_(x2), mask, count, x3)
+        del x, x1, x2, x3
+        h = self.layer4(cat).relu_()
+        del cat
+        if mask is not None:
+            h.mul_(mask)
+        return nn.functional.linear(self._pool(h, mask, count), self.head_weight, self.head_bias)
+
+
+def fuse_for_inference(model):
+    """An equivalent, faster copy of an eval-mode EcapaTdnn for extraction (`model` is not changed).
+
+    - each conv -> ReLU -> BN keeps its order, with the BN's scale folded into the conv (the ReLU becomes a
+      per-channel clamp; exact) and its shift added in place; activation, shift and padding mask run in place;
+    - the attention's first conv acts on h only: the time-constant mean and std parts become a bias per item
+      (a third of its multiply-adds); its BN scale is folded as above;
+    - bn5 -> fc6 -> bn6 is one Linear; the blocks write their outputs straight into layer4's input.
+
+    Eval-mode BatchNorm statistics are used whatever the mode. The folded weights are new tensors; layer4, the
+    SE convs and the attention's last conv are `model`'s own modules (shared, not copied), so build the module
+    again after the weights change. For use under torch.no_grad or torch.inference_mode. Embeddings agree with
+    model.eval()'s within float32 rounding (about 2e-6 at C=256 with embeddings of norm ~3; tested at 1e-4),
+    batched or not.
+    """
+    if not isinstance(model, EcapaTdnn):
+        raise AvtkError(f"fuse_for_inference takes an EcapaTdnn, got {type(model).__name__}")
+    return FusedEcapaTdnn(model)
