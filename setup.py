@@ -29,6 +29,9 @@ setup(
         "video": ["av>=11"],
         # avtk export --format onnx, and its parity test against onnxruntime
         "onnx": ["onnx>=1.17", "onnxruntime>=1.19"],
+        # bench/extract.py's peer, SpeechBrain's ECAPA-TDNN: what its import needs; speechbrain itself goes in with
+        # `pip install --no-deps speechbrain==1.1.2` (it requires torchaudio, whose wheels are CUDA builds).
+        "bench": ["hyperpyyaml>=1.2", "sentencepiece>=0.1.99", "tqdm>=4.42", "packaging>=20"],
     },
     entry_points={"console_scripts": ["avtk=avtk.cli:main"]},
 )

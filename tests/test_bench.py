@@ -1,0 +1,32 @@
+"""Every bench/ script runs with its one command (here in its smoke size) and prints its peer-vs-avtk ratios;
+the figures themselves come from the full runs listed in the README."""
+import re
+import sys
+
+import pytest
+
+from conftest import REPO, run
+
+RATIO = r"(\d+\.\d+)x"
+SMOKE = {  # script: (arguments, a line every table prints, its ratios)
+    "fbank.py": (["--quick"], r"Parity ok at 0\.001", RATIO),
+    "extract.py": (["--quick", "--no-recipe"], r"fused encoder vs eager, one at a time\s+\S+ ok at 0\.0001", RATIO),
+    "face_extract.py": (["--quick"], r"\(ok at 0\.0001\)", RATIO),
+    # its ratio: the DataLoader workers per GPU (consumer rate / one worker's rate)
+    "train_input.py": (["--quick"], r"workers per GPU to keep up", r"H100, bf16 \(estimate\): 1500 samples/s\s+(\d+)"),
+    "audio_decode.py": (["--num-files", "6", "--seconds", "2"], r"conversion pays for itself", RATIO),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_bench_script_prints_its_ratios(script):
+    args, marker, ratio = SMOKE[script]
+    out = run([sys.executable, REPO / "bench" / script, *args], cwd=REPO).stdout
+    assert re.search(marker, out), out
+    ratios = [float(r) for r in re.findall(ratio, out)]
+    assert ratios and all(r > 0 for r in ratios), out
+
+
+def test_every_bench_script_is_smoke_tested_or_named():
+    scripts = {p.name for p in (REPO / "bench").glob("*.py")} - {"timing.py"}
+    assert scripts - set(SMOKE) == {"score.py"}  # score.py has one fixed Vox1-E size (about 30 s): README only
