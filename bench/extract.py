@@ -9,10 +9,10 @@ autograd. They embed the same utterances of mixed length (uniform 2-20 s of synt
 fbank features are computed once with avtk's front end and mean-normalised, and both networks get those same
 features, so the comparison is the network alone.
 
-The peer is `speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN` (`pip install --no-deps speechbrain` plus `pip install hyperpyyaml sentencepiece`;
-it imports torchaudio, whose registry wheel does not load beside a CPU torch, so this script puts a stub
-`torchaudio` module in sys.modules when the real one is missing; the network itself never uses it), in two
-sizes:
+The peer is `speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN` (`pip install -e '.[bench]'` and
+`pip install --no-deps speechbrain==1.1.2`; it imports torchaudio, whose registry wheel does not load beside a
+CPU torch, so this script puts a stub `torchaudio` module in sys.modules when the real one is missing; the
+network itself never uses it), in two sizes:
 
   matched  channels [1024]*4 + [1536], attention 256: avtk's ECAPA-L (the seed's), 15.45 M parameters against
            avtk's 15.44 M: the like-for-like comparison and the headline ratio;
@@ -69,7 +69,8 @@ def import_speechbrain_ecapa():
     try:
         from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
     except ImportError as err:
-        sys.exit(f"cannot import SpeechBrain's ECAPA_TDNN ({err}); pip install --no-deps speechbrain && pip install hyperpyyaml sentencepiece")
+        sys.exit(f"cannot import SpeechBrain's ECAPA_TDNN ({err}); "
+                 "pip install -e '.[bench]' && pip install --no-deps speechbrain==1.1.2")
     return ECAPA_TDNN, stubbed
 
 
