@@ -35,20 +35,44 @@ def save_model(path, weights, cfg, speakers, epochs=None):
         torch.save({"model": weights, "config": cfg, "speakers": list(speakers), "epochs": epochs}, tmp)
 
 
-def load_model(path, device="cpu"):
-    """(SpeakerNet or FaceNet in eval mode, config) from a model or checkpoint file written by avtk train."""
-    from avtk.models import build_network
-
+def read_model_file(path):
+    """The dict saved in an avtk model file; anything else is an AvtkError naming the file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AvtkError(f"model file {path} does not exist")
+    if os.path.isdir(path):
+        raise AvtkError(f"model file {path} is a directory")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch.load raises OSError, RuntimeError, UnpicklingError, EOFError, ...
-        raise AvtkError(f"cannot load model {path}: {err}") from None
-    if not isinstance(blob, dict) or "model" not in blob or "config" not in blob:
-        raise AvtkError(f"{path}: not an avtk model (expected keys 'model' and 'config'; "
-                        "import foreign checkpoints with avtk import-model)")
+    except Exception as err:  # torch.load raises pickle, zip, EOF and OS errors alike on a foreign file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AvtkError(f"{path}: not an avtk model file (cannot load it: {reason})") from None
+    if not isinstance(blob, dict) or "model" not in blob or not isinstance(blob.get("config"), dict) \
+            or "model" not in blob["config"]:
+        raise AvtkError(f"{path}: not an avtk model file (expected the keys 'model' and 'config' that avtk train "
+                        "writes; import foreign checkpoints with avtk import-model)")
+    return blob
+
+
+def load_network(path, device="cpu"):
+    """(SpeakerNet or FaceNet in eval mode, config, the file's dict) of a model or checkpoint file written by
+    avtk train, avtk import-model or avtk verify --set-threshold*."""
+    from avtk.models import build_network
+
+    blob = read_model_file(path)
     net = build_network(blob["config"]["model"])
-    net.load_state_dict(blob["model"])
-    return net.to(device).eval(), blob["config"]
+    try:
+        net.load_state_dict(blob["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise AvtkError(f"{path}: the weights do not fit the network of its config: {first}") from None
+    return net.to(device).eval(), blob["config"], blob
+
+
+def load_model(path, device="cpu"):
+    """(SpeakerNet or FaceNet in eval mode, config) of an avtk model file: load_network without the file's dict."""
+    net, cfg, _ = load_network(path, device)
+    return net, cfg
 
 
 def _batches(items, max_frames):

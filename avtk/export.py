@@ -395,7 +395,8 @@ def export_model(model_path, out_path, fmt=None, check=True):
 
     Returns the sidecar dict (with `parity`: the largest |exported - eager| on the check inputs, when checked).
     """
-    from avtk.verify import is_face, load_network
+    from avtk.embed import load_network
+    from avtk.verify import is_face
 
     fmt = fmt or guess_format(out_path)
     if fmt not in FORMATS:

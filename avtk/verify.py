@@ -37,9 +37,9 @@ import os
 import numpy as np
 import torch
 
+from avtk.embed import load_network, prepare_for_inference, read_model_file
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_path
-from avtk.embed import prepare_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -49,39 +49,6 @@ FACE_INTERVAL = 0.4
 
 
 # ---------------------------------------------------------------------------------------------- model files
-
-
-def read_model_file(path):
-    """The dict saved in an avtk model file; anything else is an AvtkError naming the file."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise AvtkError(f"model file {path} does not exist")
-    if os.path.isdir(path):
-        raise AvtkError(f"model file {path} is a directory")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch.load raises pickle, zip, EOF and OS errors alike on a foreign file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AvtkError(f"{path}: not an avtk model file (cannot load it: {reason})") from None
-    if not isinstance(blob, dict) or "model" not in blob or not isinstance(blob.get("config"), dict) \
-            or "model" not in blob["config"]:
-        raise AvtkError(f"{path}: not an avtk model file (expected the keys 'model' and 'config' that avtk train "
-                        "writes; import foreign checkpoints with avtk import-model)")
-    return blob
-
-
-def load_network(path, device="cpu"):
-    """(SpeakerNet or FaceNet in eval mode, config, the file's dict) of an avtk model file."""
-    from avtk.models import build_network
-
-    blob = read_model_file(path)
-    net = build_network(blob["config"]["model"])
-    try:
-        net.load_state_dict(blob["model"])
-    except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise AvtkError(f"{path}: the weights do not fit the network of its config: {first}") from None
-    return net.to(device).eval(), blob["config"], blob
 
 
 def is_face(net):
@@ -139,26 +106,11 @@ def read_audio(path, sample_rate=16000, channel="mean"):
 
     channel: "mean" averages the channels, an int picks one (0 is the first).
     """
-    import soundfile as sf
-
-    from avtk.io import media
+    from avtk.io.audio import read_file
     from avtk.io.resample import resample
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise AvtkError(f"audio file {path} does not exist")
-    if os.path.isdir(path):
-        raise AvtkError(f"audio file {path} is a directory")
-    if os.path.getsize(path) == 0:
-        raise AvtkError(f"audio file {path} is empty (0 bytes)")
-    if os.path.splitext(path)[1].lower() in media.MEDIA_EXTENSIONS:
-        data, rate = media.read_audio(path)
-    else:
-        try:
-            data, rate = sf.read(path, dtype="float32", always_2d=True)
-        except (RuntimeError, TypeError, ValueError, OSError) as err:
-            reason = getattr(err, "error_string", None) or str(err)
-            raise AvtkError(f"cannot read audio file {path}: {reason}") from None
+    data, rate = read_file(path)
     if data.shape[0] == 0:
         raise AvtkError(f"audio file {path} has no samples")
     channels = data.shape[1]

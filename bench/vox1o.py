@@ -45,7 +45,7 @@ TOL = 1e-4
 
 
 def write_test_set(work, n_utts, n_trials, speakers, seed):
-    """wav files, wav.scp and trials under `work`; returns the total seconds of audio."""
+    """wav files, wav.scp and trials under `work`."""
     rng = np.random.default_rng(seed)
     seconds = np.minimum(4.0 + rng.gamma(1.5, (8.2 - 4.0) / 1.5, n_utts), 60.0)
     owner = rng.integers(0, speakers, n_utts)
@@ -77,7 +77,6 @@ def write_test_set(work, n_utts, n_trials, speakers, seed):
     with open(os.path.join(work, "trials"), "w") as f:
         for e, t, label in sorted(pairs):
             f.write(f"{e} {t} {label}\n")
-    return float(seconds.sum())
 
 
 def make_model(path, seed, channels):

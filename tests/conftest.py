@@ -70,3 +70,28 @@ def randomize_bn(model, seed=0, negative_scales=False):
             m.weight.data.copy_((torch.rand(n, generator=g) + 0.5) * sign)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
     return model.eval()
+
+
+# Config overrides of small networks for tests that need model files: an ECAPA-TDNN and an iresnet18.
+SMALL_SPEAKER = ["model.encoder_args={in_dim: 80, channels: 32, embed_dim: 16}"]
+SMALL_FACE = ["model.encoder=iresnet18", "model.encoder_args={width: 4, embed_dim: 16}"]
+
+
+def write_model(path, overrides, seed=0):
+    """An avtk model file (avtk.embed.save_model) of a randomly initialised network of the config `overrides`,
+    with perturbed BatchNorm statistics so that eval mode matters; returns path."""
+    import torch
+
+    from avtk.embed import save_model
+    from avtk.models import build_network
+    from avtk.train.config import load_config
+
+    cfg = load_config(None, overrides)
+    torch.manual_seed(seed)
+    net = build_network(cfg["model"])
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    save_model(path, net.state_dict(), cfg, ["s1", "s2"])
+    return path

@@ -6,37 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from avtk.embed import load_model, save_model
+from avtk.embed import load_model
 from avtk.errors import AvtkError
 from avtk.export import FbankGraph, SeedGraph, export_model
 from avtk.features import KaldiFbank, SeedFrontend
-from avtk.models import build_network
-from avtk.train.config import load_config
-from conftest import avtk
+from conftest import SMALL_FACE, SMALL_SPEAKER, avtk, write_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # deprecated in torch 2.13
-
-SPEAKER = ["model.encoder_args={in_dim: 80, channels: 32, embed_dim: 16}"]
-FACE = ["model.encoder=iresnet18", "model.encoder_args={width: 4, embed_dim: 16}"]
-
-
-def make_model(path, overrides, seed=0):
-    """A model file of a randomly initialised network (BatchNorm statistics perturbed, so eval mode matters)."""
-    cfg = load_config(None, overrides)
-    torch.manual_seed(seed)
-    net = build_network(cfg["model"])
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    save_model(path, net.state_dict(), cfg, ["s1", "s2"])
-    return path
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    return {"speaker": make_model(root / "ecapa.pt", SPEAKER), "face": make_model(root / "face.pt", FACE, 1)}
+    return {"speaker": write_model(root / "ecapa.pt", SMALL_SPEAKER),
+            "face": write_model(root / "face.pt", SMALL_FACE, 1)}
 
 
 def speech(lengths, seed):
@@ -147,7 +129,7 @@ def test_onnx_speaker_and_face(models, tmp_path):
             want = fnet(torch.from_numpy(images)).numpy()
         assert np.abs(session.run(None, {"images": images})[0] - want).max() < 1e-4
 
-    seed_model = make_model(tmp_path / "seed.pt", SPEAKER + ["model.frontend=seed"], 2)
+    seed_model = write_model(tmp_path / "seed.pt", SMALL_SPEAKER + ["model.frontend=seed"], 2)
     meta = export_model(seed_model, tmp_path / "seed.onnx")
     assert meta["frontend"] == "seed" and meta["parity"]["max_abs_diff"] < 1e-4
 

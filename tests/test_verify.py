@@ -9,29 +9,10 @@ import torch
 
 from avtk.bin import verify as verify_cmd
 from avtk.calibration import train_model
-from avtk.embed import embed, embed_faces, load_model, save_model
+from avtk.embed import embed, embed_faces, load_model, read_model_file
 from avtk.errors import AvtkError
-from avtk.models import build_network
-from avtk.train.config import load_config
-from avtk.verify import eer_threshold, read_audio, read_model_file, set_threshold, verify_pair
-from conftest import avtk
-
-SPEAKER = ["model.encoder_args={in_dim: 80, channels: 32, embed_dim: 16}"]
-FACE = ["model.encoder=iresnet18", "model.encoder_args={width: 4, embed_dim: 16}"]
-
-
-def make_model(path, overrides, seed=0):
-    """A model file of a randomly initialised network (BatchNorm statistics perturbed)."""
-    cfg = load_config(None, overrides)
-    torch.manual_seed(seed)
-    net = build_network(cfg["model"])
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    save_model(path, net.state_dict(), cfg, ["s1", "s2"])
-    return path
-
+from avtk.verify import eer_threshold, read_audio, set_threshold, verify_pair
+from conftest import SMALL_FACE, SMALL_SPEAKER, avtk, write_model
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -43,7 +24,8 @@ def setup(tmp_path_factory):
     frames = dict(line.split() for line in (root / "data/test/frames.scp").read_text().splitlines())
     utts = sorted(wavs)  # spk1 video1, spk1 video2, spk2 video1, spk2 video2
     return {"root": root, "wav": wavs, "frames": frames, "utts": utts,
-            "speaker": make_model(root / "ecapa.pt", SPEAKER), "face": make_model(root / "face.pt", FACE, 1)}
+            "speaker": write_model(root / "ecapa.pt", SMALL_SPEAKER),
+            "face": write_model(root / "face.pt", SMALL_FACE, 1)}
 
 
 def lines(stdout):

@@ -163,29 +163,30 @@ def _fix_streamed_wav_header(data):
     return None
 
 
-def _read_file(utt, path):
+def read_file(path, utt=None):
+    """(float32 (samples, channels), native sample rate) of an audio or media file. Errors name the file, after
+    `utterance <utt>: ` when utt is given."""
+    where = "" if utt is None else f"utterance {utt}: "
     if not os.path.exists(path):
-        raise AvtkError(f"utterance {utt}: audio file {path} does not exist")
+        raise AvtkError(f"{where}audio file {path} does not exist")
     if os.path.isdir(path):
-        raise AvtkError(f"utterance {utt}: audio file {path} is a directory")
+        raise AvtkError(f"{where}audio file {path} is a directory")
     if os.path.getsize(path) == 0:
-        raise AvtkError(f"utterance {utt}: audio file {path} is empty (0 bytes)")
+        raise AvtkError(f"{where}audio file {path} is empty (0 bytes)")
     if os.path.splitext(path)[1].lower() in media.MEDIA_EXTENSIONS:
         try:
-            data, rate = media.read_audio(path)
+            return media.read_audio(path)
         except AvtkError as err:
-            raise AvtkError(f"utterance {utt}: {err}") from None
-        return data, rate, path
+            raise AvtkError(f"{where}{err}") from None
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        return sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError, ValueError, OSError) as err:
-        raise AvtkError(f"utterance {utt}: cannot read audio file {path}: {_sf_error(err)}") from None
-    return data, rate, path
+        raise AvtkError(f"{where}cannot read audio file {path}: {_sf_error(err)}") from None
 
 
 def read_recording(utt, location):
     """(float32 mono samples, sample rate, description) of a wav.scp value; channel 0 of a multi-channel file."""
-    data, rate, what = _read_pipe(utt, location) if is_pipe(location) else _read_file(utt, location)
+    data, rate, what = _read_pipe(utt, location) if is_pipe(location) else (*read_file(location, utt), location)
     if data.shape[0] == 0:
         raise AvtkError(f"utterance {utt}: {what} has no samples")
     return np.ascontiguousarray(data[:, 0], dtype=np.float32), int(rate), what

@@ -71,6 +71,22 @@ def check_lengths(lengths, frames, batch):
     return lengths
 
 
+def masked_input(x, lengths, in_dim):
+    """(x with its padding zeroed, (batch, 1, frames) mask or None, count) for an ECAPA-TDNN forward pass:
+    checks the (batch, in_dim, frames) shape and the lengths; mask and count are None and the int frames when
+    no item is padded, else count is (batch, 1, 1) valid frames."""
+    if x.dim() != 3 or x.shape[1] != in_dim:
+        raise AvtkError(f"ECAPA-TDNN expects features (batch, {in_dim}, frames), got {tuple(x.shape)}")
+    frames = x.shape[-1]
+    if lengths is None:
+        return x, None, frames
+    lengths = check_lengths(lengths, frames, x.shape[0]).to(x.device)
+    if not bool((lengths < frames).any()):
+        return x, None, frames
+    mask = length_mask(lengths, frames, x.dtype)
+    return x * mask, mask, lengths.to(x.dtype).view(-1, 1, 1)
+
+
 def masked_mean_std(h, mask, count, eps):
     """Mean and sqrt(clamp(unbiased variance, eps)) over the last axis of h (B, C, T), keeping that axis.
 
@@ -201,16 +217,7 @@ class EcapaTdnn(nn.Module):
         return torch.cat([mu, sg], dim=1)
 
     def forward(self, x, lengths=None):
-        if x.dim() != 3 or x.shape[1] != self.in_dim:
-            raise AvtkError(f"ECAPA-TDNN expects features (batch, {self.in_dim}, frames), got {tuple(x.shape)}")
-        frames = x.shape[-1]
-        mask, count = None, frames
-        if lengths is not None:
-            lengths = check_lengths(lengths, frames, x.shape[0]).to(x.device)
-            if bool((lengths < frames).any()):
-                mask = length_mask(lengths, frames, x.dtype)
-                count = lengths.to(x.dtype).view(-1, 1, 1)
-                x = x * mask
+        x, mask, count = masked_input(x, lengths, self.in_dim)
         x = _zero_pad(self.bn1(self.relu(self.conv1(x))), mask)
         x1 = self.layer1(x, mask, count)
         x2 = self.layer2(x + x1, mask, count)
@@ -262,15 +269,16 @@ class _ConvReluBn(nn.Module):
     relu(y) * s = max(y * s, 0) for s > 0 (min(y * s, 0) for s < 0), so the scale moves into the conv's weight
     and bias and the ReLU becomes a clamp; the BN's shift is added after it (it cannot move into the conv: the
     ReLU sits between them). The activation, the shift and the padding mask are applied in place.
+    in_channels: keep only the conv's first in_channels inputs (the attention's; see FusedEcapaTdnn).
     """
 
-    def __init__(self, conv, bn):
+    def __init__(self, conv, bn, in_channels=None):
         super().__init__()
         scale, shift = bn_affine(bn)
         dtype = conv.weight.dtype
         low, high = _relu_bounds(scale)
         scale = scale.to(dtype)
-        self.register_buffer("weight", conv.weight.detach() * scale[:, None, None])
+        self.register_buffer("weight", conv.weight.detach()[:, :in_channels] * scale[:, None, None])
         self.register_buffer("bias", conv.bias.detach() * scale)
         self.register_buffer("shift", shift.to(dtype)[:, None])
         self.register_buffer("low", low.to(dtype)[:, None])
@@ -278,8 +286,12 @@ class _ConvReluBn(nn.Module):
         self.positive = bool((scale > 0).all())  # the common case: a plain in-place ReLU
         self.padding, self.dilation = conv.padding, conv.dilation
 
-    def forward(self, x, mask=None):
-        y = nn.functional.conv1d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation)
+    def forward(self, x, mask=None, bias=None):
+        """bias: (batch, out, 1) added instead of the folded conv bias (which it must include)."""
+        y = nn.functional.conv1d(x, self.weight, self.bias if bias is None else None, padding=self.padding,
+                                 dilation=self.dilation)
+        if bias is not None:
+            y.add_(bias)
         if self.positive:
             y.relu_()
         else:
@@ -324,22 +336,14 @@ class FusedEcapaTdnn(nn.Module):
         pooled = model.layer4.out_channels
         # Attention: its first conv sees [h; mean; std], whose last two parts are constant over time, so it is
         # W_h h + (W_m mean + W_s std + b): a (batch, attention) bias instead of 2/3 of the conv. Its BN
-        # (after the ReLU) has its scale folded in as in _ConvReluBn.
+        # (after the ReLU) has its scale folded in by _ConvReluBn, and into the context weights here.
         conv, bn = model.attention[0], model.attention[2]
-        scale, shift = bn_affine(bn)
-        dtype = conv.weight.dtype
-        low, high = _relu_bounds(scale)
-        scale = scale.to(dtype)
-        weight = conv.weight.detach()[:, :, 0] * scale[:, None]
-        self.register_buffer("att_weight", weight[:, :pooled, None].contiguous())
-        self.register_buffer("att_context", weight[:, pooled:].contiguous())
-        self.register_buffer("att_bias", conv.bias.detach() * scale)
-        self.register_buffer("att_shift", shift.to(dtype)[:, None])
-        self.register_buffer("att_low", low.to(dtype)[:, None])
-        self.register_buffer("att_high", high.to(dtype)[:, None])
-        self.att_positive = bool((scale > 0).all())
+        self.attention = _ConvReluBn(conv, bn, in_channels=pooled)
+        scale = bn_affine(bn)[0].to(conv.weight.dtype)
+        self.register_buffer("att_context", (conv.weight.detach()[:, pooled:, 0] * scale[:, None]).contiguous())
         self.att_out = model.attention[4]  # shared with the model, unchanged
         # Head: bn5 -> fc6 -> bn6, all affine: one Linear.
+        dtype = model.fc6.weight.dtype
         s5, b5 = bn_affine(model.bn5)
         s6, b6 = bn_affine(model.bn6)
         weight, bias = model.fc6.weight.detach().double(), model.fc6.bias.detach().double()
@@ -354,13 +358,8 @@ class FusedEcapaTdnn(nn.Module):
             std = _sqrt(var.clamp(min=1e-4))
         else:
             mean, std = masked_mean_std(h, mask, count, 1e-4)
-        context = torch.cat([mean, std], dim=1)[:, :, 0] @ self.att_context.T + self.att_bias  # (B, A)
-        a = nn.functional.conv1d(h, self.att_weight).add_(context[:, :, None])
-        if self.att_positive:
-            a.relu_()
-        else:
-            torch.clamp(a, self.att_low, self.att_high, out=a)
-        scores = self.att_out(a.add_(self.att_shift).tanh_())
+        context = torch.cat([mean, std], dim=1)[:, :, 0] @ self.att_context.T + self.attention.bias  # (B, A)
+        scores = self.att_out(self.attention(h, bias=context[:, :, None]).tanh_())
         if mask is not None:
             scores.masked_fill_(mask == 0, float("-inf"))
         w = torch.softmax(scores, dim=-1).mul_(h)
@@ -369,16 +368,8 @@ class FusedEcapaTdnn(nn.Module):
         return torch.cat([mu, sg], dim=1)
 
     def forward(self, x, lengths=None):
-        if x.dim() != 3 or x.shape[1] != self.in_dim:
-            raise AvtkError(f"ECAPA-TDNN expects features (batch, {self.in_dim}, frames), got {tuple(x.shape)}")
+        x, mask, count = masked_input(x, lengths, self.in_dim)
         frames = x.shape[-1]
-        mask, count = None, frames
-        if lengths is not None:
-            lengths = check_lengths(lengths, frames, x.shape[0]).to(x.device)
-        if lengths is not None and bool((lengths < frames).any()):
-            mask = length_mask(lengths, frames, x.dtype)
-            count = lengths.to(x.dtype).view(-1, 1, 1)
-            x = x * mask
         x = self.conv1(x.contiguous(), mask)
         c = self.channels
         # layer4's input cat(x1, x2, x3), written in place by the blocks.

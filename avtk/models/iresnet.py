@@ -28,6 +28,11 @@ from torch import nn
 from avtk.errors import AvtkError
 from avtk.models.fold import bn_affine
 
+def check_image_size(x, size):
+    if x.shape[-2:] != (size, size):
+        raise AvtkError(f"iresnet expects {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}")
+
+
 DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 14, 3], 100: [3, 13, 30, 3]}
 
 
@@ -84,9 +89,7 @@ class IResNet(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.1)
 
     def forward(self, x):
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            raise AvtkError(f"iresnet expects {self.input_size}x{self.input_size} images, got "
-                            f"{x.shape[-2]}x{x.shape[-1]}")
+        check_image_size(x, self.input_size)
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.dropout(torch.flatten(self.bn2(x), 1))
@@ -169,9 +172,7 @@ class FusedIResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
     def forward(self, x):
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            raise AvtkError(f"iresnet expects {self.input_size}x{self.input_size} images, got "
-                            f"{x.shape[-2]}x{x.shape[-1]}")
+        check_image_size(x, self.input_size)
         if x.device.type != "cpu" or not self.cpu_batch or len(x) <= self.cpu_batch:
             return self._forward(x)
         # A batch of 32 112x112 images has 100 MB activations in layer1; 8 at a time stay nearer the caches.
