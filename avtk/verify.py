@@ -288,6 +288,7 @@ def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, f
     if is_face(net):
         raise AvtkError(f"{model_path} is a face model: give a speaker model as --model (and this one as "
                         "--face-model)")
+    net = prepare_for_inference(net)  # fused ECAPA-TDNN, as avtk.embed.embed
     rate = int(net.frontend.sample_rate)
     embeddings = []
     for path in (audio_a, audio_b):
