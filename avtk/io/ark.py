@@ -15,7 +15,10 @@ File outputs are atomic: the ark and the scp are written under temporary names
 error, the ark first and then the scp (an existing scp of the same name is removed before the ark is
 renamed, so an old scp never points into a new ark). On an error both temporary files are removed. The scp
 lines point at the final ark path with the byte offset of each value, as Kaldi writes them. Standard output
-and pipes are not atomic by nature.
+and pipes are not atomic by nature, nor is a special file such as ``/dev/null`` (written in place). A file
+that cannot be written (its directory is a file, its name a directory, a full disk) is an `AvtkError`
+``cannot write FILE: REASON`` naming the ark or the scp; stale temporary files of killed jobs are removed
+as `avtk.io.atomic` does.
 
 Values are written in Kaldi's binary format (``FM``/``FV`` little-endian float32, the format Kaldi's
 ``copy-feats`` writes) or its text format. Floating-point arrays of 1 or 2 dimensions are stored as float32;
@@ -44,6 +47,7 @@ import kaldiio
 import numpy as np
 
 from avtk.errors import AvtkError
+from avtk.io import atomic
 from avtk.io.atomic import temp_name
 
 log = logging.getLogger(__name__)
@@ -214,13 +218,29 @@ class TableWriter:
                     self._scp_tmp = self._open_tmp(scp)
                     self._scp = open(self._scp_tmp, "w", encoding="utf-8")
         except OSError as err:
+            error = self._write_error(err)
             self._discard()
-            raise AvtkError(f"cannot write {wspecifier!r}: {err}") from None
+            raise error from None
+        except AvtkError:
+            self._discard()
+            raise
 
     @staticmethod
     def _open_tmp(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        """The name to write `path` under: its temporary name, or `path` itself for /dev/null and the like."""
+        if atomic.is_special(path):
+            return path
+        atomic.prepare(path)
         return temp_name(path)
+
+    def _write_error(self, err, key=None):
+        """AvtkError naming the output file (the scp if `err` is about it, else the ark) and the reason."""
+        scp_names = {self.scp_path, self._scp_tmp} - {None}
+        target = self.scp_path if scp_names & {err.filename, err.filename2} else self.ark_path
+        what = f"{key!r} to " if key is not None else ""
+        if not self._owns_files:
+            return AvtkError(f"cannot write {what}{self.wspecifier!r}: {err.strerror or err}")
+        return AvtkError(f"cannot write {what}{target}: {err.strerror or err}")
 
     def __setitem__(self, key, value):
         self.write(key, value)
@@ -245,7 +265,9 @@ class TableWriter:
                 self._ark.flush()
                 if self._scp is not None:
                     self._scp.flush()
-        except (OSError, ValueError) as err:  # ValueError: write to a closed pipe
+        except OSError as err:
+            raise self._write_error(err, key) from None
+        except ValueError as err:  # write to a closed pipe
             raise AvtkError(f"cannot write {key!r} to {self.wspecifier!r}: {err}") from None
         self._keys.add(key)
 
@@ -267,16 +289,19 @@ class TableWriter:
             self._ark.close()
             if self._scp is not None:
                 self._scp.close()
-            if self.scp_path is not None and os.path.lexists(self.scp_path):
+            if self.scp_path is not None and os.path.isfile(self.scp_path) and self._scp_tmp != self.scp_path:
                 os.remove(self.scp_path)  # an old scp must never describe the new ark
-            os.replace(self._ark_tmp, self.ark_path)
+            if self._ark_tmp != self.ark_path:
+                os.replace(self._ark_tmp, self.ark_path)
             self._ark_tmp = None
             if self._scp_tmp is not None:
-                os.replace(self._scp_tmp, self.scp_path)
+                if self._scp_tmp != self.scp_path:
+                    os.replace(self._scp_tmp, self.scp_path)
                 self._scp_tmp = None
         except OSError as err:
+            error = self._write_error(err)
             self._discard()
-            raise AvtkError(f"cannot write {self.wspecifier!r}: {err}") from None
+            raise error from None
         finally:
             self._discard()
 
@@ -321,7 +346,7 @@ class TableWriter:
                 except OSError:
                     pass
         for tmp in (self._ark_tmp, self._scp_tmp):
-            if tmp is not None and os.path.lexists(tmp):
+            if tmp is not None and tmp not in (self.ark_path, self.scp_path) and os.path.lexists(tmp):
                 os.remove(tmp)
         self._ark_tmp = self._scp_tmp = None
 
