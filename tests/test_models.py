@@ -110,6 +110,28 @@ def test_ecapa_rejects_bad_input():
 # ---------------------------------------------------------------- ResNet34
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ecapa_pooling_statistics_stay_float32_under_autocast(dtype):
+    """Attentive pooling of activations of |h| >= 256 (h*h beyond float16's 65504) under autocast, as the
+    trainer's AMP runs it: finite, and within low-precision rounding of the float32 pooling."""
+    torch.manual_seed(0)
+    model = randomize_bn(EcapaTdnn(in_dim=16, channels=32, embed_dim=8, pooled=48, attention=16))
+    h = torch.rand(2, 48, 30) * 400 + 100  # layer4's ReLU output, large
+    lengths = torch.tensor([30, 21])
+    mask = (torch.arange(30)[None, None, :] < lengths[:, None, None]).float()
+    count = lengths.float().view(-1, 1, 1)
+    h = h * mask
+    with torch.no_grad():
+        reference = model._pool(h, mask, count)
+        with torch.autocast("cpu", dtype=dtype):
+            low = model._pool(h.to(dtype), mask, count)  # conv outputs are low precision under autocast
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert torch.allclose(low, reference, rtol=0.02, atol=0.5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):  # and the whole network, end to end
+        out = model(torch.randn(2, 16, 30) * 1e3, lengths)
+    assert torch.isfinite(out).all()
+
+
 def test_resnet34_size_and_names():
     model = ResNet34(in_dim=80, embed_dim=256, base_width=32)
     assert n_params(model) == 6_634_336  # WeSpeaker's ResNet34: ~6.6M

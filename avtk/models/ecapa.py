@@ -205,16 +205,21 @@ class EcapaTdnn(nn.Module):
         self.bn6 = nn.BatchNorm1d(embed_dim)
 
     def _pool(self, h, mask, count):
-        mean, std = masked_mean_std(h, mask, count, 1e-4)
+        """Attentive statistics pooling; the statistics (h², variances) are float32 whatever the autocast: in
+        float16, h * h overflows once |h| >= 256. Only the attention's convs follow the autocast."""
+        h = h.float()
         frames = h.shape[-1]
-        context = torch.cat([h, mean.expand(-1, -1, frames), std.expand(-1, -1, frames)], dim=1)
-        scores = self.attention(context)
-        if mask is not None:
-            scores = scores.masked_fill(mask == 0, float("-inf"))
-        w = torch.softmax(scores, dim=-1)
-        mu = (h * w).sum(dim=-1)
-        sg = ((h * h * w).sum(dim=-1) - mu * mu).clamp(min=1e-4).sqrt()
-        return torch.cat([mu, sg], dim=1)
+        with torch.autocast(h.device.type, enabled=False):
+            mean, std = masked_mean_std(h, mask, count, 1e-4)
+            context = torch.cat([h, mean.expand(-1, -1, frames), std.expand(-1, -1, frames)], dim=1)
+        scores = self.attention(context).float()
+        with torch.autocast(h.device.type, enabled=False):
+            if mask is not None:
+                scores = scores.masked_fill(mask == 0, float("-inf"))
+            w = torch.softmax(scores, dim=-1)
+            mu = (h * w).sum(dim=-1)
+            sg = ((h * h * w).sum(dim=-1) - mu * mu).clamp(min=1e-4).sqrt()
+            return torch.cat([mu, sg], dim=1)
 
     def forward(self, x, lengths=None):
         x, mask, count = masked_input(x, lengths, self.in_dim)
