@@ -205,18 +205,21 @@ def test_v_vox2_and_v_glint_import_exactly_and_extract(corpus, tmp_path):
     proc = avtk("import-model", "--format", "v-vox2", tmp_path / "V-Vox2.model", tmp_path / "v_vox2.pt")
     assert ("format v-vox2: iresnet18 (width 64, embed_dim 512), channels bgr; 24,025,600 parameters; "
             "loaded 187 of 187 keys; AAM matrix [5994, 512] kept under 'loss'") in proc.stderr
+    # V-Glint imports in the seed's channel order (its evaluation read frames with cv2.imread: BGR)
     proc = avtk("import-model", "--format", "v-glint", tmp_path / "V-Glint.model", tmp_path / "v_glint.pt")
-    assert ("format v-glint: iresnet50 (width 64, embed_dim 512), channels rgb; 43,590,848 parameters; "
+    assert ("format v-glint: iresnet50 (width 64, embed_dim 512), channels bgr; 43,590,848 parameters; "
             "loaded 475 of 475 keys; no AAM matrix") in proc.stderr
 
     nets = {}
-    for written, src, out, bgr in ((vox2, "V-Vox2.model", "v_vox2.pt", True),
+    for written, src, out, aam in ((vox2, "V-Vox2.model", "v_vox2.pt", True),
                                    (glint, "V-Glint.model", "v_glint.pt", False)):
         nets[src], cfg = load_model(tmp_path / out)
-        assert cfg["model"]["channels"] == ("bgr" if bgr else "rgb") and cfg["data"]["input"] == "frames"
+        assert cfg["model"]["channels"] == "bgr" and cfg["data"]["input"] == "frames"
         blob = torch.load(tmp_path / out, weights_only=False)
-        assert blob["speakers"] == ([f"spk{i:04d}" for i in range(5994)] if bgr else [])
-        assert (blob["loss"] == {}) != bgr and blob["config"]["source"]["sha256"] == sha256(tmp_path / src)
+        assert blob["speakers"] == ([f"spk{i:04d}" for i in range(5994)] if aam else [])
+        assert (blob["loss"] == {}) != aam and blob["config"]["source"]["sha256"] == sha256(tmp_path / src)
+        assert blob["config"]["source"]["channels"] == "bgr"
+        assert blob["config"]["source"]["channels_from"] == f"format {src[:-6].lower()}"
         assert all(torch.equal(v, written[k[len("encoder."):]]) for k, v in nets[src].state_dict().items())
     net_vox2 = nets["V-Vox2.model"]
     # V-Vox2 computes what iresnet18 loaded from the written tensors computes on the BGR images
@@ -238,6 +241,35 @@ def test_v_vox2_and_v_glint_import_exactly_and_extract(corpus, tmp_path):
     with torch.no_grad():
         want = F.normalize(net_vox2(x), dim=1).mean(0).numpy()
     assert emb[utt].shape == (512,) and np.allclose(emb[utt], want, atol=1e-5)
+
+
+def test_channels_option_overrides_the_formats_channel_order(tmp_path):
+    """--channels rgb|bgr replaces a face format's order; every face path runs FaceNet, which applies it."""
+    state = iresnet_layout("iresnet18", 7, width=4, embed_dim=16)
+    torch.save(state, tmp_path / "backbone.pth")
+    images = torch.randint(0, 256, (2, 112, 112, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    encoder = build_encoder("iresnet18", width=4, embed_dim=16)
+    encoder.load_state_dict(state)
+    encoder.eval()
+    for channels in ("bgr", "rgb"):
+        out = tmp_path / f"{channels}.pt"
+        proc = avtk("import-model", "--format", "insightface", "--channels", channels, tmp_path / "backbone.pth", out)
+        assert f"format insightface: iresnet18 (width 4, embed_dim 16), channels {channels};" in proc.stderr
+        net, cfg = load_model(out)
+        assert cfg["model"]["channels"] == channels
+        assert cfg["source"]["channels"] == channels and cfg["source"]["channels_from"] == "--channels"
+        with torch.no_grad():
+            want = encoder(_face_input(images, bgr=channels == "bgr"))
+            assert torch.allclose(net(images), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    proc = avtk("import-model", "--format", "insightface", tmp_path / "backbone.pth", tmp_path / "default.pt")
+    assert load_model(tmp_path / "default.pt")[1]["model"]["channels"] == "rgb"
+    # a speech format has no channel order: one ERROR line, exit 1, no model file
+    proc = avtk("import-model", "--format", "a-vox2", "--channels", "rgb", tmp_path / "backbone.pth",
+                tmp_path / "speech.pt", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "ERROR [avtk import-model] --channels rgb does not apply to format a-vox2 (a speech network); face " \
+           "formats take rgb or bgr" in proc.stderr
+    assert not (tmp_path / "speech.pt").exists()
 
 
 def test_insightface_backbone_of_any_depth(tmp_path):

@@ -14,7 +14,7 @@ ecapa-pretrain    ECAPA-TDNN's pretrain.model: the same keys prefixed           
                                                                                 ECAPA-TDNN recipe's --C)
 v-vox2            the seed's V-Vox2.model: 187 iresnet18 keys (insightface      FaceNet: iresnet18,
                   names), ``weight`` [n, 512]                                   channels bgr
-v-glint           V-Glint.model: insightface iresnet50 backbone (475 keys)      FaceNet: iresnet50, rgb
+v-glint           V-Glint.model: insightface iresnet50 backbone (475 keys)      FaceNet: iresnet50, bgr
 insightface       a backbone.pth of any depth                                   FaceNet: iresnet of --arch or
                                                                                 of the depth its blocks give
                                                                                 (width and embedding size
@@ -27,8 +27,17 @@ layout, and the checkpoint's own values are used; a warning says if they differ 
 builds), and the AAM-softmax matrix (``weight`` / ``speaker_loss.weight``) is kept beside the network, under
 the model file's ``"loss"`` entry as an ``AamSoftmax`` state_dict ({"weight": [n, embed_dim]}); extraction
 does not need it. The seed's front end already subtracts each utterance's mean (the seed did so inside its
-model), so ``model.cmn`` is off and the encoder sees exactly the seed's features. V-Vox2 was trained on BGR
-images (``model.channels: bgr``); insightface's models, V-Glint included, take RGB.
+model), so ``model.cmn`` is off and the encoder sees exactly the seed's features.
+
+Channel order (``model.channels``, applied in one place: avtk.models.face_net.FaceNet.normalize, which every
+face path -- training, extract-embeddings, verify, export -- runs). The seed read every face frame with
+OpenCV's ``cv2.imread``, which gives BGR, and fed that to both its face networks (REFERENCE §1, face network:
+"The seed feeds BGR"; "Known defects": "BGR is fed to an RGB model"). So the seed's two files import as
+``bgr``: V-Vox2 was trained that way, and V-Glint (insightface's iresnet50, trained on RGB) is fed BGR by the
+seed's evaluation, which its published face and fusion numbers come from; importing it as ``bgr`` reproduces
+them. A plain insightface ``backbone.pth`` imports as ``rgb``, the order insightface trains on. ``channels``
+(``--channels``) overrides the format's order, e.g. ``rgb`` runs V-Glint as insightface meant it; the source
+entry records which order was used and where it came from.
 
 Speakers: a file with an AAM matrix gets placeholder names ``spk0000``... (one per row, so the count of
 training speakers is kept; the seed's checkpoints do not say which speaker a row is); one without gets [].
@@ -68,7 +77,7 @@ FORMATS = {
     "a-vox2": {"modality": "speech", "loss_key": "weight", "prefix": ""},
     "ecapa-pretrain": {"modality": "speech", "loss_key": "speaker_loss.weight", "prefix": "speaker_encoder."},
     "v-vox2": {"modality": "face", "loss_key": "weight", "arch": "iresnet18", "channels": "bgr"},
-    "v-glint": {"modality": "face", "loss_key": None, "arch": "iresnet50", "channels": "rgb"},
+    "v-glint": {"modality": "face", "loss_key": None, "arch": "iresnet50", "channels": "bgr"},  # as the seed fed it
     "insightface": {"modality": "face", "loss_key": None, "arch": None, "channels": "rgb"},
 }
 FACE_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100")
@@ -277,14 +286,14 @@ def _architecture(fmt, state, arch, path):
     return name, args
 
 
-def _config(spec, encoder, encoder_args):
+def _config(spec, encoder, encoder_args, channels):
     from avtk.train.config import load_config
 
     overrides = [f"model.encoder={encoder}", f"model.encoder_args={json.dumps(encoder_args)}"]
     if spec["modality"] == "speech":
         overrides += ["model.frontend=seed", "model.cmn=false", "data.input=wav"]
     else:
-        overrides += [f"model.channels={spec['channels']}"]
+        overrides += [f"model.channels={channels}"]
     return load_config(None, overrides)
 
 
@@ -325,12 +334,13 @@ def _log_problems(report, level):
         log.log(level, "%s", line)
 
 
-def import_checkpoint(path, fmt, arch=None, allow_partial=False):
+def import_checkpoint(path, fmt, arch=None, allow_partial=False, channels=None):
     """Import the checkpoint `path` of format `fmt` (see FORMATS). Returns an `Imported`.
 
     `arch`: a face network (iresnet18/34/50/100) instead of the format's (insightface: inferred from the
-    blocks). Raises ImportMismatch (an AvtkError) when keys are missing, unexpected or mis-shaped, unless
-    `allow_partial`; every such key is logged first.
+    blocks). `channels`: "rgb" or "bgr", the order a face network is fed, instead of the format's (see the
+    module notes); an AvtkError for a speech format. Raises ImportMismatch (an AvtkError) when keys are
+    missing, unexpected or mis-shaped, unless `allow_partial`; every such key is logged first.
     """
     from avtk.models import build_network
 
@@ -338,9 +348,12 @@ def import_checkpoint(path, fmt, arch=None, allow_partial=False):
     if fmt not in FORMATS:
         raise AvtkError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     spec = FORMATS[fmt]
+    if channels is not None and (spec["modality"] != "face" or channels not in ("rgb", "bgr")):
+        raise AvtkError(f"--channels {channels} does not apply to format {fmt}"
+                        + ("" if spec["modality"] == "face" else " (a speech network)") + "; face formats take rgb or bgr")
     state = read_state_dict(path)
     encoder, encoder_args = _architecture(fmt, state, arch, path)
-    cfg = _config(spec, encoder, encoder_args)
+    cfg = _config(spec, encoder, encoder_args, channels or spec.get("channels"))
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
         torch.manual_seed(0)  # what a partial import leaves unloaded is the same every time
         net = build_network(cfg["model"])
@@ -407,6 +420,9 @@ def import_checkpoint(path, fmt, arch=None, allow_partial=False):
 
     source = {"format": fmt, "path": os.path.abspath(path), "sha256": sha256_file(path),
               "keys_loaded": len(report.loaded), "keys_expected": report.expected}
+    if spec["modality"] == "face":
+        source["channels"] = cfg["model"]["channels"]
+        source["channels_from"] = "--channels" if channels else f"format {fmt}"
     if report.problems:
         source["missing"] = [name for name, _ in report.missing]
         source["unexpected"] = [name for name, _ in report.unexpected]
