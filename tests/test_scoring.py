@@ -260,7 +260,9 @@ def test_cli_input_errors(tmp_path):
     small = write_table(tmp_path / "small", {k: v[:8] for k, v in cohort_table.items()})
     assert f"{emb}: embeddings have dimension 16 but the cohort has 8" in error("--trials", tr, "--cohort", small,
                                                                                   emb, out)
-    assert "--top-n must be at least 2" in error("--trials", tr, "--cohort", emb, "--top-n", 1, emb, out)
+    proc = avtk("score", "--trials", tr, "--cohort", emb, "--top-n", 1, emb, out, check=False)  # a usage error
+    assert proc.returncode == 2 and "argument --top-n: 1 is out of range (must be >= 2)" in proc.stderr
+    assert not out.exists()
 
 
 def test_cli_unlabeled_trials_and_read_trials_roundtrip(tmp_path):

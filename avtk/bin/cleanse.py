@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from avtk.cleanse import cleanse, evaluate, fmt, utterance_vectors
-from avtk.command import make_parser
+from avtk.command import count, make_parser, number
 from avtk.data.datadir import load, subset
 from avtk.data.table import read_lines
 from avtk.errors import AvtkError
@@ -50,17 +50,17 @@ def get_parser():
     p.add_argument("--corpus-root", metavar="DIR",
                    help="write wav.scp paths relative to DIR in --out-list (default: the utterance id "
                         "spk-video-utt as spk/video/utt.wav)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic mislabels")
-    p.add_argument("--peculiar-z", type=float, default=2.0,
+    p.add_argument("--seed", type=count(0), default=0, help="random seed of the synthetic mislabels")
+    p.add_argument("--peculiar-z", type=number(0, low_open=True), default=2.0,
                    help="coarse step: peculiar if an own-speaker similarity's robust z-score is below minus this")
     p.add_argument("--fine", choices=["joint", "synthetic"], default="joint",
                    help="fine step: joint (every modality atypical, FDR-controlled) or synthetic (classifier "
                         "trained on synthetic mislabels)")
-    p.add_argument("--fdr", type=float, default=0.05,
+    p.add_argument("--fdr", type=number(0, 1, low_open=True), default=0.05,
                    help="fine step joint: false-discovery rate of the Benjamini-Hochberg threshold")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=number(0, 1), default=0.5,
                    help="fine step synthetic: noisy if peculiar and the classifier's probability exceeds this")
-    p.add_argument("--num-synthetic", type=int, default=20000,
+    p.add_argument("--num-synthetic", type=count(1), default=20000,
                    help="utterances relabelled to train the fine-step classifier (at most all of them)")
     p.add_argument("--no-subtract-mean", dest="subtract_mean", action="store_false",
                    help="do not subtract each modality's mean embedding before the cosine")

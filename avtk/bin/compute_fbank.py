@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from avtk.command import make_parser
+from avtk.command import count, make_parser, number
 from avtk.errors import AvtkError
 from avtk.features.fbank import WINDOW_TYPES
 
@@ -28,26 +28,28 @@ log = logging.getLogger(__name__)
 
 # KaldiFbank option -> (command-line names, type, help). Defaults are KaldiFbank's.
 _FBANK_OPTIONS = {
-    "num_mel_bins": (["--num-mel-bins"], int, "number of triangular mel bins (default 80)"),
-    "frame_length_ms": (["--frame-length-ms", "--frame-length"], float, "frame length in ms (default 25)"),
-    "frame_shift_ms": (["--frame-shift-ms", "--frame-shift"], float, "frame shift in ms (default 10)"),
-    "sample_rate": (["--sample-rate", "--sample-frequency"], int,
+    "num_mel_bins": (["--num-mel-bins"], count(1), "number of triangular mel bins (default 80)"),
+    "frame_length_ms": (["--frame-length-ms", "--frame-length"], number(0, low_open=True),
+                        "frame length in ms (default 25)"),
+    "frame_shift_ms": (["--frame-shift-ms", "--frame-shift"], number(0, low_open=True),
+                       "frame shift in ms (default 10)"),
+    "sample_rate": (["--sample-rate", "--sample-frequency"], count(1),
                     "sample rate in Hz of the features; audio at another rate needs --resample (default 16000)"),
-    "preemphasis": (["--preemphasis", "--preemphasis-coefficient"], float,
+    "preemphasis": (["--preemphasis", "--preemphasis-coefficient"], number(0, 1),
                     "pre-emphasis coefficient (default 0.97)"),
     "remove_dc_offset": (["--remove-dc-offset"], "bool", "subtract each frame's mean (default true)"),
-    "dither": (["--dither"], float, "dither: add this times standard normal noise to each sample, on the 16-bit "
+    "dither": (["--dither"], number(0), "dither: add this times standard normal noise to each sample, on the 16-bit "
                                     "scale; random, seeded by --seed (default 0: deterministic)"),
     "window_type": (["--window-type"], str, "povey, hamming, hanning, rectangular or blackman (default povey)"),
     "snip_edges": (["--snip-edges"], "bool", "true: only whole frames inside the signal; false: frames centred "
                                              "on every shift, edges reflected (Kaldi's semantics; default true)"),
-    "low_freq": (["--low-freq"], float, "low edge of the lowest mel bin in Hz (default 20)"),
-    "high_freq": (["--high-freq"], float, "high edge of the highest mel bin in Hz; <= 0 is an offset from "
+    "low_freq": (["--low-freq"], number(0), "low edge of the lowest mel bin in Hz (default 20)"),
+    "high_freq": (["--high-freq"], number(), "high edge of the highest mel bin in Hz; <= 0 is an offset from "
                                           "Nyquist (default 0)"),
     "round_to_power_of_two": (["--round-to-power-of-two"], "bool",
                               "zero-pad each frame to a power of two for the FFT (default true)"),
     "use_energy": (["--use-energy"], "bool", "prepend the log energy as coefficient 0 (default false)"),
-    "energy_floor": (["--energy-floor"], float, "floor on the energy (absolute, not log) with --use-energy "
+    "energy_floor": (["--energy-floor"], number(0), "floor on the energy (absolute, not log) with --use-energy "
                                                 "(default 0: none)"),
     "use_power": (["--use-power"], "bool", "power spectrum; false: magnitude (default true)"),
 }
@@ -60,13 +62,6 @@ def _bool(text):
     if value in ("false", "0", "no", "f", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def get_parser():
@@ -89,11 +84,11 @@ def get_parser():
     p.add_argument("--resample", action="store_true", help="resample audio at another rate instead of failing")
     p.add_argument("--write-num-frames", metavar="FILE",
                    help="also write `utt frames` lines to FILE (or ark,t:FILE), as Kaldi's utt2num_frames")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="utterances per batch")
+    p.add_argument("--batch-size", type=count(1), default=16, help="utterances per batch")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute")
-    p.add_argument("--num-threads", type=_positive_int, default=1,
+    p.add_argument("--num-threads", type=count(1), default=1,
                    help="torch CPU threads (recipes run several jobs at once, hence 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random dither")
+    p.add_argument("--seed", type=count(0), default=0, help="seed of the random dither")
     return p
 
 

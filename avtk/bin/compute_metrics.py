@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from avtk.command import make_parser
+from avtk.command import make_parser, number
 from avtk.data.trials import read_trials
 from avtk.errors import AvtkError
 from avtk.fusion import align, read_scores
@@ -27,7 +27,8 @@ def get_parser():
                         "the same trials (enroll, test) in the same order")
     p.add_argument("--map-paths", action="store_true",
                    help="--trials keys are relative wav paths (seed style): map them to utterance ids")
-    p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="priors for minDCF and actDCF")
+    p.add_argument("--p-target", type=number(0, 1, low_open=True, high_open=True), nargs="+", default=[0.01, 0.05],
+                   help="priors for minDCF and actDCF")
     p.add_argument("--calibrated", action="store_true",
                    help="scores are calibrated LLRs: also report Cllr and actDCF")
     p.add_argument("--json", help="also write every metric to this JSON file")

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from avtk.command import make_parser
+from avtk.command import count, make_parser, number
 
 
 def get_parser():
@@ -24,17 +24,18 @@ def get_parser():
     p.add_argument("--segments", help="segments file for a wav.scp input")
     p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--max-frames", type=int, default=20000,
+    p.add_argument("--max-frames", type=count(1), default=20000,
                    help="padded frames per batch (on a GPU, larger batches are faster)")
-    p.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--seed-crops", type=int, default=0, metavar="N",
+    p.add_argument("--num-threads", type=count(1), default=1, help="torch CPU threads")
+    p.add_argument("--seed-crops", type=count(0), default=0, metavar="N",
                    help="the seed's test-time mode: also embed N evenly spaced crops (wrap-padded if short) and "
                         "write a (1+N, dim) matrix per utterance, whole utterance first; avtk score then gives "
                         "(cos(whole) + mean NxN crop cosine) / 2. The seed used 5")
-    p.add_argument("--crop-seconds", type=float, default=3.0, help="length of the --seed-crops crops")
-    p.add_argument("--num-frames", type=int, default=5, help="face models: evenly spaced frames per utterance "
+    p.add_argument("--crop-seconds", type=number(0, low_open=True), default=3.0,
+                   help="length of the --seed-crops crops")
+    p.add_argument("--num-frames", type=count(1), default=5, help="face models: evenly spaced frames per utterance "
                    "(all of them, the last repeated, when there are fewer)")
-    p.add_argument("--batch-frames", type=int, default=64, help="face models: frames per batch")
+    p.add_argument("--batch-frames", type=count(1), default=64, help="face models: frames per batch")
     p.add_argument("--no-face", metavar="FILE",
                    help="face models: write the utterances without face frames here (default: the output scp "
                         "(or ark) with its extension replaced by .no_face)")

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from avtk.command import make_parser
+from avtk.command import count, make_parser, number
 
 
 def get_parser():
@@ -21,11 +21,12 @@ def get_parser():
                    help="landmarks: read <dir>/landmarks.txt (`<frame> x1 y1 ... x5 y5`, e.g. the synthetic corpus's "
                         "ground truth); mtcnn: the MTCNN detector, weights from facenet-pytorch "
                         "(pip install --no-deps facenet-pytorch==2.6.0)")
-    p.add_argument("--interval", type=float, default=0.4, help="seconds between frames taken from a video")
-    p.add_argument("--size", type=int, default=112, help="side of the aligned square image")
-    p.add_argument("--min-face", type=int, default=20, help="mtcnn: smallest face side in pixels")
+    p.add_argument("--interval", type=number(0, low_open=True), default=0.4,
+                   help="seconds between frames taken from a video")
+    p.add_argument("--size", type=count(1), default=112, help="side of the aligned square image")
+    p.add_argument("--min-face", type=count(1), default=20, help="mtcnn: smallest face side in pixels")
     p.add_argument("--device", default="cpu", help="mtcnn: cpu, cuda or cuda:N")
-    p.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--num-threads", type=count(1), default=1, help="torch CPU threads")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) utterances whose video or frames cannot be read instead of failing")
     p.add_argument("in_scp", help="`<utt> <video or directory>` table")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from avtk.calibration import METHODS, FusionModel, train_model
-from avtk.command import make_parser
+from avtk.command import make_parser, number
 from avtk.errors import AvtkError
 from avtk.fusion import fallback_counts, read_aligned, write_scores
 
@@ -42,7 +42,7 @@ def get_parser():
     p.add_argument("--train-trials", help="trials file with labels for --train-scores files that have none")
     p.add_argument("--map-paths", action="store_true",
                    help="trials keys are relative wav paths (seed style): map them to utterance ids")
-    p.add_argument("--prior", type=float, default=0.5,
+    p.add_argument("--prior", type=number(0, 1, low_open=True, high_open=True), default=0.5,
                    help="logreg: effective target prior of the training objective")
     model = p.add_mutually_exclusive_group()
     model.add_argument("--model-out", help="write the fusion model (YAML; JSON if named *.json)")

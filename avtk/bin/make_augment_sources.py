@@ -3,7 +3,7 @@ import logging
 import time
 
 from avtk.synth.augment_sources import make_augment_sources
-from avtk.command import make_parser
+from avtk.command import count, make_parser
 from avtk.errors import AvtkError
 
 
@@ -19,11 +19,11 @@ def get_parser():
     )
     p.add_argument("out_dir", help="where to write the wav files")
     p.add_argument("data_dir", help="where to write the data dirs musan_noise, musan_music, musan_speech, rirs")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives identical files")
-    p.add_argument("--num-noise", type=int, default=20, help="noise files")
-    p.add_argument("--num-music", type=int, default=10, help="music files")
-    p.add_argument("--num-speech", type=int, default=20, help="babble speech files (one talker each)")
-    p.add_argument("--num-rirs", type=int, default=30, help="room impulse responses")
+    p.add_argument("--seed", type=count(0), default=0, help="the same seed gives identical files")
+    p.add_argument("--num-noise", type=count(1), default=20, help="noise files")
+    p.add_argument("--num-music", type=count(1), default=10, help="music files")
+    p.add_argument("--num-speech", type=count(1), default=20, help="babble speech files (one talker each)")
+    p.add_argument("--num-rirs", type=count(1), default=30, help="room impulse responses")
     return p
 
 

@@ -2,7 +2,7 @@
 import logging
 import time
 
-from avtk.command import make_parser
+from avtk.command import count, make_parser, number
 from avtk.errors import AvtkError
 from avtk.synth.corpus import Config, make_corpus
 
@@ -19,24 +19,27 @@ def get_parser():
     d = Config()
     p.add_argument("out_dir", help="corpus tree to write")
     p.add_argument("data_dir", help="where to write the Kaldi data dirs train/ and test/")
-    p.add_argument("--num-train-speakers", type=int, default=d.num_train_speakers, help="speakers in data/train")
-    p.add_argument("--num-test-speakers", type=int, default=d.num_test_speakers,
+    p.add_argument("--num-train-speakers", type=count(1), default=d.num_train_speakers, help="speakers in data/train")
+    p.add_argument("--num-test-speakers", type=count(2), default=d.num_test_speakers,
                    help="speakers in data/test, disjoint from training")
-    p.add_argument("--num-dev-speakers", type=int, default=d.num_dev_speakers,
+    p.add_argument("--num-dev-speakers", type=count(0), default=d.num_dev_speakers,
                    help="speakers of an optional DATA_DIR/dev (with trials), disjoint from both, for calibration")
-    p.add_argument("--videos-per-speaker", type=int, default=d.videos_per_speaker,
+    p.add_argument("--videos-per-speaker", type=count(1), default=d.videos_per_speaker,
                    help="sessions per speaker; each has its own channel, noise, lighting and pose")
-    p.add_argument("--utts-per-video", type=int, default=d.utts_per_video, help="utterances per session")
-    p.add_argument("--min-duration", type=float, default=d.min_duration, help="shortest utterance (s)")
-    p.add_argument("--max-duration", type=float, default=d.max_duration, help="longest utterance (s)")
-    p.add_argument("--frame-interval", type=float, default=d.frame_interval, help="one face frame every this many s")
-    p.add_argument("--label-noise", type=float, default=d.label_noise,
+    p.add_argument("--utts-per-video", type=count(1), default=d.utts_per_video, help="utterances per session")
+    p.add_argument("--min-duration", type=number(0, low_open=True), default=d.min_duration,
+                   help="shortest utterance (s)")
+    p.add_argument("--max-duration", type=number(0, low_open=True), default=d.max_duration,
+                   help="longest utterance (s)")
+    p.add_argument("--frame-interval", type=number(0, low_open=True), default=d.frame_interval,
+                   help="one face frame every this many s")
+    p.add_argument("--label-noise", type=number(0, 1, high_open=True), default=d.label_noise,
                    help="fraction of training utterances filed under a wrong speaker; the truth goes to "
                         "DATA_DIR/train/label_noise.txt (utt labelled_spk true_spk)")
     p.add_argument("--no-raw-frames", dest="raw_frames", action="store_false",
                    help="do not write frame_raw/ (raw frames and landmarks, used by alignment)")
-    p.add_argument("--seed", type=int, default=d.seed, help="the same seed gives identical output")
-    p.add_argument("--nj", type=int, default=2, help="parallel worker processes")
+    p.add_argument("--seed", type=count(0), default=d.seed, help="the same seed gives identical output")
+    p.add_argument("--nj", type=count(1), default=2, help="parallel worker processes")
     return p
 
 

@@ -3,7 +3,7 @@ import logging
 import os
 import time
 
-from avtk.command import make_parser
+from avtk.command import count, make_parser
 from avtk.data.trials import read_trials
 from avtk.errors import AvtkError
 from avtk.io.ark import load_table
@@ -37,7 +37,7 @@ def get_parser():
     p.add_argument("--cohort-utt2spk", metavar="FILE",
                    help="utt2spk of the --cohort table's utterances: the cohort becomes one member per speaker, "
                         "the mean of its L2-normalised utterance embeddings")
-    p.add_argument("--top-n", type=int, default=DEFAULT_TOP_N,
+    p.add_argument("--top-n", type=count(2), default=DEFAULT_TOP_N,
                    help="AS-Norm: the number of highest cohort scores of each side that give its mean and "
                         "standard deviation (the whole cohort when it is smaller)")
     p.add_argument("--allow-missing", action="store_true",
@@ -55,8 +55,6 @@ def main(args):
         raise AvtkError("--subtract-mean and --mean-from are alternatives: give one")
     if args.cohort_utt2spk and not args.cohort:
         raise AvtkError("--cohort-utt2spk needs --cohort")
-    if args.top_n < 2:
-        raise AvtkError(f"--top-n must be at least 2 (got {args.top_n})")
     trials = read_trials(args.trials, map_paths=args.map_paths)
     check_duplicate_trials(trials, args.trials)
     start = time.perf_counter()

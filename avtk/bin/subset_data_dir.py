@@ -5,7 +5,7 @@ first field on each line is the id). Every file of SRC is copied into DST restri
 (wav.scp to their recordings when there are segments, spk2gender to their speakers); spk2utt is
 regenerated; all files are written sorted.
 """
-from avtk.command import make_parser
+from avtk.command import count, make_parser
 from avtk.data.datadir import subset
 from avtk.errors import AvtkError
 
@@ -15,9 +15,9 @@ def get_parser():
     choice = parser.add_mutually_exclusive_group(required=True)
     choice.add_argument("--utt-list", metavar="FILE", help="keep the utterances listed in FILE")
     choice.add_argument("--spk-list", metavar="FILE", help="keep every utterance of the speakers listed in FILE")
-    choice.add_argument("--first", type=int, metavar="N", help="keep the first N utterances (sorted order)")
-    choice.add_argument("--random", type=int, metavar="N", help="keep N utterances drawn at random (see --seed)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for --random")
+    choice.add_argument("--first", type=count(1), metavar="N", help="keep the first N utterances (sorted order)")
+    choice.add_argument("--random", type=count(1), metavar="N", help="keep N utterances drawn at random (see --seed)")
+    parser.add_argument("--seed", type=count(0), default=0, help="random seed for --random")
     parser.add_argument("src", help="source data directory")
     parser.add_argument("dst", help="destination data directory (created; its data files replaced)")
     return parser

@@ -12,7 +12,7 @@ run).
 import logging
 import sys
 
-from avtk.command import make_parser
+from avtk.command import count, make_parser
 from avtk.data.datadir import validate
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def get_parser():
     parser.add_argument("--no-feats", action="store_true", help="do not require feats.scp")
     parser.add_argument("--check-audio", action="store_true",
                         help="check that each plain-path audio file in wav.scp exists")
-    parser.add_argument("--max-per-check", type=int, default=10,
+    parser.add_argument("--max-per-check", type=count(0), default=10,
                         help="problems listed per file and check before the rest are only counted (0: all)")
     parser.add_argument("data_dir", help="the data directory")
     return parser
@@ -37,7 +37,8 @@ def main(args):
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
-        log.error("%s: %d problem(s); see above", args.data_dir, len(problems))
+        shown = ", listed or counted above" if problems.total != len(problems) else "; see above"
+        log.error("%s: %d problem(s)%s", args.data_dir, problems.total, shown)
         return 1
     log.info("%s: OK", args.data_dir)
     return 0

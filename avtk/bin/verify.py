@@ -1,5 +1,5 @@
 """Verify two recordings (and optionally two faces): scores, calibrated LLRs and a same/different decision."""
-from avtk.command import make_parser
+from avtk.command import count, make_parser, number
 from avtk.errors import AvtkError
 
 
@@ -28,15 +28,16 @@ def get_parser():
     p.add_argument("--modalities",
                    help="--calibration's modality names for the speaker and the face score, e.g. audio,face "
                         "(default: the model's modalities in order)")
-    p.add_argument("--prior", type=float, default=0.5,
+    p.add_argument("--prior", type=number(0, 1, low_open=True, high_open=True), default=0.5,
                    help="target prior of LLR decisions: same if LLR > ln((1 - prior) / prior)")
     p.add_argument("--channel", default="mean",
                    help="multi-channel audio: mean (average the channels) or a channel index (0 = first)")
-    p.add_argument("--face-frames", type=int, default=5, help="evenly spaced frames embedded per face input")
-    p.add_argument("--interval", type=float, default=0.4, help="seconds between the frames taken from a video")
+    p.add_argument("--face-frames", type=count(1), default=5, help="evenly spaced frames embedded per face input")
+    p.add_argument("--interval", type=number(0, low_open=True), default=0.4,
+                   help="seconds between the frames taken from a video")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     store = p.add_mutually_exclusive_group()
-    store.add_argument("--set-threshold", type=float, metavar="T",
+    store.add_argument("--set-threshold", type=number(), metavar="T",
                        help="store decision threshold T in --model (atomically) and exit; takes no recordings")
     store.add_argument("--set-threshold-eer", metavar="DEV_SCORES",
                        help="store the EER threshold of a labelled scores file (`enroll test score "

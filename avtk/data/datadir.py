@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from avtk.errors import AvtkError
-from avtk.data.table import read_dict, utt2spk_to_spk2utt, write_dict
+from avtk.data.table import decode_lines, open_binary, read_dict, text_lines, utt2spk_to_spk2utt, write_dict
 from avtk.io.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,6 @@ def _parse_segment(fields):
     return Segment(rec, start, end)
 
 
-def _parse_wav(fields):
-    if fields[-1].endswith("|"):
-        return " ".join(fields)
-    if len(fields) != 1:
-        raise ValueError("expected a single path, or a command ending in '|'")
-    return fields[0]
-
-
 def _parse_gender(fields):
     if fields[0] not in ("m", "f"):
         raise ValueError(f"gender {fields[0]!r} is not 'm' or 'f'")
@@ -93,23 +85,27 @@ class FileSpec:
     min_fields: int  # counting the key
     max_fields: Optional[int]
     parse: Optional[Callable] = None  # fields after the key -> value; ValueError(message) when bad
+    rest: bool = False  # the value is the rest of the line, spaces included (an rxfilename, a path)
+    keys_only: bool = False  # free text after the key (`text`): see avtk.data.table
 
 
+# The value of a table of paths (an rxfilename: a path, `command |`, `file.ark:offset`) is the rest of
+# the line after the key, as in Kaldi, so paths may contain spaces; every reader and checker uses this.
 SPECS = {
     s.name: s
     for s in [
-        FileSpec("wav.scp", "recording", "<recording> <path> or <recording> <command> |", 2, None, _parse_wav),
+        FileSpec("wav.scp", "recording", "<recording> <path> or <recording> <command> |", 2, None, rest=True),
         FileSpec("segments", "utterance", "<utterance> <recording> <start> <end>", 4, 4, _parse_segment),
         FileSpec("utt2spk", "utterance", "<utterance> <speaker>", 2, 2, lambda f: f[0]),
         FileSpec("spk2utt", "speaker", "<speaker> <utterance>...", 1, None, list),
         FileSpec("utt2dur", "utterance", "<utterance> <seconds>", 2, 2, _parse_dur),
         FileSpec("utt2num_frames", "utterance", "<utterance> <count>", 2, 2, _parse_num_frames),
-        FileSpec("feats.scp", "utterance", "<utterance> <rxfilename>", 2, None),
-        FileSpec("vad.scp", "utterance", "<utterance> <rxfilename>", 2, None),
-        FileSpec("frames.scp", "utterance", "<utterance> <directory>", 2, 2),
-        FileSpec("video.scp", "utterance", "<utterance> <video file>", 2, 2),
-        FileSpec("raw_frames.scp", "utterance", "<utterance> <directory>", 2, 2),
-        FileSpec("text", "utterance", "<utterance> [words...]", 1, None),
+        FileSpec("feats.scp", "utterance", "<utterance> <rxfilename>", 2, None, rest=True),
+        FileSpec("vad.scp", "utterance", "<utterance> <rxfilename>", 2, None, rest=True),
+        FileSpec("frames.scp", "utterance", "<utterance> <directory>", 2, None, rest=True),
+        FileSpec("video.scp", "utterance", "<utterance> <video file>", 2, None, rest=True),
+        FileSpec("raw_frames.scp", "utterance", "<utterance> <directory>", 2, None, rest=True),
+        FileSpec("text", "utterance", "<utterance> [words...]", 1, None, keys_only=True),
         FileSpec("spk2gender", "speaker", "<speaker> m|f", 2, 2, _parse_gender),
     ]
 }
@@ -123,13 +119,14 @@ KNOWN = tuple(SPECS)
 @dataclass(frozen=True)
 class Entry:
     key: str
-    value: str  # the raw text after the key (single-spaced)
+    value: str  # the text after the key: single-spaced fields, or the rest of the line (FileSpec.rest)
     lineno: int
     parsed: object  # the typed value; None on a malformed line
 
 
 class _Report:
-    """Problems, at most `limit` shown per (file, check); the rest summarised in one line."""
+    """Problems, at most `limit` shown per (file, check); the rest counted in one line per check.
+    `total` is the exact number of problems found (each bad line is one)."""
 
     def __init__(self, limit):
         self.limit = limit
@@ -144,33 +141,47 @@ class _Report:
         if self.limit is None or self.counts[check] <= self.limit:
             self.items.append((check, message))
 
+    @property
+    def total(self):
+        return sum(self.counts.values())
+
     def problems(self):
         out = [message for _, message in self.items]
         if self.limit is not None:
             for check, n in self.counts.items():
                 if n > self.limit:
                     out.append(f"{self.summaries[check]}: {n - self.limit} more not shown ({n} in all)")
-        return out
+        return Problems(out, self.total)
+
+
+class Problems(list):
+    """The lines `validate` prints (problems, then one count per check with more than the limit);
+    `total` is the number of problems, which is more than len() when some are only counted."""
+
+    def __init__(self, lines=(), total=None):
+        super().__init__(lines)
+        self.total = len(self) if total is None else total
 
 
 def _scan(path, spec, report):
-    """Read a table without stopping: {key: Entry} (first occurrence), problems into `report`."""
+    """Read a table without stopping: {key: Entry} (first occurrence), problems into `report`.
+
+    Lines are decoded by the rule of avtk.data.table (a rejected line is one problem naming file:line)."""
     entries = {}
-    dropped = [0]  # identical repeated lines
+    dropped = 0  # identical repeated lines
     prev = None
     unsorted = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                report.add((path, "utf8"), f"{path}:{lineno}: not UTF-8 text", f"{path}: lines not UTF-8")
+    with open_binary(path) as f:
+        for lineno, text, problem in decode_lines(f, spec.keys_only):
+            if problem:
+                report.add((path, "text"), f"{path}:{lineno}: {problem}", f"{path}: lines rejected as text")
                 continue
             fields = text.split()
             if not fields:
                 continue
             key = fields[0]
-            n = len(fields)
+            value = text.strip().split(None, 1)[1] if len(fields) > 1 and spec.rest else " ".join(fields[1:])
+            n = min(len(fields), 2) if spec.rest else len(fields)
             parsed = None
             if n < spec.min_fields or (spec.max_fields is not None and n > spec.max_fields):
                 if spec.max_fields == spec.min_fields:
@@ -180,7 +191,7 @@ def _scan(path, spec, report):
                 else:
                     want = f"{spec.min_fields} to {spec.max_fields}"
                 report.add(
-                    (path, "fields"),
+                    (path, "malformed"),
                     f"{path}:{lineno}: malformed line: expected {want} fields ({spec.layout}), "
                     f"got {n}: {text.strip()!r}",
                     f"{path}: malformed lines",
@@ -190,26 +201,26 @@ def _scan(path, spec, report):
                     parsed = spec.parse(fields[1:])
                 except ValueError as err:
                     report.add(
-                        (path, "value"),
+                        (path, "malformed"),
                         f"{path}:{lineno}: malformed line for {spec.keyname} {key!r}: {err} "
                         f"(expected {spec.layout}): {text.strip()!r}",
                         f"{path}: malformed lines",
                     )
             else:
-                parsed = " ".join(fields[1:])
+                parsed = value
             if key in entries:
-                same = entries[key].value == " ".join(fields[1:])
+                same = entries[key].value == value
                 report.add(
                     (path, "dup-same" if same else "dup"),
                     f"{path}:{lineno}: duplicate key {key!r} (first on line {entries[key].lineno})",
                     f"{path}: duplicate keys",
                 )
                 if same:
-                    dropped[0] += 1
+                    dropped += 1
                 continue
             if prev is not None and key < prev[0]:
                 unsorted.append((lineno, key, prev))
-            entries[key] = Entry(key, " ".join(fields[1:]), lineno, parsed)
+            entries[key] = Entry(key, value, lineno, parsed)
             prev = (key, lineno)
     if unsorted:
         lineno, key, (pkey, plineno) = unsorted[0]
@@ -221,8 +232,8 @@ def _scan(path, spec, report):
             f"sort with LC_ALL=C sort -k1,1, or run utils/fix_data_dir.sh",
             f"{path}: unsorted",
         )
-    if dropped[0] and report.log_dropped:
-        log.info("%s: dropping %d repeated identical lines", path, dropped[0])
+    if dropped and report.log_dropped:
+        log.info("%s: dropping %d repeated identical lines", path, dropped)
     return entries
 
 
@@ -366,11 +377,13 @@ def validate(data_dir, check_audio=False, require_feats=False, max_per_check=10)
     spk2utt agreeing with utt2spk, and no speaker without utterances; the keys of optional
     per-utterance files a subset of utt2spk's; a trials file's keys being utterances or speakers.
     With check_audio, that every plain-path wav.scp entry exists (`command |` entries are not run).
-    At most max_per_check problems are listed per file and check (None: all), then a count.
+    At most max_per_check problems are listed per file and check (None: all), then a count; the
+    returned list's `total` is the exact number of problems. Lines are read by the text rule of
+    avtk.data.table; in wav.scp and the other tables of paths the path is the rest of the line.
     """
     d = os.fspath(data_dir)
     if not os.path.isdir(d):
-        return [f"{d}: no such data directory"]
+        return Problems([f"{d}: no such data directory"])
     report = _Report(max_per_check)
     scans = {}
     for name, spec in SPECS.items():
@@ -732,15 +745,10 @@ def split_scp(scp, outputs, utt2spk=None):
     if not outputs:
         raise AvtkError("split-scp: no output files")
     lines = []
-    try:
-        f = open(scp, encoding="utf-8")
-    except OSError as err:
-        raise AvtkError(f"cannot read {scp}: {err.strerror}") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            fields = raw.split()
-            if fields:
-                lines.append((fields[0], raw.rstrip("\r\n"), lineno))
+    for lineno, text in text_lines(scp):
+        fields = text.split()
+        if fields:
+            lines.append((fields[0], text, lineno))
     n = len(outputs)
     parts = [[] for _ in range(n)]
     if utt2spk is None:

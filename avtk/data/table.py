@@ -1,29 +1,125 @@
-"""Kaldi text tables (`key value...` per line): wav.scp, utt2spk, spk2utt, utt2dur, frames.scp, ..."""
+"""Kaldi text tables (`key value...` per line): wav.scp, utt2spk, spk2utt, utt2dur, frames.scp, ...
+
+Every text table, list and trials file of avtk is read through `text_lines` (or the helpers built on
+it), by one rule, so that a key is exactly what a person sees and what `awk`/`sort` see:
+
+* The text is UTF-8. A byte-order mark at the start of the file and a carriage return at the end of a
+  line (CRLF line endings) are accepted and dropped.
+* Rejected, naming file:line and the column: bytes that are not UTF-8; any other control character
+  (a lone CR, NUL, form feed, ...); an invisible Unicode format character (zero-width space U+200B,
+  word joiner, a BOM after the start, bidi marks, soft hyphen: category Cf); white space other than the
+  ASCII space and tab (no-break space U+00A0, U+2028, ...), which Python would split a line on but awk
+  and Kaldi would not. In free text (a `text` file's transcript) only the key is held to the last two.
+
+Fields are separated by runs of spaces and tabs.
+"""
+import re
+import unicodedata
 from dataclasses import dataclass
 
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
 
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_BOM = "\ufeff"
+
+
+def _char_name(c):
+    return f"U+{ord(c):04X} ({unicodedata.name(c, unicodedata.category(c))})"
+
+
+def line_problem(text, keys_only=False):
+    """Why the rule rejects a decoded line (CR/LF already removed), or None when it is clean.
+
+    keys_only: free text after the first field may hold format characters and Unicode spaces (control
+    characters are rejected everywhere)."""
+    bad = _ASCII_CONTROL.search(text)
+    if bad:
+        c = bad.group()
+        what = "carriage return inside a line" if c == "\r" else f"control character {_char_name(c)}"
+        return f"{what} at column {bad.start() + 1}"
+    if text.isascii():
+        return None
+    end = len(text)
+    if keys_only:
+        stripped = text.lstrip(" \t")
+        key = stripped.split(None, 1)[0] if stripped.strip() else ""
+        end = len(text) - len(stripped) + len(key)
+    for m in _NON_ASCII.finditer(text):
+        c = m.group()
+        cat = unicodedata.category(c)
+        if cat == "Cc":
+            return f"control character {_char_name(c)} at column {m.start() + 1}"
+        if m.start() >= end:
+            continue
+        if cat == "Cf":
+            return f"invisible character {_char_name(c)} at column {m.start() + 1}"
+        if cat in ("Zs", "Zl", "Zp"):
+            return f"white space other than space or tab, {_char_name(c)}, at column {m.start() + 1}"
+    return None
+
+
+def decode_lines(raw_lines, keys_only=False):
+    """Apply the module's rule to an iterable of byte lines (a file opened "rb", a pipe).
+
+    Yields (lineno, text, problem) for every line: text is the decoded line without its line end (a
+    BOM at the start of line 1 removed), problem None, or text None and problem a message such as
+    "not UTF-8 text (byte 0xe9 at column 4)" (the caller adds the file name and line number)."""
+    for lineno, raw in enumerate(raw_lines, 1):
+        raw = raw[:-1] if raw.endswith(b"\n") else raw
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            col = len(raw[:err.start].decode("utf-8", "replace")) + 1
+            yield lineno, None, f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {col})"
+            continue
+        if lineno == 1 and text.startswith(_BOM):
+            text = text[1:]
+        problem = line_problem(text, keys_only)
+        yield lineno, (None if problem else text), problem
+
+
+def open_binary(path, what=""):
+    """The file opened "rb"; an unreadable file is an AvtkError ("cannot read {what}{path}: reason")."""
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise AvtkError(f"cannot read {what}{path}: {err.strerror or err}") from None
+
+
+def text_lines(path, what="", keys_only=False):
+    """Yield (lineno, text) for every line of a text file read by the module's rule, blank lines
+    included; a line the rule rejects is an AvtkError "{path}:{lineno}: {why}: {line!r}", an unreadable
+    file one saying "cannot read {what}{path}"."""
+    with open_binary(path, what) as f:
+        for lineno, text, problem in decode_lines(f, keys_only):
+            if problem:
+                raise AvtkError(f"{path}:{lineno}: {problem}")
+            yield lineno, text
+
 
 @dataclass(frozen=True)
 class Line:
     key: str
-    value: str  # everything after the key, stripped; may contain spaces (pipes, spk2utt lists)
+    value: str  # everything after the key, stripped; may contain spaces (pipes, spk2utt lists, paths)
     lineno: int
 
 
-def numbered_fields(path, what=""):
-    """Yield (lineno, fields, text) for every non-empty line of a text file; an unreadable file is an
-    AvtkError ("cannot read {what}{path}")."""
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as err:
-        raise AvtkError(f"cannot read {what}{path}: {err.strerror}") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            fields = raw.split()
-            if fields:
-                yield lineno, fields, raw.strip()
+def read_text(path, what="", keys_only=False):
+    """The whole file as one str read by the module's rule (each line ending in "\n"): for YAML and
+    JSON files. Errors as for `text_lines`."""
+    return "".join(text + "\n" for _, text in text_lines(path, what, keys_only))
+
+
+def numbered_fields(path, what="", keys_only=False):
+    """Yield (lineno, fields, text) for every non-blank line of a text file read by the module's rule
+    (`text_lines`): fields split on spaces and tabs, text the line stripped."""
+    for lineno, text in text_lines(path, what, keys_only):
+        fields = text.split()
+        if fields:
+            yield lineno, fields, text.strip()
 
 
 def read_lines(path, min_fields=2):
@@ -39,11 +135,12 @@ def read_lines(path, min_fields=2):
 
 def read_dict(path, min_fields=2):
     """A table as {key: value}; a duplicate key is an error naming file:line."""
-    table = {}
+    table, first = {}, {}
     for line in read_lines(path, min_fields):
         if line.key in table:
-            raise AvtkError(f"{path}:{line.lineno}: duplicate key {line.key!r}")
+            raise AvtkError(f"{path}:{line.lineno}: duplicate key {line.key!r} (first on line {first[line.key]})")
         table[line.key] = line.value
+        first[line.key] = line.lineno
     return table
 
 
