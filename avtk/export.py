@@ -415,15 +415,16 @@ def export_model(model_path, out_path, fmt=None, check=True):
         with atomic_path(out_path) as tmp:
             if fmt == "torchscript":
                 traced = _trace(graph, example)
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), open(tmp, "wb") as f:  # a file: a full disk is an OSError
                     warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript
-                    torch.jit.save(traced, tmp, _extra_files={"avtk.json": _json(meta)})
+                    torch.jit.save(traced, f, _extra_files={"avtk.json": _json(meta)})
             else:
                 _onnx_export(graph, example, tmp, speaker, meta)
             if check:
                 meta["parity"] = _check(tmp, fmt, net, checks, speaker, out_path)
-        with atomic_open(out_path + ".json", "w", encoding="utf-8") as f:
-            f.write(_json(meta, indent=2) + "\n")
+            # inside: a sidecar that cannot be written leaves no graph without its description
+            with atomic_open(out_path + ".json", "w", encoding="utf-8") as f:
+                f.write(_json(meta, indent=2) + "\n")
     except OSError as err:
         raise AvtkError(f"cannot write {err.filename or out_path}: {err.strerror or err}") from None
     return meta
@@ -452,6 +453,10 @@ def _check(path, fmt, net, checks, speaker, name):
         if got.shape != want.shape:
             raise AvtkError(f"{name}: the exported graph gives embeddings of shape {got.shape} for input "
                             f"{tuple(inputs[0].shape)}, the network {want.shape}")
+        if not (np.isfinite(got).all() and np.isfinite(want).all()):
+            which = "network" if not np.isfinite(want).all() else "exported graph"
+            raise AvtkError(f"{name}: the {which} gives NaN or infinite embeddings for an input of shape "
+                            f"{tuple(inputs[0].shape)}: no parity can be measured")
         worst = max(worst, float(np.abs(got - want).max()))
         scale = max(scale, float(np.abs(want).max()))
         shapes.append(list(inputs[0].shape))

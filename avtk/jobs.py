@@ -11,14 +11,20 @@ it is (so `\\|` or `'>'` from the caller act as shell syntax), a word with white
 Every occurrence of VAR in LOG and in the command is replaced by the job index. Each job's log
 starts with `# <command line>` and `# Started at <date>`, holds the command's stdout and stderr,
 and ends with `# Accounting: time=<s> threads=<n>` and `# Ended (code <rc>) at <date>`.
-If any job fails the runner exits 1 and names every failed job's log on stderr.
+If any job fails the runner exits 1 and names every failed job's log on stderr. A log that
+cannot be written (a directory, under a file, a full disk) is one error line naming it, exit 1;
+every log path is checked before the first job starts.
 
 options:
   --max-jobs-run K   at most K jobs at once (local default: the number of CPUs;
                      slurm: the array throttle, `--array=1-N%K`)
   --num-threads N    slurm: --cpus-per-task N      (local: accepted, ignored)
   --mem X            slurm: --mem X                (local: accepted, ignored)
-  --gpu N            slurm: --gres=gpu:N if N > 0  (local: accepted, ignored)
+  --gpu N            slurm: --gres=gpu:N if N > 0
+                     local: each job sees N GPUs of its own through CUDA_VISIBLE_DEVICES: the GPUs
+                     (those listed in CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`) are cut
+                     into slots of N, job JOB takes slot (JOB-1) modulo the slots, and waits while
+                     an earlier job holds it, so no two jobs share a GPU
   --time T           slurm: --time T               (local: accepted, ignored)
   --slurm-opts "..." slurm: extra sbatch options, after those of $AVTK_SLURM_OPTS
 """
@@ -28,13 +34,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from avtk.errors import AvtkError
-from avtk.io.atomic import atomic_open
+from avtk.io.atomic import atomic_open, make_dirs, write_error
 
 PROGS = {"local": "run.pl", "slurm": "slurm.pl"}
 OPTIONS = {"--max-jobs-run": int, "--num-threads": int, "--mem": str, "--gpu": int,
@@ -120,27 +127,78 @@ def report(prog, spec, codes):
 
 # ---- local ----------------------------------------------------------------------------------
 
-def run_job(line, log, threads):
-    """Run one command line under bash with its output in `log`; return its exit code."""
-    os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
-    with open(log, "w") as f:
-        f.write(f"# {line}\n# Started at {now()}\n")
-    start = time.time()
-    with open(log, "a") as f:  # O_APPEND: the command's output and our footer never overlap
-        rc = subprocess.call(["bash", "-c", line], stdin=subprocess.DEVNULL,
-                             stdout=f, stderr=subprocess.STDOUT)
-        f.write(f"# Accounting: time={round(time.time() - start)} threads={threads}\n"
-                f"# Ended (code {rc}) at {now()}\n")
+def check_logs(spec):
+    """AvtkError ``cannot write LOG: REASON`` unless every job's log can be created (its directory made)."""
+    for job in spec.ids:
+        log = spec.sub(spec.log, job)
+        if os.path.isdir(log):
+            raise AvtkError(f"cannot write {log}: Is a directory")
+        make_dirs(os.path.dirname(log) or ".", what=log)
+
+
+def run_job(line, log, threads, env=None):
+    """Run one command line under bash with its output in `log`; return its exit code.
+
+    `env`: the environment (default: ours). An OSError on the log is AvtkError ``cannot write LOG: REASON``."""
+    try:
+        with open(log, "w") as f:
+            f.write(f"# {line}\n# Started at {now()}\n")
+        start = time.time()
+        with open(log, "a") as f:  # O_APPEND: the command's output and our footer never overlap
+            rc = subprocess.call(["bash", "-c", line], stdin=subprocess.DEVNULL,
+                                 stdout=f, stderr=subprocess.STDOUT, env=env)
+            f.write(f"# Accounting: time={round(time.time() - start)} threads={threads}\n"
+                    f"# Ended (code {rc}) at {now()}\n")
+    except OSError as err:
+        raise write_error(log, err) from None
     return rc
 
 
-def run_local(spec):
-    """Run the jobs on this machine, at most --max-jobs-run at a time; return {job: exit code}."""
+def visible_gpus():
+    """The GPUs jobs may use: the entries of CUDA_VISIBLE_DEVICES when it is set, else 0..n-1 for the n
+    `GPU i: ...` lines of `nvidia-smi -L` (none if nvidia-smi is missing or fails)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [str(i) for i in range(sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")))]
+
+
+def gpu_slots(per_job):
+    """The GPUs cut into slots of `per_job` (comma-joined CUDA_VISIBLE_DEVICES values); AvtkError if fewer."""
+    gpus = visible_gpus()
+    if len(gpus) < per_job:
+        raise AvtkError(f"--gpu {per_job}: {len(gpus)} GPU(s) here "
+                        "(CUDA_VISIBLE_DEVICES, or nvidia-smi -L when it is not set); "
+                        "run without --gpu (cpu), or on a machine with the GPUs")
+    return [",".join(gpus[i:i + per_job]) for i in range(0, len(gpus) - per_job + 1, per_job)]
+
+
+def run_local(spec, slots=None):
+    """Run the jobs on this machine, at most --max-jobs-run at a time; return {job: exit code}.
+
+    With `slots` (`gpu_slots(N)` for --gpu N), job j runs with CUDA_VISIBLE_DEVICES set to slot
+    (j - 1) % len(slots), holding that slot's lock while it runs."""
+    check_logs(spec)
     workers = spec.options.get("max_jobs_run") or os.cpu_count() or 1
     line = spec.line
+    locks = [threading.Lock() for _ in slots or ()]
 
     def one(job):
-        return run_job(spec.sub(line, job), spec.sub(spec.log, job), spec.threads)
+        if slots is None:
+            return run_job(spec.sub(line, job), spec.sub(spec.log, job), spec.threads)
+        k = (job - spec.first) % len(slots)
+        with locks[k]:
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=slots[k])
+            return run_job(spec.sub(line, job), spec.sub(spec.log, job), spec.threads, env)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return dict(zip(spec.ids, pool.map(one, spec.ids)))
@@ -181,9 +239,10 @@ def run_slurm(spec):
     if sbatch is None:
         raise AvtkError("sbatch not found on PATH: Slurm is not available here "
                         "(run the recipe with run.pl to use this machine)")
+    check_logs(spec)
     name = job_name(spec)
     qdir = os.path.join(os.path.dirname(spec.sub(spec.log, spec.first)), "q")
-    os.makedirs(qdir, exist_ok=True)
+    make_dirs(qdir)
     rc_prefix = os.path.join(qdir, f"{name}.rc.")
     for job in spec.ids:  # a stale exit code must never pass for this run's
         if os.path.exists(rc_prefix + str(job)):
@@ -241,7 +300,9 @@ def main(argv=None):
         return 0 if argv else 1
     try:
         spec = parse_args(argv)
-        codes = run_local(spec) if prog == "run.pl" else run_slurm(spec)
+        local = prog == "run.pl"
+        slots = gpu_slots(spec.options["gpu"]) if local and spec.options.get("gpu") else None
+        codes = run_local(spec, slots) if local else run_slurm(spec)
     except AvtkError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 1

@@ -42,7 +42,7 @@ def test_shell_syntax_words_and_quoting(tmp_path):
 
 
 def test_single_job_without_range_and_resource_options(tmp_path):
-    run(["run.pl", "--num-threads", "4", "--mem=2G", "--gpu", "1", "--time", "1:00:00",
+    run(["run.pl", "--num-threads", "4", "--mem=2G", "--gpu", "0", "--time", "1:00:00",
          "exp/log/one.log", "echo", "JOB"], cwd=tmp_path)
     check_log(tmp_path / "exp/log/one.log", "echo JOB", ["JOB"], threads=4)
 
@@ -79,6 +79,84 @@ def test_concurrency_cap(tmp_path):
 def test_usage_errors(tmp_path, args, message):
     proc = run(["run.pl", *args], cwd=tmp_path, check=False)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+# ---- run.pl --gpu: one CUDA_VISIBLE_DEVICES per job ------------------------------------------
+
+FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
+[ "$1" = -L ] || exit 2
+for i in 0 1 2; do echo "GPU $i: NVIDIA H200 (UUID: GPU-000$i)"; done
+echo "  MIG 1g.18gb     Device  0: (UUID: MIG-0001)"
+"""
+
+
+@pytest.fixture
+def three_gpus(tmp_path, monkeypatch):
+    """A bin dir whose nvidia-smi -L lists three GPUs (and a MIG line, which is not a GPU); no CUDA_VISIBLE_DEVICES."""
+    bindir = tmp_path / "smi"
+    bindir.mkdir()
+    (bindir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (bindir / "nvidia-smi").chmod(0o755)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return bindir
+
+
+def job_devices(tmp_path, n):
+    return [read(tmp_path / f"log/g.{j}.log").splitlines()[2] for j in range(1, n + 1)]
+
+
+def test_gpu_jobs_get_job_modulo_the_gpus_of_nvidia_smi(tmp_path, three_gpus):
+    run(["run.pl", "--gpu", "1", "JOB=1:5", "log/g.JOB.log", "printenv", "CUDA_VISIBLE_DEVICES"], cwd=tmp_path,
+        extra_path=three_gpus)
+    assert job_devices(tmp_path, 5) == ["0", "1", "2", "0", "1"]
+
+
+def test_gpu_jobs_take_slots_of_cuda_visible_devices(tmp_path, three_gpus, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7,GPU-abc")  # it wins over nvidia-smi; UUIDs pass through
+    run(["run.pl", "--gpu", "2", "JOB=1:3", "log/g.JOB.log", "printenv", "CUDA_VISIBLE_DEVICES"], cwd=tmp_path,
+        extra_path=three_gpus)
+    assert job_devices(tmp_path, 3) == ["4,5", "6,7", "4,5"]
+
+
+def test_gpu_jobs_never_share_a_gpu(tmp_path, three_gpus):
+    # Each job holds a lock dir named after its GPU while it sleeps; mkdir fails if another job holds it.
+    (tmp_path / "job.sh").write_text("mkdir -p locks; mkdir locks/$CUDA_VISIBLE_DEVICES || exit 1; sleep 0.2; "
+                                     "rmdir locks/$CUDA_VISIBLE_DEVICES\n")
+    run(["run.pl", "--gpu", "1", "JOB=1:7", "log/g.JOB.log", "bash", "job.sh"], cwd=tmp_path, extra_path=three_gpus)
+
+
+@pytest.mark.parametrize("visible", [None, ""])
+def test_gpu_without_gpus_is_one_error(tmp_path, monkeypatch, visible):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    proc = run(["run.pl", "--gpu", "1", "JOB=1:2", "log/g.JOB.log", "true"], cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == ("run.pl: --gpu 1: 0 GPU(s) here (CUDA_VISIBLE_DEVICES, or nvidia-smi -L when it is not "
+                           "set); run without --gpu (cpu), or on a machine with the GPUs\n")
+    assert not (tmp_path / "log").exists()
+
+
+# ---- logs that cannot be written --------------------------------------------------------------
+
+@pytest.mark.parametrize("prog", ["run.pl", "slurm.pl"])
+def test_log_under_a_file_or_a_directory_is_one_error(tmp_path, fake_bin, prog):
+    (tmp_path / "afile").write_text("")
+    proc = run([prog, "JOB=1:2", "afile/x.JOB.log", "touch", "ran.JOB"], cwd=tmp_path, check=False,
+               extra_path=fake_bin)
+    assert (proc.returncode, proc.stderr) == (1, f"{prog}: cannot write afile/x.1.log: afile is not a directory\n")
+    (tmp_path / "log/x.2.log").mkdir(parents=True)
+    proc = run([prog, "JOB=1:2", "log/x.JOB.log", "touch", "ran.JOB"], cwd=tmp_path, check=False,
+               extra_path=fake_bin)
+    assert (proc.returncode, proc.stderr) == (1, f"{prog}: cannot write log/x.2.log: Is a directory\n")
+    assert not list(tmp_path.glob("ran.*")) and not (tmp_path / "log/x.1.log").exists()  # no job started
+
+
+def test_log_on_a_full_disk_is_one_error(tmp_path):
+    proc = run(["run.pl", "/dev/full", "touch", "ran"], cwd=tmp_path, check=False)
+    assert (proc.returncode, proc.stderr) == (1, "run.pl: cannot write /dev/full: No space left on device\n")
 
 
 # ---- slurm.pl with a fake sbatch ------------------------------------------------------------
@@ -158,6 +236,16 @@ def test_slurm_single_job(tmp_path, fake_bin):
     run(["slurm.pl", "log/one.log", "echo", "one"], cwd=tmp_path, extra_path=fake_bin)
     check_log(tmp_path / "log/one.log", "echo one", ["one"])
     assert "--array=1-1 " in read(fake_bin / "sbatch.args")
+    assert "--gres" not in read(fake_bin / "sbatch.args")
+
+
+def test_slurm_gpu_requests_gres_and_leaves_the_devices_to_slurm(tmp_path, fake_bin, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi here: Slurm, not slurm.pl, picks the GPUs
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    run(["slurm.pl", "--gpu", "2", "JOB=1:2", "log/g.JOB.log", "echo", "JOB"], cwd=tmp_path, extra_path=fake_bin)
+    assert "--gres=gpu:2" in read(fake_bin / "sbatch.args").split()
+    run(["slurm.pl", "--gpu", "0", "JOB=1:2", "log/g.JOB.log", "echo", "JOB"], cwd=tmp_path, extra_path=fake_bin)
+    assert "--gres" not in read(fake_bin / "sbatch.args")
 
 
 @pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a real sbatch is installed")

@@ -23,8 +23,10 @@ def get_parser():
 
 
 def main(args):
+    from avtk.io.atomic import make_dirs
     from avtk.train.config import load_config
     from avtk.train.trainer import Trainer
 
+    make_dirs(args.exp)  # an EXP that cannot be a directory fails here, before any data is read
     cfg = load_config(args.config, args.overrides)
     Trainer(cfg, args.train_data, args.exp, args.val_trials, args.val_data, args.resume).run()

@@ -86,14 +86,29 @@ def remove_stale(path):
     return removed
 
 
-def prepare(path):
-    """Make the parent directory of `path` and clear its stale temporary files; AvtkError if that fails."""
+def prepare(path, is_dir=False):
+    """Make the parent directory of `path` and clear its stale temporary files; AvtkError if that fails, or if
+    `path` is a directory where a file is to be written (`is_dir` False), so a long job fails before it starts."""
     path = os.fspath(path)
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    except OSError as err:
-        raise write_error(path, err) from None
+    if not is_dir and os.path.isdir(path):
+        raise AvtkError(f"cannot write {path}: Is a directory")
+    make_dirs(os.path.dirname(path) or ".", what=path)
     remove_stale(path)
+
+
+def make_dirs(path, what=None):
+    """`os.makedirs(path, exist_ok=True)`, or AvtkError ``cannot write WHAT: X is not a directory`` (a file
+    stands where a directory is needed) or ``cannot write WHAT: REASON``; `what` defaults to `path`."""
+    path, what = os.fspath(path), os.fspath(what if what is not None else path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # path, or one of its parents, is a file
+        parent = path
+        while parent and not os.path.isfile(parent):
+            parent = os.path.dirname(parent)
+        raise AvtkError(f"cannot write {what}: {parent or path} is not a directory") from None
+    except OSError as err:
+        raise write_error(what, err) from None
 
 
 @contextlib.contextmanager
@@ -157,7 +172,7 @@ def atomic_dir(path):
     Errors as `atomic_path`.
     """
     path = os.fspath(path).rstrip("/")
-    prepare(path)
+    prepare(path, is_dir=True)
     tmp = temp_name(path)
     try:
         if os.path.exists(tmp):
