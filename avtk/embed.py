@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from avtk.errors import AvtkError
-from avtk.io.atomic import atomic_path
+from avtk.io.atomic import torch_save
 
 log = logging.getLogger(__name__)
 WINDOW = 512  # utterances sorted together
@@ -31,8 +31,7 @@ def batch_frames(max_frames, device):
 
 def save_model(path, weights, cfg, speakers, epochs=None):
     """A model file for extraction: a network's state_dict, the resolved config and the training speakers."""
-    with atomic_path(path) as tmp:
-        torch.save({"model": weights, "config": cfg, "speakers": list(speakers), "epochs": epochs}, tmp)
+    torch_save({"model": weights, "config": cfg, "speakers": list(speakers), "epochs": epochs}, path)
 
 
 def read_model_file(path):

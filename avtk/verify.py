@@ -39,7 +39,7 @@ import torch
 
 from avtk.embed import load_network, prepare_for_inference, read_model_file
 from avtk.errors import AvtkError
-from avtk.io.atomic import atomic_path
+from avtk.io.atomic import torch_save
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def set_threshold(model_path, threshold, source):
         "source": str(source),
         "score": "dot product of mean L2-normalised frame embeddings" if face else "cosine of embeddings",
     }
-    with atomic_path(model_path) as tmp:
-        torch.save(blob, tmp)
+    torch_save(blob, model_path)
     return blob["verify"]
 
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import torch
 
-from avtk.io.atomic import atomic_path
+from avtk.io.atomic import torch_save
 
 
 def checkpoint_path(exp, epoch):
@@ -40,8 +40,7 @@ def set_rng_state(state):
 
 def save(path, **state):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch_save(state, path)
 
 
 def load(path):
