@@ -1,5 +1,6 @@
-"""Epoch checkpoints (everything needed to resume exactly), pruning, and weight averaging."""
+"""Epoch checkpoints (everything needed to resume exactly), pruning, weight averaging, validation.txt."""
 import glob
+import logging
 import os
 import random
 import re
@@ -7,7 +8,11 @@ import re
 import numpy as np
 import torch
 
-from avtk.io.atomic import torch_save
+from avtk.errors import AvtkError
+from avtk.io.atomic import atomic_open, torch_save
+
+log = logging.getLogger(__name__)
+REQUIRED = ("epoch", "model", "loss", "optimizer", "rng", "config", "speakers")
 
 
 def checkpoint_path(exp, epoch):
@@ -23,19 +28,31 @@ def epochs_saved(exp):
     return sorted(found)
 
 
-def rng_state():
+def rng_state(device=None):
+    """The RNG states of this process: torch (CPU), numpy, python, and with a CUDA `device` that device's
+    alone (each rank saves its own; a restore on fewer visible GPUs must not need the others')."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device=None):
+    """Restore rng_state(device)'s output; the CUDA state goes to `device` only. Older checkpoints hold a list of
+    every visible device's state: this device's entry is used when it exists."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index or 0
+        if index >= len(cuda):
+            log.warning("the checkpoint holds no CUDA RNG state for %s; its generator keeps its seed", device)
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def save(path, **state):
@@ -44,21 +61,70 @@ def save(path, **state):
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint written by save(); one that cannot be read (truncated, not a checkpoint) or lacks an entry
+    of REQUIRED is an AvtkError naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises assorted errors (RuntimeError, EOFError, UnpicklingError, ...)
+        raise AvtkError(f"{path}: cannot read the checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'truncated?'})") from None
+    missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise AvtkError(f"{path}: not an avtk training checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def load_last(exp, before=None):
+    """(path, state) of the last readable epoch checkpoint in exp (below epoch `before` if given); an unreadable
+    one gets a WARNING naming it and the previous epoch's is tried. (None, None) when exp has no checkpoint;
+    an AvtkError naming every file when none can be read."""
+    epochs = [e for e in epochs_saved(exp) if before is None or e < before]
+    bad = []
+    for epoch in reversed(epochs):
+        path = checkpoint_path(exp, epoch)
+        try:
+            return path, load(path)
+        except AvtkError as err:
+            log.warning("%s; trying the previous epoch's checkpoint", err)
+            bad.append(path)
+    if bad:
+        raise AvtkError(f"no readable checkpoint in {exp}/checkpoints: {', '.join(bad)} cannot be read")
+    return None, None
 
 
 def clear_previous_run(exp):
-    """Remove a previous run's epoch checkpoints, last_good.pt, validation.txt and avg_model.pt from exp;
+    """Remove a previous run's epoch checkpoints, last_good.pt, validation.txt, avg_model.pt, config_history.yaml
+    and train_skipped.txt from exp;
     returns how many files went. A fresh run must not average, prune or resume against them."""
     stale = [checkpoint_path(exp, e) for e in epochs_saved(exp)]
-    stale += [os.path.join(exp, "checkpoints", "last_good.pt"), os.path.join(exp, "validation.txt"),
-              os.path.join(exp, "avg_model.pt")]
+    stale += [os.path.join(exp, name) for name in ("checkpoints/last_good.pt", "validation.txt", "avg_model.pt",
+                                                   "config_history.yaml", "train_skipped.txt")]
     gone = 0
     for path in stale:
         if os.path.exists(path):
             os.remove(path)
             gone += 1
     return gone
+
+
+def read_validation(exp):
+    """{epoch: line} of EXP/validation.txt (`epoch eer` lines); lines that do not parse are left out."""
+    lines = {}
+    path = os.path.join(exp, "validation.txt")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) == 2 and fields[0].isdigit():
+                    lines[int(fields[0])] = line.strip()
+    return lines
+
+
+def write_validation(exp, lines):
+    """Write {epoch: line} as EXP/validation.txt, in epoch order, atomically."""
+    with atomic_open(os.path.join(exp, "validation.txt"), "w", encoding="utf-8") as f:
+        for epoch in sorted(lines):
+            f.write(lines[epoch] + "\n")
 
 
 def prune(exp, keep):

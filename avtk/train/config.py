@@ -1,127 +1,226 @@
-"""Training configuration: one nested YAML, checked against the defaults; unknown keys are errors.
+"""Training configuration: one nested YAML, every key typed and range-checked; unknown keys are errors.
 
 Sections: model, loss, optim, scheduler, data, augment, runtime. The encoder decides the modality: a face
-encoder (iresnet*) trains on face frames (data.input: frames), a speech encoder on features or audio. A `*_args` mapping (encoder_args,
-frontend_args) is handed to its constructor, which checks it. Any key can be overridden from the command
-line as `section.key=value` (the value is parsed as YAML).
+encoder (iresnet*) trains on face frames (data.input: frames), a speech encoder on features or audio. A `*_args`
+mapping (encoder_args, frontend_args) is handed to its constructor, which checks it. Any key can be overridden
+from the command line as `section.key=value` (the value is parsed as YAML).
+
+`SCHEMA` declares each key as Key(default, kind, range or choices). A value is checked where it enters (the
+YAML file or the override), so an error names that source, the key, the value and what is allowed:
+`conf/x.yaml: optim.lr = -0.1: must be > 0`. Kinds: int (not bool), float (an int, or a string such as `1e-3`
+that YAML 1.1 leaves unparsed, is read as a float; NaN and infinities are refused), bool, str, mapping, and
+any. A key whose default is null also takes null.
 """
 import copy
+import math
+import operator
+from typing import NamedTuple
 
 import yaml
 
 from avtk.errors import AvtkError
 
-DEFAULTS = {
+
+class Key(NamedTuple):
+    """One config key: its default, kind (int, float, bool, str, mapping, any), and either a range such as
+    "> 0" or ">= 0, <= 1" (numbers) or the allowed choices (strings)."""
+    default: object
+    kind: str
+    range: str = ""
+    choices: tuple = ()
+
+
+SCHEMA = {
     "model": {
-        "encoder": "ecapa_tdnn",     # see avtk.models.ENCODERS
-        "encoder_args": {},          # e.g. {channels: 1024, embed_dim: 192}
-        "frontend": "kaldi_fbank",   # see avtk.features.FRONTENDS; must match the features of data.input: feats
-        "frontend_args": {},
-        "cmn": True,                 # subtract each utterance's (or crop's) mean feature before the encoder
-        "channels": "rgb",           # face encoders: rgb (insightface) or bgr (the seed's V-Vox2)
+        "encoder": Key("ecapa_tdnn", "str"),            # see avtk.models.ENCODERS (checked when built)
+        "encoder_args": Key({}, "mapping"),             # e.g. {channels: 1024, embed_dim: 192}
+        "frontend": Key("kaldi_fbank", "str"),          # see avtk.features.FRONTENDS; must match data.input: feats
+        "frontend_args": Key({}, "mapping"),
+        "cmn": Key(True, "bool"),                       # subtract each utterance's (or crop's) mean feature
+        "channels": Key("rgb", "str", choices=("rgb", "bgr")),  # face encoders: rgb (insightface), bgr (V-Vox2)
     },
     "loss": {
-        "name": "aam_softmax",
-        "margin": None,              # null: 0.2 for speech, 0.4 for faces (the seed's)
-        "scale": None,               # null: 30 for speech, 64 for faces
-        "subcenters": 1,
-        "margin_warmup_start": 0,    # epoch where the margin starts to grow from 0
-        "margin_warmup_epochs": 0,   # epochs over which it reaches `margin` (0: full margin from the start)
+        "name": Key("aam_softmax", "str"),
+        "margin": Key(None, "float", ">= 0"),           # null: 0.2 for speech, 0.4 for faces (the seed's)
+        "scale": Key(None, "float", "> 0"),             # null: 30 for speech, 64 for faces
+        "subcenters": Key(1, "int", ">= 1"),
+        "margin_warmup_start": Key(0, "float", ">= 0"),   # epoch where the margin starts to grow from 0
+        "margin_warmup_epochs": Key(0, "float", ">= 0"),  # epochs to reach `margin` (0: full margin at once)
     },
-    "optim": {"name": "adam", "lr": 0.001, "weight_decay": 2.0e-5, "momentum": 0.9, "nesterov": True},
+    "optim": {
+        "name": Key("adam", "str", choices=("adam", "sgd")),
+        "lr": Key(0.001, "float", "> 0"),
+        "weight_decay": Key(2.0e-5, "float", ">= 0"),
+        "momentum": Key(0.9, "float", ">= 0, < 1"),     # sgd
+        "nesterov": Key(True, "bool"),                  # sgd
+    },
     "scheduler": {
-        "name": "exponential",       # exponential: lr * gamma^epoch (the seed: 0.97); warmup_exponential
-        "gamma": 0.97,
-        "warmup_epochs": 0.0,        # warmup_exponential: linear warm-up, then exponential decay to final_lr
-        "final_lr": 5.0e-5,
+        "name": Key("exponential", "str", choices=("exponential", "warmup_exponential")),
+        "gamma": Key(0.97, "float", "> 0, <= 1"),       # exponential: lr * gamma^epoch (the seed: 0.97)
+        "warmup_epochs": Key(0.0, "float", ">= 0"),     # warmup_exponential: linear warm-up, then exponential
+        "final_lr": Key(5.0e-5, "float", "> 0"),        # decay to final_lr
     },
     "data": {
-        "input": None,               # feats: feats.scp (ark); wav: wav.scp, fbank on the fly; frames:
-                                     # frames.scp (face encoders; one random frame per utterance per step).
-                                     # null: feats for speech encoders, frames for face encoders
-        "crop_seconds": 2.0,         # random training crops (wrap-padded when the utterance is shorter)
-        "batch_size": 128,           # global: divided among DDP ranks
-        "num_workers": 0,
-        "frame_shift_ms": 10.0,      # of the features in feats.scp
+        # feats: feats.scp (ark); wav: wav.scp, fbank on the fly; frames: frames.scp (face encoders; one random
+        # frame per utterance per step). null: feats for speech encoders, frames for face encoders
+        "input": Key(None, "str", choices=("feats", "wav", "frames")),
+        "crop_seconds": Key(2.0, "float", "> 0"),       # random training crops (wrap-padded when shorter)
+        "min_seconds": Key(0.5, "float", ">= 0"),       # shorter utterances are skipped, counted and listed in
+                                                        # EXP/train_skipped.txt (never fewer than 1 frame)
+        "batch_size": Key(128, "int", ">= 1"),          # global: divided among DDP ranks
+        "num_workers": Key(0, "int", ">= 0"),
+        "frame_shift_ms": Key(10.0, "float", "> 0"),    # of the features in feats.scp
     },
     "augment": {
-        "spec_augment": True,        # one time and one frequency mask per crop
-        "face_flip": 0.5,            # face frames: probability of a horizontal flip,
-        "face_blur": 0.5,            # of a Gaussian blur (kernel 5-9, sigma 0.1-5),
-        "face_grey": 0.2,            # and of greyscale
-        "wave": False,               # wav input: MUSAN/RIR augmentation from the dirs below
-        "noise_dir": None,
-        "music_dir": None,
-        "speech_dir": None,
-        "rir_dir": None,
+        "spec_augment": Key(True, "bool"),              # one time and one frequency mask per crop
+        "face_flip": Key(0.5, "float", ">= 0, <= 1"),   # face frames: probability of a horizontal flip,
+        "face_blur": Key(0.5, "float", ">= 0, <= 1"),   # of a Gaussian blur (kernel 5-9, sigma 0.1-5),
+        "face_grey": Key(0.2, "float", ">= 0, <= 1"),   # and of greyscale
+        "wave": Key(False, "bool"),                     # wav input: MUSAN/RIR augmentation from the dirs below
+        "noise_dir": Key(None, "str"),
+        "music_dir": Key(None, "str"),
+        "speech_dir": Key(None, "str"),
+        "rir_dir": Key(None, "str"),
     },
     "runtime": {
-        "epochs": 10,
-        "seed": 0,
-        "device": "auto",            # auto: cuda if available (the local rank's GPU), else cpu
-        "amp": "none",               # none, bf16 or fp16 (GPU only; CPU trains in fp32)
-        "log_interval": 20,          # steps between log lines
-        "keep_last": 5,              # epoch checkpoints kept
-        "average_last": 5,           # avg_model.pt averages this many last epochs
-        "threads": 0,                # torch CPU threads per process (0: torch's default)
-        "val_interval": 1,           # validate every this many epochs (and after the last)
-        "val_max_frames": 20000,     # padded frames per validation batch
-        "val_face_frames": 5,        # face validation: evenly spaced frames per utterance
+        "epochs": Key(10, "int", ">= 1"),
+        "seed": Key(0, "int", ">= 0"),
+        "device": Key("auto", "str", choices=("auto", "cpu", "cuda")),  # auto: the local rank's GPU, else cpu
+        "amp": Key("none", "str", choices=("none", "bf16", "fp16")),    # GPU only; CPU trains in fp32
+        "log_interval": Key(20, "int", ">= 1"),         # steps between log lines
+        "keep_last": Key(5, "int", ">= 1"),             # epoch checkpoints kept
+        "average_last": Key(5, "int", ">= 1"),          # avg_model.pt averages this many last epochs (<= keep_last)
+        "threads": Key(0, "int", ">= 0"),               # torch CPU threads per process (0: torch's default)
+        "val_interval": Key(1, "int", ">= 1"),          # validate every this many epochs (and after the last)
+        "val_max_frames": Key(20000, "int", ">= 1"),    # padded frames per validation batch
+        "val_face_frames": Key(5, "int", ">= 1"),       # face validation: evenly spaced frames per utterance
+        "dist_timeout_minutes": Key(180.0, "float", "> 0"),  # DDP: how long ranks wait for each other (rank 0
+                                                             # validates and saves while the others wait)
     },
-    "source": None,                  # set by avtk import-model: where an imported model came from
+    "source": Key(None, "any"),                         # set by avtk import-model: where a model came from
 }
 
+# What may change on --resume: keys that do not change the network, the data or the optimisation of the
+# epochs to come. Each change is named in the log and recorded in EXP/config_history.yaml.
+RESUME_MAY_CHANGE = (
+    "runtime.epochs", "runtime.log_interval", "runtime.keep_last", "runtime.average_last", "runtime.threads",
+    "runtime.val_interval", "runtime.val_max_frames", "runtime.val_face_frames", "runtime.device",
+    "runtime.dist_timeout_minutes", "data.num_workers",
+)
 
-def _merge(base, update, where, path=""):
-    out = copy.deepcopy(base)
-    for key, value in (update or {}).items():
+
+def _defaults(schema):
+    return {k: _defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+DEFAULTS = _defaults(SCHEMA)
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+_KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "mapping": "a mapping {key: value}"}
+
+
+def _checked(key, value):
+    """`value` of the kind and in the range of `key` (a float kind turns ints and numeric strings into
+    floats); a ValueError says what it must be."""
+    if value is None:
+        if key.default is None:
+            return None
+        raise ValueError(f"must be {_KIND_TEXT[key.kind]}, not null")
+    kind = key.kind
+    if kind == "float" and not isinstance(value, bool):
+        try:
+            value = float(value) if isinstance(value, (int, float, str)) else value
+        except ValueError:
+            pass
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "float": lambda v: isinstance(v, float),
+          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
+          "mapping": lambda v: isinstance(v, dict), "any": lambda v: True}[kind]
+    if not ok(value):
+        raise ValueError(f"must be {_KIND_TEXT[kind]}")
+    if key.choices and value not in key.choices:
+        raise ValueError(f"must be one of {', '.join(key.choices)}")
+    for part in filter(None, key.range.split(",")):
+        op, bound = part.split()
+        if not _OPS[op](value, float(bound)):
+            raise ValueError(f"must be {key.range.replace(',', ' and')}")
+    return value
+
+
+def _merge(cfg, update, where, schema=SCHEMA, path=""):
+    """cfg updated in place by the nested mapping `update`, each value checked against `schema`; errors name
+    `where` (the file or override) and the key."""
+    if not isinstance(update, dict):
+        sections = f" of sections ({', '.join(schema)})" if not path else ""
+        raise AvtkError(f"{where}: {path.rstrip('.') or 'the top level'} must be a mapping{sections}, "
+                        f"not {type(update).__name__} {update!r}")
+    for key, value in update.items():
         name = f"{path}{key}"
-        if key not in base:
-            raise AvtkError(f"{where}: unknown config key '{name}' (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and not key.endswith("_args"):
-            if not isinstance(value, dict):
-                raise AvtkError(f"{where}: config key '{name}' must be a mapping")
-            out[key] = _merge(base[key], value, where, name + ".")
-        else:
-            out[key] = value
-    return out
+        if key not in schema:
+            raise AvtkError(f"{where}: unknown config key '{name}' (known: {', '.join(sorted(map(str, schema)))})")
+        if isinstance(schema[key], dict):
+            _merge(cfg[key], value, where, schema[key], name + ".")
+            continue
+        try:
+            cfg[key] = _checked(schema[key], value)
+        except ValueError as err:
+            raise AvtkError(f"{where}: {name} = {value!r}: {err}") from None
+    return cfg
 
 
 def parse_override(text):
-    """`section.key=value` -> ({section: {key: value}}); the value is read as YAML."""
-    if "=" not in text:
+    """`section.key=value` -> ({section: {key: value}}); the value is read as YAML. A malformed override is an
+    AvtkError naming it."""
+    path, eq, value = text.partition("=")
+    if not eq or not all(path.split(".")):
         raise AvtkError(f"override {text!r} is not of the form section.key=value")
-    path, value = text.split("=", 1)
-    tree = yaml.safe_load(value) if value else None
+    try:
+        tree = yaml.safe_load(value) if value else None
+    except yaml.YAMLError as err:
+        raise AvtkError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
     for part in reversed(path.split(".")):
         tree = {part: tree}
     return tree
 
 
-def _deep_update(a, b):
-    for key, value in b.items():
-        if isinstance(value, dict) and isinstance(a.get(key), dict) and not key.endswith("_args"):
-            _deep_update(a[key], value)
-        else:
-            a[key] = value
-    return a
+def _yaml_problem(err):
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def read_yaml(path):
+    """The YAML document of a file. UTF-8, with or without a byte-order mark; an unreadable file, bytes
+    that are not UTF-8 (file:line named) or invalid YAML are an AvtkError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise AvtkError(f"cannot read config {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise AvtkError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise AvtkError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
 
 
 def load_config(path=None, overrides=()):
-    """The resolved config: defaults, then the YAML file, then `section.key=value` overrides."""
+    """The resolved config: defaults, then the YAML file, then `section.key=value` overrides, every key
+    checked (kind, range, choices) as it enters, then the cross-key checks. Errors are AvtkError naming the
+    file or override, the key, the value and the allowed range."""
     cfg = copy.deepcopy(DEFAULTS)
     if path:
-        try:
-            with open(path) as f:
-                user = yaml.safe_load(f) or {}
-        except OSError as err:
-            raise AvtkError(f"cannot read config {path}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise AvtkError(f"{path}: not valid YAML: {err}") from None
-        cfg = _merge(cfg, user, path)
+        user = read_yaml(path)
+        _merge(cfg, {} if user is None else user, path)
     for text in overrides:
-        cfg = _merge(cfg, parse_override(text), f"override {text!r}")
-    _check(cfg)
+        _merge(cfg, parse_override(text), f"override {text!r}")
+    _check(cfg, f"{path or 'config'}{' with overrides' if overrides else ''}")
     return cfg
 
 
@@ -140,23 +239,36 @@ def _resolve_modality(cfg):
                         f"(face encoders take data.input: frames, speech encoders feats or wav)")
 
 
-def _check(cfg):
+def _check(cfg, where):
+    """The names of registered components, and checks that involve more than one key."""
+    from avtk.features import FRONTENDS
+    from avtk.models import ENCODERS, LOSSES
+
+    for key, known in (("model.encoder", ENCODERS), ("model.frontend", FRONTENDS), ("loss.name", LOSSES)):
+        section, name = key.split(".")
+        if cfg[section][name] not in known:
+            raise AvtkError(f"{where}: {key} = {cfg[section][name]!r}: must be one of {', '.join(sorted(known))}")
     _resolve_modality(cfg)
-    choices = {
-        ("data", "input"): ("feats", "wav", "frames"),
-        ("model", "channels"): ("rgb", "bgr"),
-        ("runtime", "amp"): ("none", "bf16", "fp16"),
-        ("optim", "name"): ("adam", "sgd"),
-        ("scheduler", "name"): ("exponential", "warmup_exponential"),
-    }
-    for (section, key), allowed in choices.items():
-        if cfg[section][key] not in allowed:
-            raise AvtkError(f"config {section}.{key} = {cfg[section][key]!r}; choose one of {', '.join(allowed)}")
-    if cfg["runtime"]["epochs"] < 1 or cfg["data"]["batch_size"] < 1:
-        raise AvtkError("config runtime.epochs and data.batch_size must be at least 1")
+    rt = cfg["runtime"]
+    if rt["average_last"] > rt["keep_last"]:
+        raise AvtkError(f"{where}: runtime.average_last = {rt['average_last']}: must be <= runtime.keep_last "
+                        f"({rt['keep_last']}): only kept checkpoints can be averaged")
+
+
+def flatten(cfg, schema=SCHEMA, path=""):
+    """{'section.key': value} of a config (mappings such as encoder_args stay whole)."""
+    flat = {}
+    for key, spec in schema.items():
+        value = cfg.get(key) if isinstance(cfg, dict) else None
+        if isinstance(spec, dict):
+            flat.update(flatten(value or {}, spec, f"{path}{key}."))
+        else:
+            flat[f"{path}{key}"] = spec.default if value is None and key not in (cfg or {}) else value
+    return flat
 
 
 def save_config(cfg, path):
+    """Write a config as YAML, atomically."""
     from avtk.io.atomic import atomic_open
 
     with atomic_open(path) as f:

@@ -7,13 +7,16 @@ epoch is the same whatever the number of workers, and a resumed run sees exactly
 import logging
 import os
 
+from typing import NamedTuple
+
 import kaldiio
 import numpy as np
 import torch
 
-from avtk.data.table import read_dict
+from avtk.data import datadir
 from avtk.errors import AvtkError
-from avtk.io.audio import load_audio, read_wav_scp
+from avtk.features.fbank import num_frames as fbank_frames
+from avtk.io.audio import SAMPLE_RATE, load_audio, read_wav_scp
 
 log = logging.getLogger(__name__)
 
@@ -28,102 +31,181 @@ def wrap_crop(x, length, rng):
     return x[start:start + length]
 
 
-class CropDataset(torch.utils.data.Dataset):
-    """Items (index, epoch) -> (crop float32, label). Crops are (frames, dim) features or (samples,) audio."""
+def too_short(seconds, frames, min_seconds):
+    """Whether an utterance of `seconds` that gives `frames` front-end frames is too short to train on. The rule
+    of compute-fbank (an utterance without one frame has no features: skipped), and data.min_seconds: a crop
+    wrap-padded from less is mostly repeats."""
+    return frames < 1 or seconds < min_seconds - 1e-9
 
-    def __init__(self, data_dir, cfg, seed, augment=None, spec_augment=False):
-        self.data_dir = data_dir
+
+class Failed(NamedTuple):
+    """What __getitem__ returns instead of a sample it cannot read, so that the message reaches the training
+    loop as one line also from a DataLoader worker (an exception raised there carries its traceback)."""
+    message: str
+
+
+def _speakers(dd):
+    """(utt2spk, sorted speakers) of a loaded data dir; fewer than two speakers is an AvtkError."""
+    utt2spk = dd.utt2spk
+    speakers = sorted(set(utt2spk.values()))
+    if len(speakers) < 2:
+        what = "no utterances" if not utt2spk else f"one speaker ({speakers[0]})"
+        raise AvtkError(f"{dd.file('utt2spk')}: {what}; training classifies at least 2 speakers")
+    return utt2spk, speakers
+
+
+def _require(dd, name, utt2spk, why):
+    """{utt: value} of the per-utterance table `name`; an AvtkError when it is absent or misses an utterance."""
+    table = dd.table(name)
+    if table is None:
+        raise AvtkError(f"{dd.file(name)}: missing ({why})")
+    missing = sorted(u for u in utt2spk if u not in table)
+    if missing:
+        raise AvtkError(f"{dd.file(name)}: no entry for {len(missing)} utterances of utt2spk, e.g. {missing[0]}")
+    return table
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Items (index, epoch) -> (crop float32, label, index). Crops are (frames, dim) features or (samples,) audio.
+
+    The data dir is read by avtk.data.datadir.load (malformed lines, non-integer frame counts and durations are
+    errors naming file:line). Lengths come from utt2num_frames (feats; else from the matrices) or utt2dur
+    (wav; else segments, else the audio); an utterance `too_short` is skipped: `skipped` lists them. A length
+    that disagrees with the data (a stale utt2num_frames) and features of another dimension than the first
+    utterance's are errors naming the utterance."""
+
+    def __init__(self, data_dir, cfg, seed, augment=None, frames_of=None):
+        self.data_dir = os.fspath(data_dir)
         self.input = cfg["data"]["input"]
         self.seed = seed
         self.augment = augment
-        self.spec_augment = spec_augment
-        utt2spk = read_dict(os.path.join(data_dir, "utt2spk"))
-        self.speakers = sorted(set(utt2spk.values()))
+        dd = datadir.load(data_dir)
+        utt2spk, self.speakers = _speakers(dd)
         spk_index = {s: i for i, s in enumerate(self.speakers)}
+        min_seconds = cfg["data"]["min_seconds"]
         if self.input == "feats":
-            feats = read_dict(os.path.join(data_dir, "feats.scp")) if os.path.exists(os.path.join(data_dir, "feats.scp")) else None
-            if feats is None:
-                raise AvtkError(f"{data_dir}/feats.scp: missing (data.input is feats; run compute-fbank first)")
-            self.sources = feats
-            num_frames = self._num_frames(data_dir, feats)
-            self.crop = int(round(cfg["data"]["crop_seconds"] * 1000.0 / cfg["data"]["frame_shift_ms"]))
+            self.sources = _require(dd, "feats.scp", utt2spk, "data.input is feats; run compute-fbank first")
+            self.where = {u: f"{dd.file('feats.scp')}:{e.lineno}" for u, e in dd.tables["feats.scp"].items()}
+            self.shift = cfg["data"]["frame_shift_ms"] / 1000.0
+            self.claimed = self._num_frames(dd, utt2spk, min_seconds)
+            lengths = {u: (n * self.shift, n) for u, n in self.claimed.items()}
+            self.crop = int(round(cfg["data"]["crop_seconds"] / self.shift))
         else:
-            self.sources = read_wav_scp(data_dir)
-            num_frames = {u: 1 for u in self.sources}  # lengths are checked when read
-            # frames of a crop: the seed's 2 s = 32000 samples + 240, so a 25 ms window fits 200 hops
-            self.crop = int(round(cfg["data"]["crop_seconds"] * 16000)) + 240
-        empty = sorted(u for u in utt2spk if num_frames.get(u, 0) == 0 and u in self.sources)
-        missing = sorted(u for u in utt2spk if u not in self.sources)
-        if missing:
-            raise AvtkError(f"{data_dir}: {len(missing)} utterances of utt2spk have no {self.input} entry, e.g. {missing[0]}")
-        if empty:
-            log.warning("%s: skipping %d utterances with no frames, e.g. %s", data_dir, len(empty), empty[0])
-        skip = set(empty)
-        self.utts = [u for u in sorted(utt2spk) if u not in skip]
+            sources = read_wav_scp(data_dir)
+            missing = sorted(u for u in utt2spk if u not in sources)
+            if missing:
+                raise AvtkError(f"{dd.file('wav.scp')}: no audio for {len(missing)} utterances of utt2spk, "
+                                f"e.g. {missing[0]}")
+            self.sources = sources
+            lengths = self._durations(dd, utt2spk, frames_of or fbank_frames)
+            # samples of a crop: the seed's 2 s = 32000 samples + 240, so a 25 ms window fits 200 hops
+            self.crop = int(round(cfg["data"]["crop_seconds"] * SAMPLE_RATE)) + 240
+        self.skipped = sorted(u for u in utt2spk if too_short(*lengths[u], min_seconds))
+        self.skip_reason = f"shorter than data.min_seconds = {min_seconds:g} s or without a frame"
+        self.utts = [u for u in sorted(utt2spk) if u not in set(self.skipped)]
+        if not self.utts:
+            raise AvtkError(f"{data_dir}: all {len(utt2spk)} utterances are {self.skip_reason}")
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
-        self.skipped = len(empty)
+        self.dim = self._load(self.utts[0], check=False).shape[1] if self.input == "feats" else None
 
-    @staticmethod
-    def _num_frames(data_dir, feats):
-        path = os.path.join(data_dir, "utt2num_frames")
-        if os.path.exists(path):
-            return {u: int(n) for u, n in read_dict(path).items()}
-        return {u: kaldiio.load_mat(feats[u]).shape[0] for u in feats}
+    def _num_frames(self, dd, utt2spk, min_seconds):
+        """{utt: frames}: utt2num_frames, where the few that claim too few frames are checked against the
+        matrices (stale lengths would skip utterances that have frames); without it, every matrix is read."""
+        if not dd.has("utt2num_frames"):
+            log.info("%s: no utt2num_frames; reading every feature matrix for its length", self.data_dir)
+            return {u: self._load(u, check=False).shape[0] for u in sorted(utt2spk)}
+        _require(dd, "utt2num_frames", utt2spk, "")
+        claimed = {u: dd.utt2num_frames[u] for u in utt2spk}
+        for u in sorted(utt2spk):  # an utterance is never skipped on a stale claim: its matrix must agree
+            if too_short(claimed[u] * self.shift, claimed[u], min_seconds):
+                self._load(u, check=False, claimed=claimed[u])
+        return claimed
+
+    def _durations(self, dd, utt2spk, frames_of):
+        """{utt: (seconds, front-end frames)} from utt2dur, else segments, else the audio itself."""
+        self.claimed = {}  # samples utt2dur claims, checked when read
+        if dd.has("utt2dur"):
+            _require(dd, "utt2dur", utt2spk, "")
+            seconds = {u: dd.utt2dur[u] for u in utt2spk}
+            self.claimed = {u: int(round(s * SAMPLE_RATE)) for u, s in seconds.items()}
+        elif dd.has("segments"):
+            seconds = {u: s.end - s.start for u, s in dd.segments.items() if u in utt2spk}
+        else:
+            log.info("%s: no utt2dur; reading every recording for its length (write utt2dur to skip this)",
+                     self.data_dir)
+            seconds = {u: len(load_audio(u, self.sources[u])) / SAMPLE_RATE for u in sorted(utt2spk)}
+        return {u: (s, int(frames_of(int(round(s * SAMPLE_RATE))))) for u, s in seconds.items()}
+
+    def _load(self, utt, check=True, claimed=None):
+        """The (frames, dim) float32 features of utt. An unreadable entry, another dimension than the first
+        utterance's, or another length than utt2num_frames claims (`claimed`) is an AvtkError naming it."""
+        try:
+            x = kaldiio.load_mat(self.sources[utt])
+        except Exception as err:  # kaldiio raises assorted errors on bad arks
+            raise AvtkError(f"utterance {utt} ({self.where[utt]}): cannot read features {self.sources[utt]}: "
+                            f"{getattr(err, 'strerror', None) or err}") from None
+        x = np.asarray(x, np.float32)
+        if x.ndim != 2:
+            raise AvtkError(f"utterance {utt} ({self.where[utt]}): features of shape {x.shape}, not (frames, dim)")
+        if check and x.shape[1] != self.dim:  # self.dim: of the first utterance
+            raise AvtkError(f"utterance {utt} ({self.where[utt]}): {x.shape[1]}-dimensional features, but "
+                            f"{self.utts[0]} has {self.dim}: features of mixed dimension")
+        claimed = self.claimed.get(utt) if claimed is None and check else claimed
+        if claimed is not None and x.shape[0] != claimed:
+            raise AvtkError(f"utterance {utt}: {self.data_dir}/utt2num_frames says {claimed} frames but "
+                            f"{self.where[utt]} has {x.shape[0]}: utt2num_frames is stale (write it again with "
+                            "compute-fbank --write-num-frames, or remove it)")
+        return x
 
     def __len__(self):
         return len(self.utts)
 
     def feature_dim(self):
-        if self.input != "feats":
-            return None
-        return kaldiio.load_mat(self.sources[self.utts[0]]).shape[1]
+        return self.dim
 
     def __getitem__(self, item):
         index, epoch = item
         rng = np.random.default_rng([self.seed, epoch, index])
         utt = self.utts[index]
-        if self.input == "feats":
-            try:
-                x = kaldiio.load_mat(self.sources[utt])
-            except Exception as err:  # kaldiio raises assorted errors on bad arks
-                raise AvtkError(f"utterance {utt}: cannot read features {self.sources[utt]}: {err}") from None
-            x = wrap_crop(np.asarray(x, np.float32), self.crop, rng)
-        else:
-            x = wrap_crop(load_audio(utt, self.sources[utt]), self.crop, rng)
-            if self.augment is not None:
-                x = self.augment(x, rng)
+        try:
+            if self.input == "feats":
+                x = wrap_crop(self._load(utt), self.crop, rng)
+            else:
+                wave = load_audio(utt, self.sources[utt])
+                if utt in self.claimed and abs(len(wave) - self.claimed[utt]) > 0.02 * SAMPLE_RATE:  # 2 decimals
+                    raise AvtkError(f"utterance {utt}: {self.data_dir}/utt2dur says {self.claimed[utt] / SAMPLE_RATE:g} s "
+                                    f"but its audio holds {len(wave) / SAMPLE_RATE:g} s: utt2dur is stale")
+                x = wrap_crop(wave, self.crop, rng)
+                if self.augment is not None:
+                    x = self.augment(x, rng)
+        except AvtkError as err:
+            return Failed(str(err))
         return torch.from_numpy(np.array(x, dtype=np.float32)), int(self.labels[index]), index
 
 
 class FrameDataset(torch.utils.data.Dataset):
     """Items (index, epoch) -> (one random augmented face frame, uint8 RGB (H, W, 3), label, index).
 
-    Utterances without frames are skipped with a warning and counted; an unreadable frame is an error
-    naming the file."""
+    Utterances without frames are skipped (`skipped` lists them); an unreadable frame is an error naming the
+    file."""
 
     def __init__(self, data_dir, cfg, seed, size):
         from avtk.face.frames import frame_paths
 
         self.data_dir, self.seed, self.size = data_dir, seed, size
         self.probs = {k: cfg["augment"][f"face_{k}"] for k in ("flip", "blur", "grey")}
-        utt2spk = read_dict(os.path.join(data_dir, "utt2spk"))
-        path = os.path.join(data_dir, "frames.scp")
-        if not os.path.exists(path):
-            raise AvtkError(f"{path}: missing (data.input is frames; build it with avtk extract-face-frames)")
-        dirs = read_dict(path)
-        missing = sorted(u for u in utt2spk if u not in dirs)
-        if missing:
-            raise AvtkError(f"{data_dir}: {len(missing)} utterances of utt2spk have no frames.scp entry, e.g. {missing[0]}")
-        self.speakers = sorted(set(utt2spk.values()))
+        dd = datadir.load(data_dir)
+        utt2spk, self.speakers = _speakers(dd)
+        dirs = _require(dd, "frames.scp", utt2spk, "data.input is frames; build it with avtk extract-face-frames")
         spk_index = {s: i for i, s in enumerate(self.speakers)}
         frames = {u: frame_paths(u, dirs[u]) for u in sorted(utt2spk)}
-        empty = [u for u, f in frames.items() if not f]
-        if empty:
-            log.warning("%s: skipping %d utterances with no face frames, e.g. %s", data_dir, len(empty), empty[0])
+        self.skipped = [u for u, f in frames.items() if not f]
+        self.skip_reason = "without face frames"
         self.utts = [u for u in frames if frames[u]]
+        if not self.utts:
+            raise AvtkError(f"{data_dir}: all {len(utt2spk)} utterances are {self.skip_reason}")
         self.frames = [frames[u] for u in self.utts]
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
-        self.skipped = len(empty)
 
     def __len__(self):
         return len(self.utts)
@@ -137,16 +219,20 @@ class FrameDataset(torch.utils.data.Dataset):
         index, epoch = item
         rng = np.random.default_rng([self.seed, epoch, index])
         paths = self.frames[index]
-        image = read_frame(self.utts[index], paths[int(rng.integers(len(paths)))], self.size)
+        try:
+            image = read_frame(self.utts[index], paths[int(rng.integers(len(paths)))], self.size)
+        except AvtkError as err:
+            return Failed(str(err))
         image = augment_face(image, rng, **self.probs)
         return torch.from_numpy(image), int(self.labels[index]), index
 
 
-def make_dataset(data_dir, cfg, seed, augment=None, image_size=None):
-    """The training set of data.input: frames (face), feats or wav (speech)."""
+def make_dataset(data_dir, cfg, seed, augment=None, image_size=None, frames_of=None):
+    """The training set of data.input: frames (face), feats or wav (speech). `frames_of(samples)` is the
+    network front end's frame count (wav input; default Kaldi's 25/10 ms)."""
     if cfg["data"]["input"] == "frames":
         return FrameDataset(data_dir, cfg, seed, image_size)
-    return CropDataset(data_dir, cfg, seed, augment=augment)
+    return CropDataset(data_dir, cfg, seed, augment=augment, frames_of=frames_of)
 
 
 class ShardedBatches:
@@ -180,5 +266,9 @@ class ShardedBatches:
 
 
 def collate(items):
+    """A batch (crops, labels, indices) of dataset items, or the first Failed among them."""
+    failed = [item for item in items if isinstance(item, Failed)]
+    if failed:
+        return failed[0]
     crops, labels, index = zip(*items)
     return torch.stack(crops), torch.tensor(labels), torch.tensor(index)

@@ -15,8 +15,8 @@ import torch
 
 from avtk.errors import AvtkError
 from avtk.train import checkpoint as ckpt
-from avtk.train.config import save_config
-from avtk.train.data import ShardedBatches, collate, make_dataset
+from avtk.train.config import RESUME_MAY_CHANGE, flatten, save_config
+from avtk.train.data import Failed, ShardedBatches, collate, make_dataset
 from avtk.train.distributed import setup, teardown
 from avtk.train.schedule import learning_rate
 
@@ -61,7 +61,7 @@ class Trainer:
     def __init__(self, cfg, train_data, exp, val_trials=None, val_data=None, resume=False):
         self.cfg, self.exp, self.resume = cfg, exp, resume
         rt = cfg["runtime"]
-        self.dist = setup(rt["device"])
+        self.dist = setup(rt["device"], rt["dist_timeout_minutes"])
         self.device = self.dist.device
         if rt["threads"]:
             torch.set_num_threads(rt["threads"])
@@ -77,8 +77,12 @@ class Trainer:
         from avtk.models.speaker_net import TrainModule
 
         self.net = build_network(cfg["model"])
+        frontend = getattr(self.net, "frontend", None)
         self.dataset = make_dataset(train_data, cfg, rt["seed"], augment=_augmenter(cfg),
-                                    image_size=getattr(self.net, "input_size", None))
+                                    image_size=getattr(self.net, "input_size", None),
+                                    frames_of=getattr(frontend, "num_frames", None))
+        if val_trials:
+            self._check_validation_data()
         self.speakers = self.dataset.speakers
         dim = self.dataset.feature_dim()
         if dim is not None and getattr(self.net, "feature_dim", None) not in (None, dim):
@@ -101,33 +105,130 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         self.start_epoch = 1
+        self.resume_changes = {}
 
     # ----------------------------------------------------------------------------------- state
 
-    def _restore(self):
-        epochs = ckpt.epochs_saved(self.exp)
-        if not epochs:
-            log.info("--resume: no checkpoint in %s/checkpoints; starting from epoch 1", self.exp)
-            return
-        path = ckpt.checkpoint_path(self.exp, epochs[-1])
-        state = ckpt.load(path)
+    def _check_validation_data(self):
+        """The validation trials and data, checked at start-up rather than after the first epoch: labelled,
+        both target and nontarget trials, and every trial utterance in the validation data."""
+        from avtk.data import datadir
+        from avtk.data.trials import read_trials
+        from avtk.io.audio import read_wav_scp
+
+        trials = read_trials(self.val_trials)
+        if trials.labels is None:
+            raise AvtkError(f"{self.val_trials}: validation trials need target/nontarget labels")
+        targets = int(trials.labels.sum())
+        if targets in (0, len(trials)):
+            raise AvtkError(f"{self.val_trials}: all {len(trials)} trials are {'target' if targets else 'nontarget'}; "
+                            "a validation EER needs both target and nontarget trials")
+        kind = self.cfg["data"]["input"]
+        name = {"feats": "feats.scp", "wav": "wav.scp", "frames": "frames.scp"}[kind]
+        dd = datadir.load(self.val_data)
+        have = read_wav_scp(self.val_data) if kind == "wav" else (dd.table(name) or {})
+        missing = sorted((set(trials.enroll) | set(trials.test)) - set(have))
+        if missing:
+            raise AvtkError(f"{self.val_trials}: {len(missing)} trial utterances are not in {dd.file(name)}, "
+                            f"e.g. {missing[0]}")
+
+    def _resume_state(self):
+        """(path, state) of the checkpoint to resume from, chosen on rank 0 (the last readable one) and the same
+        on every rank; (None, None) without one. Its config must equal this run's but for RESUME_MAY_CHANGE:
+        every key that differs is named, and a refused change is an AvtkError before anything is written."""
+        found = None
+        if self.dist.main:
+            try:
+                path, _ = ckpt.load_last(self.exp)
+                found = ("ok", path)
+            except AvtkError as err:
+                found = ("error", str(err))
+        kind, value = self.dist.broadcast(found)
+        if kind == "error":
+            raise AvtkError(value)
+        if value is None:
+            return None, None
+        path, state = value, ckpt.load(value)
+        old, new = flatten(state["config"]), flatten(self.cfg)
+        changed = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+        refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+        if refused:
+            what = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in sorted(changed))
+            network = " The network (model.*) cannot change." if any(k.startswith("model.") for k in refused) else ""
+            raise AvtkError(f"--resume: this config differs from that of {path} in {what}.{network} On resume only "
+                            f"these may change: {', '.join(RESUME_MAY_CHANGE)}; start a new experiment for the rest")
         if state["speakers"] != self.speakers:
             raise AvtkError(f"{path} was trained on other speakers than {self.dataset.data_dir}")
-        self.net.load_state_dict(state["model"])
-        self.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
+        self.resume_changes = {k: {"from": a, "to": b} for k, (a, b) in sorted(changed.items())}
+        return path, state
+
+    def _restore(self, path, state):
+        """Load a checkpoint's weights, optimiser and scaler; the epoch after its own comes next."""
+        try:
+            self.net.load_state_dict(state["model"])
+            self.loss.load_state_dict(state["loss"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise AvtkError(f"{path}: does not fit this network ({str(err).splitlines()[0]})") from None
         self.start_epoch = state["epoch"] + 1
         log.info("resumed from %s; continuing at epoch %d", path, self.start_epoch)
 
-    def _save(self, epoch, path=None):
+    def _set_rng(self, state):
+        """This rank's RNG states from the checkpoint (rank 0's when it was saved by another number of ranks)."""
+        ranks = state.get("rng_ranks")
+        if ranks and len(ranks) == self.dist.world:
+            ckpt.set_rng_state(ranks[self.dist.rank], self.device)
+            return
+        if ranks:
+            log.warning("the checkpoint was saved by %d ranks, this run has %d: every rank takes rank 0's RNG state",
+                        len(ranks), self.dist.world)
+        ckpt.set_rng_state(state["rng"], self.device)
+
+    def _record_resume(self, path):
+        """Append this resume's config changes to EXP/config_history.yaml (EXP/config.yaml stays the record of
+        the run as started; each checkpoint holds the config it was trained with)."""
+        if not self.resume_changes:
+            return
+        import yaml
+
+        from avtk.io.atomic import atomic_open
+
+        history_path = os.path.join(self.exp, "config_history.yaml")
+        history = []
+        if os.path.exists(history_path):
+            with open(history_path, encoding="utf-8") as f:
+                history = yaml.safe_load(f) or []
+        history.append({"resumed_at_epoch": self.start_epoch, "checkpoint": path,
+                        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": self.resume_changes})
+        with atomic_open(history_path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(history, f, sort_keys=False)
+        log.info("--resume with config changes (recorded in %s): %s", history_path,
+                 "; ".join(f"{k}: {c['from']!r} -> {c['to']!r}" for k, c in self.resume_changes.items()))
+
+    def _write_skipped(self):
+        """EXP/train_skipped.txt: the ids of the training utterances the dataset skipped (WARNING and count)."""
+        path = os.path.join(self.exp, "train_skipped.txt")
+        skipped = self.dataset.skipped
+        if not skipped:
+            if os.path.exists(path):
+                os.remove(path)
+            return
+        from avtk.io.atomic import atomic_open
+
+        with atomic_open(path, "w", encoding="utf-8") as f:
+            f.writelines(f"{u}\n" for u in skipped)
+        log.warning("skipped %d of %d training utterances %s (ids in %s)", len(skipped),
+                    len(skipped) + len(self.dataset), self.dataset.skip_reason, path)
+
+    def _save(self, epoch, rng, path=None):
         path = path or ckpt.checkpoint_path(self.exp, epoch)
         ckpt.save(path, epoch=epoch, model=self.net.state_dict(), loss=self.loss.state_dict(),
                   optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                   scheduler={"name": self.cfg["scheduler"]["name"], "lr": self.optimizer.param_groups[0]["lr"]},
-                  sampler=self.batches.state_dict(), rng=ckpt.rng_state(), config=self.cfg, speakers=self.speakers)
+                  sampler=self.batches.state_dict(), rng=rng[0], rng_ranks=rng, config=self.cfg,
+                  speakers=self.speakers)
         return path
 
     def _write_average(self):
@@ -173,7 +274,10 @@ class Trainer:
             bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False)
         t0, seen, tot_loss, tot_acc = time.time(), 0, 0.0, 0.0
         prefix = f"[rank {self.dist.rank}] " if self.dist.world > 1 else ""
-        for step, (crops, labels, index) in enumerate(self.loader, 1):
+        for step, batch in enumerate(self.loader, 1):
+            if self.dist.any(isinstance(batch, Failed)):
+                raise AvtkError(batch.message if isinstance(batch, Failed) else "another rank could not read its data")
+            crops, labels, index = batch
             progress = epoch - 1 + (step - 1) / steps
             lr = learning_rate(cfg["scheduler"], cfg["optim"]["lr"], progress, rt["epochs"])
             for group in self.optimizer.param_groups:
@@ -184,10 +288,13 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, acc = self.ddp(feats, labels)
             if self.dist.any(not math.isfinite(loss.item())):
-                path = self._save(epoch - 1, os.path.join(self.exp, "checkpoints", "last_good.pt")) if self.dist.main else None
+                rng = self.dist.gather(ckpt.rng_state(self.device))
+                path = os.path.join(self.exp, "checkpoints", "last_good.pt")
+                if self.dist.main:
+                    self._save(epoch - 1, rng, path)
                 raise AvtkError(f"loss is not finite at epoch {epoch} step {step} (lr {lr:.3g}); training stopped. "
                                 f"The last good state (before this step) is saved in "
-                                f"{path or os.path.join(self.exp, 'checkpoints', 'last_good.pt')}; "
+                                f"{path}; "
                                 "lower optim.lr, or check the features")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -215,34 +322,60 @@ class Trainer:
         eer = validation_eer(self.net, self.val_data, self.val_trials, self.cfg["data"]["input"], self.device,
                              rt["val_max_frames"], rt["val_face_frames"])
         log.info("epoch %d validation EER %.3f%% (%s)", epoch, eer, self.val_trials)
-        with open(os.path.join(self.exp, "validation.txt"), "a") as f:
-            f.write(f"{epoch} {eer:.4f}\n")
+        lines = ckpt.read_validation(self.exp)
+        lines[epoch] = f"{epoch} {eer:.4f}"
+        ckpt.write_validation(self.exp, lines)
         return eer
+
+    def _validates(self, epoch):
+        return bool(self.val_trials) and (epoch % self.cfg["runtime"]["val_interval"] == 0
+                                          or epoch == self.cfg["runtime"]["epochs"])
+
+    def _catch_up_validation(self, epoch):
+        """On resume from `epoch`: drop validation.txt lines of later epochs (a fallback to an earlier checkpoint
+        redoes them), and redo this epoch's validation when a kill lost it."""
+        lines = ckpt.read_validation(self.exp)
+        later = [e for e in lines if e > epoch]
+        if later:
+            ckpt.write_validation(self.exp, {e: v for e, v in lines.items() if e <= epoch})
+        if self._validates(epoch) and epoch not in lines:
+            log.info("validation.txt has no line for epoch %d (interrupted?): validating it now", epoch)
+            self._validate(epoch)
 
     def run(self):
         rt = self.cfg["runtime"]
+        path, state = self._resume_state() if self.resume else (None, None)
+        if self.resume and state is None:
+            log.info("--resume: no checkpoint in %s/checkpoints; starting from epoch 1", self.exp)
+        if state is not None:
+            self._restore(path, state)
         if self.dist.main:
             os.makedirs(self.exp, exist_ok=True)
-            save_config(self.cfg, os.path.join(self.exp, "config.yaml"))
-        if self.resume:
-            self._restore()
-        elif self.dist.main:
-            gone = ckpt.clear_previous_run(self.exp)
-            if gone:
-                log.warning("%s held %d files of a previous run (checkpoints, validation.txt, avg_model.pt); "
-                            "removed them: this run starts afresh (--resume continues a run)", self.exp, gone)
+            if state is None:
+                save_config(self.cfg, os.path.join(self.exp, "config.yaml"))
+                gone = ckpt.clear_previous_run(self.exp)
+                if gone:
+                    log.warning("%s held %d files of a previous run (checkpoints, validation.txt, avg_model.pt); "
+                                "removed them: this run starts afresh (--resume continues a run)", self.exp, gone)
+            else:
+                self._record_resume(path)
+                self._catch_up_validation(state["epoch"])
+            self._write_skipped()
         self.dist.barrier()
+        if state is not None:
+            self._set_rng(state)  # after the catch-up validation, which must not move the generators
         log.info("training %s on %d utterances of %d speakers, epochs %d-%d, %d steps/epoch, %s, amp %s",
                  self.cfg["model"]["encoder"], len(self.dataset), len(self.speakers), self.start_epoch,
                  rt["epochs"], len(self.batches), self.device, self.amp)
         try:
             for epoch in range(self.start_epoch, rt["epochs"] + 1):
                 rate = self._epoch(epoch)
+                rng = self.dist.gather(ckpt.rng_state(self.device))
                 if self.dist.main:
-                    self._save(epoch)
+                    self._save(epoch, rng)
                     ckpt.prune(self.exp, rt["keep_last"])
                     log.info("epoch %d done, %.1f samples/s; saved %s", epoch, rate, ckpt.checkpoint_path(self.exp, epoch))
-                    if self.val_trials and (epoch % rt["val_interval"] == 0 or epoch == rt["epochs"]):
+                    if self._validates(epoch):
                         self._validate(epoch)
                 self.dist.barrier()
             if self.dist.main:
@@ -252,4 +385,3 @@ class Trainer:
             log.info("%sfinal weights checksum %s", prefix, _checksum(self.module))
         finally:
             teardown()
-
