@@ -178,16 +178,15 @@ class FaceReader:
             chosen = evenly_spaced(paths, self.n_frames)
             images = [read_frame(label, p, self.size) for p in chosen]
             return np.stack(images), f"{source}: {len(paths)} aligned frames, {len(set(chosen))} used"
-        from avtk.face.align import align_face
-        from avtk.face.extract import source_frames
+        from avtk.face.extract import align_frame, source_frames
 
         detector = self.detector()
         faces, frames = [], 0
         for name, image in source_frames(label, source, self.interval):
             frames += 1
-            points = detector(name, image)
-            if points is not None:
-                faces.append(align_face(image, points, self.size)[0])
+            aligned, _ = align_frame(detector, name, image, self.size)
+            if aligned is not None:
+                faces.append(aligned)
         if not faces:
             raise AvtkError(f"{label}: no face found in {source} ({frames} frames, one every {self.interval:g} s)")
         chosen = evenly_spaced(list(range(len(faces))), self.n_frames)

@@ -13,7 +13,9 @@ def get_parser():
         "layout); directories give their images in sorted name order. Each frame's 5 landmarks come from "
         "--detector, and a least-squares similarity (Umeyama) warps the frame to the insightface 112x112 template. "
         "Writes OUT_DIR/<utt>/NNNN.jpg (each utterance's directory appears whole) and the frames.scp table "
-        "(`<utt> <absolute directory>`). Frames without a face are left out and counted; an utterance with no "
+        "(`<utt> <absolute directory>`). Frames without a face, or whose landmarks coincide or fall outside the "
+        "frame, are left out and counted; each file is one distinct frame (a sampling time that lands on a frame "
+        "already taken, as in variable-frame-rate video, adds none). An utterance with no "
         "face in any frame keeps an empty directory, which avtk extract-embeddings lists as no_face. Already "
         "aligned frames (the seed's frame_align tree) need no processing: list them in frames.scp directly."
     )
@@ -47,19 +49,19 @@ def main(args):
     sources = read_dict(args.in_scp)
     detector = build_detector(args.detector, args.device, args.min_face)
     out = {}
-    frames = faces = 0
+    frames = faces = rejected = 0
     no_face, bad = [], []
     for utt, source in sources.items():
         target = os.path.abspath(os.path.join(args.out_dir, utt))
         try:
-            n, k = extract_utterance(utt, source, target, detector, args.interval, args.size)
+            n, k, r = extract_utterance(utt, source, target, detector, args.interval, args.size)
         except AvtkError as err:
             if not args.skip_bad:
                 raise
             log.warning("skipping %s: %s", utt, err)
             bad.append(utt)
             continue
-        frames, faces = frames + n, faces + k
+        frames, faces, rejected = frames + n, faces + k, rejected + r
         if k == 0:
             no_face.append(utt)
         out[utt] = target
@@ -70,5 +72,8 @@ def main(args):
     if bad:
         log.warning("skipped %d of %d utterances that could not be read (--skip-bad), e.g. %s",
                     len(bad), len(sources), bad[0])
+    if rejected:
+        log.warning("%d frames had landmarks that cannot align a face (coinciding, outside the image, or a "
+                    "uniform warp); counted without a face (--verbose names them)", rejected)
     log.info("%d utterances: %d frames, %d with a face (%d without) -> %s, %s", len(out), frames, faces,
              frames - faces, args.out_dir, args.frames_scp)

@@ -1,6 +1,10 @@
 """5-point face alignment: least-squares similarity (Umeyama) to the insightface template, affine warp.
 
 Coordinates are (x, y) in pixels with pixel centres at integers, as in OpenCV's warpAffine.
+
+Landmarks that cannot make a face (not 5 finite points, a point outside the image, two points that coincide)
+and warps that bring nothing of the image into the output (uniform, e.g. all black) raise `NoFace`; callers
+count such a frame as one without a face.
 """
 import functools
 
@@ -13,6 +17,36 @@ TEMPLATE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float64,
 )
+
+# Two landmarks closer than this (pixels) coincide: a detector's or a landmarks file's failure, not a face.
+MIN_SEPARATION = 1.0
+
+
+class NoFace(ValueError):
+    """Landmarks or a warp that give no usable aligned face; the message says why."""
+
+
+def landmarks_problem(landmarks, width, height):
+    """Why 5 landmarks cannot align a face in a width x height image, or None when they can.
+
+    landmarks: (5, 2) (x, y) pixels. Problems: not 5 finite points; a point outside the image (pixel centres
+    at integers, so the image spans [-0.5, width - 0.5] x [-0.5, height - 0.5]); two points closer than
+    MIN_SEPARATION pixels.
+    """
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (5, 2) or not np.isfinite(points).all():
+        return f"landmarks are not 5 finite (x, y) points: {np.array2string(points.ravel(), precision=1)}"
+    outside = ((points < -0.5) | (points > np.array([width, height]) - 0.5)).any(axis=1)
+    if outside.any():
+        i = int(np.argmax(outside))
+        return (f"landmark {i + 1} ({points[i, 0]:.1f}, {points[i, 1]:.1f}) is outside the "
+                f"{width}x{height} image")
+    dist = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    if dist.min() < MIN_SEPARATION:
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        return f"landmarks {i + 1} and {j + 1} coincide ({dist[i, j]:.2f} px apart)"
+    return None
 
 
 def umeyama(src, dst):
@@ -76,6 +110,17 @@ def warp_affine(image, m, size):
 
 
 def align_face(image, landmarks, size=112):
-    """Align an image to the 112x112 template from its 5 landmarks; returns (aligned, matrix)."""
+    """Align an image (H, W[, C]) to the size x size template from its 5 landmarks (5, 2); returns
+    (aligned, 2x3 matrix). Raises NoFace when `landmarks_problem` finds one, or when the warp is uniform
+    (every output pixel the same value: nothing of the image, e.g. all black)."""
+    height, width = np.asarray(image).shape[:2]
+    problem = landmarks_problem(landmarks, width, height)
+    if problem:
+        raise NoFace(problem)
     m = umeyama(landmarks, TEMPLATE_112 * (size / 112.0))
-    return warp_affine(image, m, (size, size)), m
+    if not np.isfinite(m).all():
+        raise NoFace("the landmarks give no similarity transform")
+    aligned = warp_affine(image, m, (size, size))
+    if aligned.min() == aligned.max():
+        raise NoFace(f"the aligned face is uniform (every pixel {aligned.flat[0]})")
+    return aligned, m

@@ -5,8 +5,12 @@ A source is a video file or a directory of images. Landmarks come from:
 - `landmarks`: the directory's `landmarks.txt`, lines `<frame name> x1 y1 ... x5 y5` (the synthetic corpus
   writes these: ground truth, no detector needed);
 - `mtcnn`: the MTCNN detector (avtk.face.mtcnn); the largest face of a frame is kept.
-A frame without a face is counted and left out; an utterance whose frames have no face gets an empty directory,
-which extraction lists as `no_face`.
+A frame without a face is counted and left out; so is a frame whose landmarks cannot align a face (coinciding
+or outside the image) or whose warp is uniform (avtk.face.align.NoFace): `align_frame` decides, for
+extract-face-frames and avtk verify alike. An utterance whose frames have no face gets an empty directory, which
+extraction lists as `no_face`. Each output file is one distinct frame: a video sampling time that picks a frame
+already taken (variable frame rate) adds nothing, and two frames that would get one file name are an error, so
+the counts logged are the files on disk.
 """
 import logging
 import os
@@ -14,8 +18,9 @@ import os
 import numpy as np
 from PIL import Image
 
+from avtk.data.table import numbered_fields
 from avtk.errors import AvtkError
-from avtk.face.align import align_face
+from avtk.face.align import NoFace, align_face
 from avtk.face.frames import frame_paths, read_frame
 from avtk.io.atomic import atomic_dir
 
@@ -108,18 +113,44 @@ def build_detector(name, device="cpu", min_face=20):
     raise AvtkError(f"unknown face detector '{name}'; choose landmarks or mtcnn")
 
 
+def align_frame(detector, name, image, size=112):
+    """(aligned RGB uint8 (size, size, 3), None) for a frame with a usable face, else (None, why not): no face
+    detected, or landmarks / a warp that avtk.face.align rejects (NoFace)."""
+    points = detector(name, image)
+    if points is None:
+        return None, "no face detected"
+    try:
+        return align_face(image, points, size)[0], None
+    except NoFace as err:
+        return None, str(err)
+
+
 def extract_utterance(utt, source, out_dir, detector, interval=0.4, size=112, quality=95):
-    """Write the aligned faces of one utterance to out_dir (replaced atomically); returns (frames, faces)."""
+    """Write the aligned faces of one utterance to out_dir (replaced atomically); returns (frames, faces,
+    rejected): distinct frames read, faces written (the files in out_dir), and frames whose landmarks or warp
+    were rejected (counted among the frames without a face). A video frame whose 25-fps name an earlier frame
+    already took (under 1/25 s apart) is left out and not counted; two images of a directory that would be
+    written under one name (e.g. 0010.jpg and 0010.png) are an AvtkError naming both."""
     detector.start(utt, source)
-    frames = faces = 0
+    frames = faces = rejected = 0
+    written = {}
     with atomic_dir(out_dir) as tmp:
         for name, image in source_frames(utt, source, interval):
+            out_name = os.path.splitext(name)[0] + ".jpg"
+            if out_name in written:
+                if not os.path.isdir(source):  # video frames < 1/25 s apart (variable frame rate): keep the first
+                    log.debug("utterance %s: frame at %s again named %s; kept the first", utt, source, out_name)
+                    continue
+                raise AvtkError(f"utterance {utt}: frames {written[out_name]} and {name} of {source} would both "
+                                f"be written as {out_name}")
+            written[out_name] = name
             frames += 1
-            points = detector(name, image)
-            if points is None:
+            aligned, why = align_frame(detector, name, image, size)
+            if aligned is None:
+                if why != "no face detected":
+                    rejected += 1
+                    log.debug("utterance %s: frame %s counted without a face: %s", utt, name, why)
                 continue
-            aligned, _ = align_face(image, points, size)
-            Image.fromarray(aligned).save(os.path.join(tmp, os.path.splitext(name)[0] + ".jpg"), format="JPEG",
-                                          quality=quality)
+            Image.fromarray(aligned).save(os.path.join(tmp, out_name), format="JPEG", quality=quality)
             faces += 1
-    return frames, faces
+    return frames, faces, rejected

@@ -1,7 +1,8 @@
 """Face frames of an utterance: a directory of aligned images (frames.scp: `<utt> <directory>`).
 
 Frames are always taken in sorted name order (the seed's unsorted glob made the choice depend on the file
-system), decoded to RGB uint8 (height, width, 3), and checked for the size the network expects.
+system), decoded to RGB uint8 (height, width, 3) by `read_frame` (every reader of frames goes through it, so
+every image mode follows one rule), and checked for the size the network expects.
 """
 from pathlib import Path
 
@@ -23,13 +24,47 @@ def frame_paths(utt, frames_dir):
     return sorted(p for p in d.iterdir() if p.suffix.lower() in EXTENSIONS)
 
 
+# PIL modes whose pixels are 8-bit (or 1-bit) samples that PIL's convert("RGB") maps to RGB exactly: alpha is
+# dropped, a palette looked up, grey repeated, CMYK and YCbCr converted by PIL's formulas.
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+# 16-bit unsigned grey (PNG and TIFF open as these); convert("RGB") would clip them to 0-255: a white frame.
+SIXTEEN_BIT_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _rgb(img):
+    """RGB uint8 (H, W, 3) of an opened PIL image, or None when its mode has no defined 8-bit picture."""
+    if img.mode in EIGHT_BIT_MODES:
+        return np.asarray(img.convert("RGB"))
+    if img.mode in SIXTEEN_BIT_GREY_MODES:
+        grey = np.asarray(img).astype(np.float64)  # native, little or big endian uint16
+        grey = np.rint(grey / 257.0).clip(0, 255).astype(np.uint8)  # 65535 -> 255, 0 -> 0
+        return np.repeat(grey[..., None], 3, axis=2)
+    return None
+
+
 def read_frame(utt, path, size=None):
-    """An RGB uint8 (H, W, 3) array; an unreadable or wrongly sized image is an error naming the file."""
+    """A face frame as RGB uint8 (H, W, 3): the one image reader of training, extraction, verify,
+    extract-face-frames and the baselines.
+
+    Every PIL mode either gives the picture scaled to 8 bits or is an error: 1/L/LA/P/PA/RGB/RGBA/RGBX/CMYK/
+    YCbCr through PIL's conversion (alpha dropped); 16-bit grey (I;16, I;16B, ...) divided by 257 (16-bit RGB
+    PNGs open in PIL as 8-bit RGB already); 32-bit integer or float pixels (modes I, F), whose white level the
+    file does not state, and other modes (HSV, LAB, ...) are errors. Raises AvtkError naming the utterance
+    and the file for an unreadable image, an unsupported mode, or a size other than `size` x `size`.
+    """
     try:
         with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:  # PIL raises these on truncated or foreign files
+            mode = img.mode
+            rgb = _rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # PIL raises these on truncated, foreign or huge files
         raise AvtkError(f"utterance {utt}: cannot read frame {path}: {err}") from None
+    if rgb is None:
+        raise AvtkError(f"utterance {utt}: frame {path} has PIL mode {mode} ("
+                        + ({"I": "32-bit integer pixels", "F": "32-bit float pixels"}[mode]
+                           + ", whose white level the file does not state" if mode in ("I", "F")
+                           else "not a picture mode avtk reads")
+                        + "); save frames as 8-bit or 16-bit grey, RGB or RGBA images")
     if size is not None and rgb.shape[:2] != (size, size):
         raise AvtkError(f"utterance {utt}: frame {path} is {rgb.shape[1]}x{rgb.shape[0]}, the model expects "
                         f"{size}x{size} aligned faces (align them with avtk extract-face-frames)")

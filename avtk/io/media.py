@@ -27,7 +27,8 @@ priming but keeps the end padding (under 1024 samples of near silence); Ogg/WebM
 decoder; raw ADTS `.aac` records neither: its audio keeps the 1024 priming samples and the padding.
 
 Reading video: `video_frames(path, interval=0.4)` decodes sequentially (no seeking) and yields the frame
-nearest to each time k * interval (k = 1, 2, ...), as RGB uint8; `frame_name` gives the seed's jpg name of
+nearest to each time k * interval (k = 1, 2, ...), as RGB uint8, each decoded frame once (with a variable
+frame rate several times can pick one frame); `frame_name` gives the seed's jpg name of
 such a frame (25 fps frame number: 0.4 s -> 0010.jpg).
 
 Writing (`write_audio`, `write_video`) picks the container from the file's extension and is atomic (a
@@ -184,7 +185,10 @@ def video_frames(path, interval=0.4):
 
     For k = 1, 2, ... the frame whose presentation time (from the stream's start) is nearest to k * interval
     (a tie goes to the later frame); a time past the last frame by more than half a frame period ends the
-    iteration. Frames are decoded in order, without seeking; only the chosen ones are converted to RGB.
+    iteration. Each decoded frame is yielded at most once: when several sampling times pick the same frame
+    (variable frame rate, a frame held longer than `interval`), it comes once, at its own time, so the times
+    yielded strictly increase. Frames are decoded in order, without seeking; only the chosen ones are
+    converted to RGB.
     """
     path = os.fspath(path)
     step = _fraction(interval)
@@ -201,6 +205,7 @@ def video_frames(path, interval=0.4):
         period = Fraction(1) / _fraction(rate) if rate else None
         start = stream.start_time
         k, previous, target = 1, None, step  # previous: (time, frame)
+        last_yielded = None  # time of the frame yielded last: one frame is never yielded twice
         try:
             for frame in container.decode(stream):
                 if frame.pts is not None:
@@ -217,7 +222,9 @@ def video_frames(path, interval=0.4):
                         chosen_time, chosen = previous
                     else:
                         chosen_time, chosen = now, frame
-                    yield float(chosen_time), chosen.to_ndarray(format="rgb24")
+                    if chosen_time != last_yielded:
+                        last_yielded = chosen_time
+                        yield float(chosen_time), chosen.to_ndarray(format="rgb24")
                     k += 1
                     target = k * step
                 previous = (now, frame)
@@ -226,10 +233,8 @@ def video_frames(path, interval=0.4):
         if previous is not None:
             last_time, last = previous
             half = period / 2 if period is not None else Fraction(0)
-            while target < last_time + half:
+            if target < last_time + half and last_time != last_yielded:
                 yield float(last_time), last.to_ndarray(format="rgb24")
-                k += 1
-                target = k * step
 
 
 def frame_name(time_seconds, fps=25):
