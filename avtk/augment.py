@@ -16,6 +16,9 @@ Every noise segment is a random T-sample crop of its source file; a source short
 (repeated) to T. Levels follow the seed: segment dB = 10·log10(mean(x²) + 1e-4) and the noise gain is
 sqrt(10^((dB_clean − dB_noise − snr)/10)). Outputs are not clipped or renormalised.
 
+A source recording that is silent (every sample zero) is an error naming it, whatever its kind (noise, music,
+speech, RIR): scaled to an SNR or normalised to unit energy it would add nothing, and the augmentation would
+silently be a no-op. Samples that are not finite are refused by the reader (avtk.io.audio).
 Sources are Kaldi data directories (``wav.scp``, read through `avtk.io.audio`, 16 kHz) such as
 data/musan_noise, data/musan_music, data/musan_speech and data/rirs; `avtk make-augment-sources` writes
 synthetic ones (avtk.synth.augment_sources). All randomness comes from the generator passed to each call, so a sample's augmentation is
@@ -99,6 +102,10 @@ class _Source:
         wave = self.cache.get(utt)
         if wave is None:
             wave = load_audio(utt, self.sources[utt])
+            if not np.any(wave):  # finite samples are checked by the reader; silence would add nothing
+                raise AvtkError(f"utterance {utt}: {self.kind} source {self.sources[utt].location} of "
+                                f"{self.data_dir} is silent (all samples zero): it cannot augment anything; "
+                                "remove it from the source dir")
             if self.budget.take(wave.nbytes):
                 self.cache[utt] = wave
         return utt, wave
@@ -208,12 +215,9 @@ class WaveAugment:
 
     def _reverb(self, x, rng):
         source = self.sources["rir_dir"]
-        utt, rir = source.pick(rng)
-        energy = float(np.sum(np.asarray(rir, dtype=np.float64) ** 2))
-        if not energy > 0 or not np.isfinite(energy):
-            raise AvtkError(f"utterance {utt}: RIR {source.sources[utt].location} of {source.data_dir} "
-                            "has no energy")
-        rir = np.asarray(rir, dtype=np.float64) / np.sqrt(energy)
+        _, rir = source.pick(rng)  # not silent (_Source.get)
+        rir = np.asarray(rir, dtype=np.float64)
+        rir /= np.sqrt(np.sum(rir ** 2))
         return fft_convolve(x.astype(np.float64), rir)[:len(x)].astype(np.float32)
 
     def _additive(self, arg, snr_range, clean_db, length, rng):

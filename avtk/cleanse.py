@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avtk.errors import AvtkError
+from avtk.scoring import check_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def utterance_vectors(table, utts, where, required):
     A matrix is reduced to the mean of its L2-normalised rows; every vector is then L2-normalised (so
     vectors and matrices, and extractors of any scale, are on one footing). A missing key is an AvtkError naming the
     utterance when `required`, else left out (so is a 0-row matrix, which is counted as missing).
-    Non-finite values, zero vectors and mismatched dimensions are errors naming the utterance.
+    Non-finite values and zero vectors (`avtk.scoring.check_embeddings`, the rule `avtk score` applies) and
+    mismatched dimensions are errors naming the utterance.
     """
     out = {}
     dim = None
@@ -102,14 +104,11 @@ def utterance_vectors(table, utts, where, required):
                 if required:
                     raise AvtkError(f"{where}: empty embedding for utterance {utt!r}")
                 continue
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            if not np.all(np.isfinite(x)) or np.any(norms == 0):
-                raise AvtkError(f"{where}: utterance {utt!r}: embedding has a zero or non-finite row")
-            x = (x / norms).mean(axis=0)
+            check_embeddings(x[None], [utt], where)
+            x = (x / np.linalg.norm(x, axis=1, keepdims=True)).mean(axis=0)
         elif x.ndim != 1 or x.size == 0:
             raise AvtkError(f"{where}: utterance {utt!r}: expected a vector or a matrix, got shape {x.shape}")
-        if not np.all(np.isfinite(x)) or not np.any(x):
-            raise AvtkError(f"{where}: utterance {utt!r}: embedding is zero or not finite")
+        check_embeddings(x[None], [utt], where)
         if dim is None:
             dim = x.shape[0]
         elif x.shape[0] != dim:

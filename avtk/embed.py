@@ -65,7 +65,27 @@ def load_network(path, device="cpu"):
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
         raise AvtkError(f"{path}: the weights do not fit the network of its config: {first}") from None
+    check_weights(net, path)
     return net.to(device).eval(), blob["config"], blob
+
+
+def check_weights(net, path):
+    """AvtkError naming the model file and the first parameter or buffer of `net` that holds a NaN or an
+    infinity (a diverged training run, a damaged file): such a network embeds nothing usable."""
+    for name, tensor in list(net.named_parameters()) + list(net.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise AvtkError(f"{path}: the weights hold NaN or infinite values ({count} of the {tensor.numel()} "
+                            f"values of {name}): the model is unusable")
+
+
+def check_outputs(emb, keys):
+    """`emb` (n, dim) numpy embeddings of `keys` from a network, unless one holds a NaN or an infinity or is all
+    zeros (avtk.scoring.check_embeddings): then an AvtkError naming the first such key."""
+    from avtk.scoring import check_embeddings
+
+    check_embeddings(emb, keys, "the network's output")
+    return emb
 
 
 def load_model(path, device="cpu"):
@@ -127,7 +147,9 @@ def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, 
     """Yield (key, embedding np.float32) for (key, array) items; arrays are features (frames, dim) or audio.
 
     Items that give no frames are not embedded; their keys are appended to `skipped`. fused: run the network
-    prepare_for_inference gives (fused=False: `net` as it is; the embeddings agree within 1e-4).
+    prepare_for_inference gives (fused=False: `net` as it is; the embeddings agree within 1e-4). An embedding
+    that is not finite or all zeros is an AvtkError naming its key (`check_outputs`); the inputs were checked
+    where they were read (avtk.io.audio, avtk.io.ark).
     """
     skipped = [] if skipped is None else skipped
     if fused:
@@ -148,7 +170,7 @@ def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, 
                 continue
             feats, frames = feats[ok.to(feats.device)], frames[ok.to(frames.device)]
             feats = feats[:, :int(frames.max())]
-        emb = net.embed_features(feats, frames).float().cpu().numpy()
+        emb = check_outputs(net.embed_features(feats, frames).float().cpu().numpy(), keys)
         yield from zip(keys, emb)
 
 
@@ -173,7 +195,9 @@ def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=N
 
     def flush():
         x = torch.from_numpy(np.concatenate([images for _, images in pending])).to(device)
-        emb = F.normalize(net(x).float(), dim=1).cpu().numpy()
+        raw = net(x).float()
+        check_outputs(raw.cpu().numpy(), [utt for utt, images in pending for _ in images])
+        emb = F.normalize(raw, dim=1).cpu().numpy()
         start = 0
         for utt, images in pending:
             yield utt, emb[start:start + len(images)].mean(0)
@@ -239,6 +263,7 @@ def read_items(data_or_scp, input_type, keys=None):
     import kaldiio
 
     from avtk.data.table import read_dict
+    from avtk.io.ark import check_finite_value
     from avtk.io.audio import load_audio, read_wav_scp
 
     if input_type == "feats":
@@ -253,7 +278,11 @@ def read_items(data_or_scp, input_type, keys=None):
 
     def gen():
         for k in wanted:
-            x = np.asarray(kaldiio.load_mat(table[k]), np.float32) if input_type == "feats" else load_audio(k, table[k])
+            if input_type == "feats":
+                x = check_finite_value(np.asarray(kaldiio.load_mat(table[k]), np.float32),
+                                       f"{os.path.join(data_or_scp, 'feats.scp')}: utterance {k!r}")
+            else:
+                x = load_audio(k, table[k])
             if len(x) == 0:
                 skipped.append(k)
                 continue

@@ -1,5 +1,22 @@
-"""Verification metrics, exact and vectorised: one sort of the scores, ties handled as one threshold."""
+"""Verification metrics, exact and vectorised: one sort of the scores, ties handled as one threshold.
+
+Every function here refuses (ValueError) trials of one class only, NaN scores or LLRs, and infinite scores:
+no rate, cost or threshold is computed from a number that is not one. (An infinite LLR is a statement of
+certainty, as `pav_llrs` gives, and costs what it should.)
+"""
 import numpy as np
+
+
+def _finite(values, what="scores", allow_inf=False):
+    """values as float64, or ValueError naming the first trial (1-based) whose value is NaN (or infinite,
+    unless allow_inf)."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = np.isnan(values) if allow_inf else ~np.isfinite(values)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what} must be {'numbers' if allow_inf else 'finite numbers'}: trial {first + 1} "
+                         f"has {values[first]}")
+    return values
 
 
 def error_rates(scores, labels):
@@ -8,11 +25,8 @@ def error_rates(scores, labels):
     Returns (fnr, fpr, thresholds): at point k the trials with score >= thresholds[k] are accepted.
     Point 0 (threshold +inf) rejects everything: fnr 1, fpr 0; the last point accepts everything.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_tar, n_non = int(labels.sum()), int((~labels).sum())
-    if n_tar == 0 or n_non == 0:
-        raise ValueError(f"need both target and non-target trials (got {n_tar} target, {n_non} non-target)")
+    scores = _finite(scores)
+    labels, n_tar, n_non = _check_classes(labels)
     order = np.argsort(-scores, kind="stable")
     s, lab = scores[order], labels[order]
     last_of_tie = np.r_[s[1:] != s[:-1], True]  # equal scores are accepted together
@@ -66,7 +80,7 @@ def cllr(llrs, labels):
     `llrs` are natural-log likelihood ratios; an uninformative system (all LLRs 0) costs exactly 1 bit,
     a perfect one 0. Meaningful only for calibrated scores: raw cosines give arbitrary values.
     """
-    llrs = np.asarray(llrs, dtype=np.float64)
+    llrs = _finite(llrs, "LLRs", allow_inf=True)
     labels, _, _ = _check_classes(labels)
     c_tar = np.logaddexp(0.0, -llrs[labels]).mean()
     c_non = np.logaddexp(0.0, llrs[~labels]).mean()
@@ -116,7 +130,7 @@ def pav_llrs(scores, labels):
     are ordered. The fitted posterior p (at the empirical prior) becomes llr = logit(p) - logit(n_tar/n);
     blocks of only targets or only non-targets give +inf / -inf.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     labels, n_tar, n_non = _check_classes(labels)
     order = np.argsort(scores, kind="stable")
     s, lab = scores[order], labels[order].astype(np.float64)
@@ -145,7 +159,7 @@ def act_dcf(llrs, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
     cost is normalised as in `min_dcf`, by min(c_miss p, c_fa (1 - p)), so actDCF >= minDCF and 1 is the
     cost of the better trivial system. Meaningful only for calibrated scores (natural-log LLRs).
     """
-    llrs = np.asarray(llrs, dtype=np.float64)
+    llrs = _finite(llrs, "LLRs", allow_inf=True)
     labels, n_tar, n_non = _check_classes(labels)
     threshold = np.log(c_fa * (1.0 - p_target)) - np.log(c_miss * p_target)
     accept = llrs >= threshold

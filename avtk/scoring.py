@@ -2,7 +2,8 @@
 
 Everything is vectorised; nothing loops over trials in Python.
 
-Cosine. Each embedding may first have a mean vector subtracted (`mean`: of the scored table, or of another
+Embeddings that are scored must be finite and not all zeros (`check_embeddings`, the one rule for score,
+cleanse and verify). Cosine. Each embedding may first have a mean vector subtracted (`mean`: of the scored table, or of another
 table such as the training embeddings), then is L2-normalised; a trial's score is the dot product of its two
 unit vectors. An embedding may also be a (1+N, dim) matrix from `extract-embeddings --seed-crops N`: whole
 utterance first, then N crops; such trials score (cos(whole, whole) + mean of the NxN crop cosines) / 2, as
@@ -16,7 +17,8 @@ sigma_u (unbiased, n - 1 in the denominator). A trial (e, t) with raw score s th
 
     ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t) / 2
 
-so swapping enrollment and test gives the same score. Cohort statistics are computed once per distinct
+so swapping enrollment and test gives the same score. A sigma below MIN_SIGMA (no spread: the nearest cohort
+members are identical) is an error naming the utterance, not a huge score. Cohort statistics are computed once per distinct
 utterance, a piece of rows at a time on every usable core (a torch matrix product against the cohort, at most
 CHUNK_BYTES of scores held at once); then each trial is a gather and a few array operations. For crop sets
 the cohort statistics use the whole-utterance row (row 0) only, and normalise the crop-set score s above.
@@ -41,6 +43,7 @@ from avtk.errors import AvtkError
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_N = 300
+MIN_SIGMA = 1e-5  # the smallest AS-Norm cohort std: below it float32 rounding (~1e-7) is over 1 % of a score
 CHUNK_BYTES = 64 << 20  # the most utterance x cohort scores held at once (float32)
 PREVIEW = 5  # utterance ids quoted in an error
 
@@ -85,16 +88,25 @@ def unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
 
 
-def _nonfinite_error(bad, source):
+def _bad_rows_error(bad, source, what):
     more = f" ({len(bad)} utterances in all: {_preview(bad)})" if len(bad) > 1 else ""
-    return AvtkError(f"{source}: embedding of utterance {bad[0]!r} has NaN or infinite values{more}")
+    return AvtkError(f"{source}: embedding of utterance {bad[0]!r} {what}{more}")
 
 
-def _check_finite(matrix, keys, source):
-    """AvtkError naming the first key whose row of `matrix` (n, ...) has a NaN or an infinity."""
-    bad = ~np.isfinite(matrix.reshape(len(matrix), -1)).all(axis=1)
+def check_embeddings(matrix, keys, source):
+    """Raise AvtkError naming the first key whose embedding in `matrix` (n, dim), or crop set (n, 1+N, dim),
+    has a NaN or an infinity, or a row that is all zeros: the one rule for embeddings that are scored
+    (score, cleanse, verify, AS-Norm cohorts, extraction outputs). A zero vector has no direction, so it
+    has no cosine: it is an error, never a score of 0."""
+    matrix = np.asarray(matrix)
+    rows = matrix.reshape(len(matrix), -1, matrix.shape[-1])
+    bad = ~np.isfinite(rows).all(axis=(1, 2))
     if bad.any():
-        raise _nonfinite_error([keys[i] for i in np.flatnonzero(bad)], source)
+        raise _bad_rows_error([keys[i] for i in np.flatnonzero(bad)], source, "has NaN or infinite values")
+    zero = ~rows.any(axis=2).all(axis=1)
+    if zero.any():
+        raise _bad_rows_error([keys[i] for i in np.flatnonzero(zero)], source,
+                              "is all zeros (no direction, so no cosine)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,7 +175,8 @@ def check_duplicate_trials(trials, where="trials"):
 def embedding_matrix(table, keys, where="trials", source="embeddings"):
     """Stack the embeddings of `keys` (each must be in `table`): (n, dim), or (n, 1+N, dim) for crop sets.
 
-    A missing key, embeddings of different shapes, or a NaN/infinite value is an AvtkError.
+    A missing key, embeddings of different shapes, or a NaN/infinite or all-zero embedding
+    (`check_embeddings`) is an AvtkError.
     """
     missing = [k for k in keys if k not in table]
     if missing:
@@ -179,13 +192,14 @@ def embedding_matrix(table, keys, where="trials", source="embeddings"):
         odd = next(k for k in keys if np.shape(table[k]) != shape)
         raise AvtkError(f"{source}: embeddings of different shapes: {keys[0]!r} {shape}, "
                         f"{odd!r} {np.shape(table[odd])}") from None
-    _check_finite(emb, keys, source)
+    check_embeddings(emb, keys, source)
     return emb
 
 
 def _rows(table, source, whole_only=False):
     """(keys, matrix): every embedding of `table` as float32 rows; crop sets give all their rows, or only
-    the whole-utterance row 0 with whole_only. Checks shapes and finiteness."""
+    the whole-utterance row 0 with whole_only. Checks shapes, and finiteness and non-zero rows
+    (`check_embeddings`)."""
     keys = list(table)
     if not keys:
         raise AvtkError(f"{source}: empty table")
@@ -195,14 +209,15 @@ def _rows(table, source, whole_only=False):
         if len(shape) not in (1, 2) or shape[-1] != first[-1] or shape[-1] == 0:
             raise AvtkError(f"{source}: embeddings of different shapes: {keys[0]!r} {first}, {k!r} {shape}")
     dim = first[-1]
-    if whole_only:
-        matrix = np.stack([np.asarray(table[k], np.float32).reshape(-1, dim)[0] for k in keys])
-    else:
-        matrix = np.concatenate([np.asarray(table[k], np.float32).reshape(-1, dim) for k in keys])
-    if not np.isfinite(matrix).all():
-        used = 1 if whole_only else None  # the rows that were checked
-        bad = [k for k in keys if not np.isfinite(np.asarray(table[k], np.float32).reshape(-1, dim)[:used]).all()]
-        raise _nonfinite_error(bad, source)
+    used = 1 if whole_only else None  # the rows of each crop set that are used
+    parts = [np.asarray(table[k], np.float32).reshape(-1, dim)[:used] for k in keys]
+    matrix = np.concatenate(parts)
+    if not np.isfinite(matrix).all() or not matrix.any(axis=1).all():
+        bad = [k for k, part in zip(keys, parts) if not np.isfinite(part).all()]
+        if bad:
+            raise _bad_rows_error(bad, source, "has NaN or infinite values")
+        zero = [k for k, part in zip(keys, parts) if not part.any(axis=1).all()]
+        raise _bad_rows_error(zero, source, "is all zeros (no direction, so no cosine)")
     return keys, matrix
 
 
@@ -377,22 +392,39 @@ def cohort_stats(emb, cohort, top_n=DEFAULT_TOP_N, chunk_bytes=CHUNK_BYTES, work
     return mu, sigma
 
 
-def asnorm(raw, mu, sigma, ei, ti):
-    """Symmetric adaptive normalisation of raw trial scores, given each utterance's cohort mean and std."""
-    sigma = np.maximum(sigma, 1e-12)
+def asnorm(raw, mu, sigma, ei, ti, keys=None, source="cohort"):
+    """Symmetric adaptive normalisation of raw trial scores (float64 (T,)), given each utterance's cohort mean
+    and std (U,) and each trial's two utterance indices ei, ti (T,).
+
+    A std below MIN_SIGMA (the top-n cohort scores of an utterance have no spread: identical cohort members,
+    say) would divide the score by a rounding error; that is an AvtkError naming the utterance (keys[i]) and
+    `source`, never a score of 1e9.
+    """
+    used = np.zeros(len(sigma), bool)
+    used[ei], used[ti] = True, True
+    flat = np.flatnonzero(used & ~(sigma >= MIN_SIGMA))
+    if len(flat):
+        names = [repr(keys[i]) if keys is not None else f"#{i}" for i in flat]
+        more = f" ({len(flat)} utterances in all)" if len(flat) > 1 else ""
+        raise AvtkError(f"{source}: the top cohort scores of utterance {names[0]} have no spread (standard "
+                        f"deviation {sigma[flat[0]]:.3g} < {MIN_SIGMA:g}){more}: AS-Norm cannot normalise by "
+                        "it; the cohort's nearest members are identical (duplicate cohort embeddings?) or "
+                        "too few (raise --top-n)")
     raw = raw.astype(np.float64)
     return ((raw - mu[ei]) / sigma[ei] + (raw - mu[ti]) / sigma[ti]) / 2
 
 
 def score_trials(table, trials, mean=None, cohort=None, top_n=DEFAULT_TOP_N, where="trials",
-                 source="embeddings", workers=None):
+                 source="embeddings", workers=None, cohort_source="cohort"):
     """Score every trial: cosine of mean-subtracted unit embeddings, AS-Norm when a cohort is given.
 
     `table` maps utterance -> embedding (vector or crop set); `mean` (dim,) or None; `cohort` is the unit
     (K, dim) matrix from `make_cohort` (built with the same mean) or None. Returns the scores in trials
     order: float32 cosines, or float64 AS-Norm scores. Embeddings and cohort are float32 throughout, so an
     AS-Norm score carries an error of about 1e-7 / sigma (sigma is small for a small top_n). A missing
-    embedding, mixed shapes or NaN/infinite values are AvtkErrors (`where` names the trials, `source` the table).
+    embedding, mixed shapes, NaN/infinite values or an all-zero embedding are AvtkErrors (`where` names the
+    trials, `source` the table), and so is a cohort std below MIN_SIGMA (`asnorm`; `cohort_source` names the
+    cohort).
     """
     keys, ei, ti = key_index(trials)
     emb = _center_unit(embedding_matrix(table, keys, where, source), mean, source)
@@ -405,7 +437,7 @@ def score_trials(table, trials, mean=None, cohort=None, top_n=DEFAULT_TOP_N, whe
                         f"but the cohort has {np.shape(cohort)[-1]}")
     whole = np.ascontiguousarray(emb if emb.ndim == 2 else emb[:, 0])
     mu, sigma = cohort_stats(whole, cohort, top_n, workers=workers)
-    return asnorm(raw, mu, sigma, ei, ti)
+    return asnorm(raw, mu, sigma, ei, ti, keys, cohort_source)
 
 
 def cosine_scores(table, trials, subtract_mean=None, where="trials"):

@@ -37,7 +37,7 @@ import os
 import numpy as np
 import torch
 
-from avtk.embed import load_network, prepare_for_inference, read_model_file
+from avtk.embed import check_outputs, load_network, prepare_for_inference, read_model_file
 from avtk.errors import AvtkError
 from avtk.io.atomic import torch_save
 
@@ -137,14 +137,16 @@ def speaker_embedding(net, wave, path, device="cpu"):
     if net.frontend.num_frames(len(wave)) < 1:
         raise AvtkError(f"audio file {path} is too short: {len(wave)} samples give no feature frames")
     x = torch.from_numpy(np.asarray(wave, np.float32))[None].to(device)
-    return net(x)[0].float().cpu().numpy()
+    return check_outputs(net(x).float().cpu().numpy(), [path])[0]
 
 
-def cosine(a, b):
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        raise AvtkError("an embedding is all zeros: cannot compute a cosine")
-    return float(np.dot(a, b) / (na * nb))
+def cosine(a, b, names=("a", "b")):
+    """The cosine of two embeddings; one that is not finite or all zeros is an AvtkError naming it (`names`),
+    by the rule `avtk score` applies (avtk.scoring.check_embeddings)."""
+    from avtk.scoring import check_embeddings
+
+    check_embeddings(np.stack([a, b]), list(names), "verify")
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 # ---------------------------------------------------------------------------------------------- faces
@@ -196,10 +198,12 @@ class FaceReader:
 
 
 @torch.inference_mode()
-def face_embedding(net, images, device="cpu"):
+def face_embedding(net, images, device="cpu", label="face"):
     """The mean of the L2-normalised embeddings of a stack of RGB uint8 images (as avtk.embed.embed_faces)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return torch.nn.functional.normalize(net(x).float(), dim=1).mean(0).cpu().numpy()
+    raw = net(x).float()
+    check_outputs(raw.cpu().numpy(), [label] * len(raw))
+    return torch.nn.functional.normalize(raw, dim=1).mean(0).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -228,9 +232,9 @@ def load_calibration(path, names=None):
 
 def calibrated_llr(model, scores):
     """The LLR of one trial from {modality: score}; the others are missing (their subset calibration applies)."""
-    row = np.full((1, len(model.modalities)), np.nan)
+    row = np.full((1, len(model.modalities)), np.nan)  # NaN means missing to FusionModel.apply
     for name, value in scores.items():
-        row[0, model.modalities.index(name)] = value
+        row[0, model.modalities.index(name)] = check_number(f"{name} score", value)
     fused, _ = model.apply(row)
     return float(fused[0])
 
@@ -239,7 +243,11 @@ def calibrated_llr(model, scores):
 
 
 def decide(speaker_score, threshold=None, llr=None, fused_llr=None, prior=0.5):
-    """[(key, value)] lines of the decision (see the module doc for the order of the rules)."""
+    """[(key, value)] lines of the decision (see the module doc for the order of the rules). A score, LLR or
+    threshold that is given but not a finite number is an AvtkError: no decision is made from it."""
+    for name, value in (("speaker score", speaker_score), ("llr", llr), ("fused llr", fused_llr),
+                        ("stored threshold", None if threshold is None else threshold["threshold"])):
+        check_number(name, value)
     llr_threshold = math.log((1.0 - prior) / prior)
     if fused_llr is not None:
         return [("decided_by", "fused_llr"), ("llr_threshold", _num(llr_threshold)),
@@ -252,6 +260,14 @@ def decide(speaker_score, threshold=None, llr=None, fused_llr=None, prior=0.5):
     if llr is not None:
         return [("decided_by", "llr"), ("llr_threshold", _num(llr_threshold)), ("decision", _same(llr > llr_threshold))]
     return [("note", NO_THRESHOLD)]
+
+
+def check_number(name, value):
+    """`value` unless it is a number that is not finite (None passes): AvtkError `the <name> is <value>, not a
+    finite number: no decision is made`."""
+    if value is not None and not math.isfinite(float(value)):
+        raise AvtkError(f"the {name} is {float(value)}, not a finite number: no decision is made")
+    return value
 
 
 def _num(x):
@@ -293,7 +309,7 @@ def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, f
         wave, what = read_audio(path, rate, channel)
         log.info("%s", what)
         embeddings.append(speaker_embedding(net, wave, path, device))
-    speaker_score = cosine(*embeddings)
+    speaker_score = cosine(*embeddings, names=(audio_a, audio_b))
     lines = [("speaker_score", _num(speaker_score))]
     face_score, face_blob = None, None
     if face_a is not None:
@@ -306,7 +322,7 @@ def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, f
         for label, source in (("--face-a", face_a), ("--face-b", face_b)):
             images, what = reader.images(label, source)
             log.info("%s", what)
-            means.append(face_embedding(fnet, images, device))
+            means.append(face_embedding(fnet, images, device, f"{label} {source}"))
         face_score = float(np.dot(means[0], means[1]))
         lines.append(("face_score", _num(face_score)))
     llr = fused_llr = None
@@ -323,6 +339,8 @@ def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, f
     lines += decide(speaker_score, stored_threshold(blob), llr, fused_llr, prior)
     face_threshold = stored_threshold(face_blob) if face_blob is not None else None
     if face_threshold is not None:
+        check_number("face score", face_score)
+        check_number("stored face threshold", face_threshold["threshold"])
         lines += [("face_threshold", _num(face_threshold["threshold"])),
                   ("face_decision", _same(face_score >= face_threshold["threshold"]))]
     return lines

@@ -281,6 +281,21 @@ def test_missing_or_empty_source_dirs_are_errors_naming_them(tmp_path, sources):
         WaveAugment(types=("clean", "echo"))
 
 
+def test_silent_sources_are_errors_whatever_their_kind(tmp_path):
+    """One rule for silent MUSAN files and silent RIRs: an error naming the file (a silent noise file made the
+    augmentation a no-op without a word)."""
+    for kind, arg, aug_type in (("noise", "noise_dir", "noise"), ("music", "music_dir", "music"),
+                                ("rir", "rir_dir", "reverb")):
+        silent = tmp_path / f"{kind}.wav"
+        write_wav(silent, np.zeros(8000, np.float32))
+        write_dict(tmp_path / kind / "wav.scp", {f"{kind}1": str(silent)})
+        aug = WaveAugment(**{arg: tmp_path / kind}, types=(aug_type,))
+        with pytest.raises(AvtkError) as err:
+            aug(speech_like(), np.random.default_rng(0))
+        assert str(err.value) == (f"utterance {kind}1: {kind} source {silent} of {tmp_path / kind} is silent (all "
+                                  "samples zero): it cannot augment anything; remove it from the source dir")
+
+
 # ---------------------------------------------------------------------------------------------- spec_augment
 
 def test_spec_augment_masks_at_most_the_stated_widths():

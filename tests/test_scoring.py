@@ -240,7 +240,7 @@ def test_cli_input_errors(tmp_path):
     lines = tr.read_text().splitlines()
     dup = tmp_path / "dup"
     dup.write_text("\n".join(lines[:6] + [lines[2]] + lines[6:]) + "\n")
-    assert f"{dup}: duplicate trial {lines[2].rsplit(' ', 1)[0]} at line 7 (first at line 3)" in error(
+    assert f"{dup}:7: duplicate trial {lines[2].rsplit(' ', 1)[0]} (first at line 3)" in error(
         "--trials", dup, emb, out)
 
     bad = tmp_path / "bad"
@@ -251,9 +251,10 @@ def test_cli_input_errors(tmp_path):
     nan["u004"] = nan["u004"].copy()
     nan["u004"][3] = np.nan
     nan_emb = write_table(tmp_path / "nan", nan)
-    msg = error("--trials", tr, nan_emb, out)
-    assert re.search(r"embedding of utterance 'u004' has NaN or infinite values", msg)
-    assert "NaN" in error("--trials", tr, "--mean-from", nan_emb, emb, out)
+    msg = error("--trials", tr, nan_emb, out)  # the table reader's rule: key, file and line
+    assert f"ERROR [avtk score] {nan_emb}: key 'u004' ({nan_emb[4:]}:5): NaN or infinite value at index 3" in msg
+    assert f"{nan_emb}: key 'u004' ({nan_emb[4:]}:5): NaN" in error("--trials", tr, "--mean-from", nan_emb, emb,
+                                                                    out)
 
     assert "alternatives" in error("--trials", tr, "--subtract-mean", "--mean-from", emb, emb, out)
     assert "--cohort-utt2spk needs --cohort" in error("--trials", tr, "--cohort-utt2spk", tr, emb, out)
@@ -263,6 +264,44 @@ def test_cli_input_errors(tmp_path):
     proc = avtk("score", "--trials", tr, "--cohort", emb, "--top-n", 1, emb, out, check=False)  # a usage error
     assert proc.returncode == 2 and "argument --top-n: 1 is out of range (must be >= 2)" in proc.stderr
     assert not out.exists()
+
+
+def test_cli_zero_embedding_and_flat_cohort_are_errors(tmp_path):
+    """Degenerate statistics: an all-zero embedding has no cosine (score, cleanse and verify share the rule);
+    a cohort whose top-n scores have no spread gives no AS-Norm score (it gave +-5e9)."""
+    table, trials, cohort_table = random_problem(9, n_trials=10)
+    out = tmp_path / "scores"
+    zero = dict(table, u004=np.zeros(16, np.float32))
+    proc = avtk("score", "--trials", write_trials(tmp_path / "trials", trials), write_table(tmp_path / "z", zero),
+                out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"ERROR [avtk score] scp:{tmp_path}/z.scp: embedding of utterance 'u004' is all zeros (no direction, so "
+        "no cosine)")
+    flat = write_table(tmp_path / "flat", {f"c{i}": cohort_table["c000"] for i in range(8)})  # identical members
+    proc = avtk("score", "--trials", tmp_path / "trials", "--cohort", flat, "--top-n", 4,
+                write_table(tmp_path / "emb", table), out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
+    error = proc.stderr.strip().splitlines()[-1]
+    assert f"ERROR [avtk score] {flat}: the top cohort scores of utterance '{trials.enroll[0]}' have no spread " \
+        "(standard deviation 0 < 1e-05)" in error and "utterances in all)" in error and "duplicate cohort" in error
+
+
+def test_check_embeddings_is_the_one_rule():
+    from avtk.scoring import check_embeddings, embedding_matrix, make_cohort
+
+    ok = np.ones((2, 3, 4), np.float32)
+    check_embeddings(ok, ["a", "b"], "t")
+    crops = ok.copy()
+    crops[1, 2] = 0  # one zero crop row of a crop set
+    with pytest.raises(AvtkError, match=r"^t: embedding of utterance 'b' is all zeros"):
+        check_embeddings(crops, ["a", "b"], "t")
+    with pytest.raises(AvtkError, match=r"^t: embedding of utterance 'a' has NaN or infinite values \(2 utterances"):
+        check_embeddings(np.full((2, 4), np.inf), ["a", "b"], "t")
+    with pytest.raises(AvtkError, match="'z' is all zeros"):
+        embedding_matrix({"a": np.ones(4), "z": np.zeros(4)}, ["a", "z"], source="t")
+    with pytest.raises(AvtkError, match="^cohort: embedding of utterance 'z' is all zeros"):
+        make_cohort({"a": np.ones(4), "z": np.zeros(4)})
 
 
 def test_cli_unlabeled_trials_and_read_trials_roundtrip(tmp_path):

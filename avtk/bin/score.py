@@ -90,7 +90,8 @@ def main(args):
         log.info("AS-Norm cohort: %d %s from %s, top %d", len(names), "speakers" if utt2spk else "embeddings",
                  args.cohort, min(args.top_n, len(names)))
     start = time.perf_counter()
-    scores = score_trials(table, trials, mean, cohort, args.top_n, where=args.trials, source=args.rspecifier)
+    scores = score_trials(table, trials, mean, cohort, args.top_n, where=args.trials, source=args.rspecifier,
+                          cohort_source=args.cohort)
     log.debug("scored in %.2f s", time.perf_counter() - start)
 
     names = {1: " target", 0: " nontarget"}

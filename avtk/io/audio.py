@@ -18,13 +18,29 @@ Files whose extension is in `avtk.io.media.MEDIA_EXTENSIONS` (.m4a .mp4 .aac .mk
 VoxCeleb2's m4a and mp4) are decoded with PyAV (`avtk.io.media.read_audio`, AAC priming removed) at their native
 rate and then follow the rules above like any other file; all else is read with libsndfile.
 
-Every failure (missing, empty or corrupt file, failing pipe, wrong rate, segment out of range) is an
-`AvtkError` naming the utterance and the file or command.
+Sample values. Every sample read (file or pipe) must be finite, and no float sample may lie beyond
+±`MAX_AMPLITUDE` (32768, the full scale of 16-bit PCM: float wavs are sometimes written at that scale, and
+the log-mel features with mean normalisation do not mind the gain; anything larger, such as 1e30, is no
+recording at any PCM scale and would overflow the float32 power spectrum). Either is an error naming the
+utterance, the file and the first offending sample.
+
+Truncated files. A file given by path whose header declares more audio than the file holds (the file was cut
+short while copying or writing) is an error naming the declared and the present duration, instead of being
+read as a shorter utterance: libsndfile reports the declared size of the audio data chunk (WAV and its
+variants, AIFF) in its log (`data : DECLARED (should be PRESENT)`) and `read_file` compares it with what it
+reads. A declared size of at least `UNKNOWN_SIZE` bytes is a placeholder that streaming writers put in a
+header they cannot go back to fix, and means "unknown length": the file is read to its end. A pipe's output
+is read as it arrives (its header may not know its length). Media files detect truncation themselves
+(`avtk.io.media`), FLAC through its decoder.
+
+Every failure (missing, empty, truncated or corrupt file, failing pipe, non-finite or absurd samples, wrong
+rate, segment out of range) is an `AvtkError` naming the utterance and the file or command.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,6 +59,10 @@ from avtk.io.resample import resample as _resample
 SAMPLE_RATE = 16000
 MAX_OVERSHOOT = 0.5  # seconds a segment may end past its recording (clipped), as Kaldi's extract-segments
 _STDERR_TAIL = 800
+MAX_AMPLITUDE = 32768.0  # the largest |float sample| accepted: the full scale of 16-bit PCM (module doc)
+UNKNOWN_SIZE = 0x7FFF0000  # declared data sizes from here up are streaming placeholders (0x7FFFF000, 0xFFFFFFFF)
+# libsndfile's log line for an audio data chunk whose declared size differs from what the file holds
+_DECLARED = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,7 @@ def _read_pipe(utt, location):
     except (RuntimeError, TypeError, ValueError) as err:  # soundfile.LibsndfileError is a RuntimeError
         raise AvtkError(f"utterance {utt}: output of command '{command}' is not readable audio: "
                         f"{_sf_error(err)}") from None
+    check_samples(data, rate, f"utterance {utt}: output of command '{command}'")
     return data, rate, f"command '{command}'"
 
 
@@ -163,25 +184,104 @@ def _fix_streamed_wav_header(data):
     return None
 
 
-def read_file(path, utt=None):
-    """(float32 (samples, channels), native sample rate) of an audio or media file. Errors name the file, after
-    `utterance <utt>: ` when utt is given."""
-    where = "" if utt is None else f"utterance {utt}: "
+def check_samples(data, rate, what):
+    """Raise AvtkError(`what` has ...) unless every sample of `data` (float, any shape with samples first) is
+    finite and within ±MAX_AMPLITUDE; the message gives the first offending sample and its time (rate Hz)."""
+    data = np.asarray(data)
+    if data.size == 0 or (np.isfinite(data).all() and np.abs(data).max() <= MAX_AMPLITUDE):
+        return
+    flat = data.reshape(len(data), -1)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(flat) | (np.abs(flat) > MAX_AMPLITUDE)
+    row, col = np.argwhere(bad)[0]
+    value = flat[row, col]
+    kind = "a NaN or infinite sample" if not np.isfinite(value) else \
+        f"a sample of {value:.3g}, beyond ±{MAX_AMPLITUDE:g} (the 16-bit full scale)"
+    count = int(bad.sum())
+    more = f" ({count} such samples)" if count > 1 else ""
+    raise AvtkError(f"{what} has {kind} at sample {row} ({row / rate:.3f} s){more}")
+
+
+def _check_declared(path, log_text, frames, rate, where):
+    """AvtkError when libsndfile's log says the audio data chunk holds less than its header declares."""
+    match = _DECLARED.search(log_text or "")
+    if match is None:
+        return
+    declared, present = int(match.group(1)), int(match.group(2))
+    if present >= declared or declared >= UNKNOWN_SIZE:
+        return
+    if frames == 0:
+        raise AvtkError(f"{where}audio file {path} is truncated: its header declares {declared} bytes of "
+                        f"audio but the file holds {present}")
+    frame_bytes = max(1, present // frames)
+    if declared // frame_bytes <= frames:
+        return
+    raise AvtkError(f"{where}audio file {path} is truncated: its header declares "
+                    f"{declared // frame_bytes / rate:.3f} s ({declared // frame_bytes} samples) but the file "
+                    f"holds {frames / rate:.3f} s ({frames} samples)")
+
+
+def _open_file(path, where):
+    """The open soundfile.SoundFile of `path` after the checks that need no decoding (exists, not empty,
+    readable header, not truncated); the caller closes it. Media files are not for this (read_file)."""
     if not os.path.exists(path):
         raise AvtkError(f"{where}audio file {path} does not exist")
     if os.path.isdir(path):
         raise AvtkError(f"{where}audio file {path} is a directory")
     if os.path.getsize(path) == 0:
         raise AvtkError(f"{where}audio file {path} is empty (0 bytes)")
-    if os.path.splitext(path)[1].lower() in media.MEDIA_EXTENSIONS:
-        try:
-            return media.read_audio(path)
-        except AvtkError as err:
-            raise AvtkError(f"{where}{err}") from None
     try:
-        return sf.read(path, dtype="float32", always_2d=True)
+        f = sf.SoundFile(path)
     except (RuntimeError, TypeError, ValueError, OSError) as err:
         raise AvtkError(f"{where}cannot read audio file {path}: {_sf_error(err)}") from None
+    try:
+        _check_declared(path, f.extra_info, f.frames, f.samplerate, where)
+    except AvtkError:
+        f.close()
+        raise
+    return f
+
+
+def is_media(path):
+    """True for a file decoded by PyAV rather than libsndfile (extension in avtk.io.media.MEDIA_EXTENSIONS)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in media.MEDIA_EXTENSIONS
+
+
+def file_info(path, utt=None):
+    """(frames, sample rate) of a libsndfile-readable file from its header, without decoding it; a missing,
+    unreadable or truncated file is an AvtkError (after `utterance <utt>: ` when utt is given). Media files
+    (`is_media`) need decoding to know their length and are refused here."""
+    where = "" if utt is None else f"utterance {utt}: "
+    if is_media(path):
+        raise AvtkError(f"{where}{path}: file_info reads libsndfile headers only, not media files")
+    with _open_file(path, where) as f:
+        return f.frames, f.samplerate
+
+
+def read_file(path, utt=None):
+    """(float32 (samples, channels), native sample rate) of an audio or media file. Errors name the file, after
+    `utterance <utt>: ` when utt is given: a missing, empty, corrupt or truncated file (module doc), and
+    non-finite or absurd samples (`check_samples`)."""
+    where = "" if utt is None else f"utterance {utt}: "
+    if is_media(path):
+        if not os.path.exists(path):
+            raise AvtkError(f"{where}audio file {path} does not exist")
+        if os.path.isdir(path):
+            raise AvtkError(f"{where}audio file {path} is a directory")
+        if os.path.getsize(path) == 0:
+            raise AvtkError(f"{where}audio file {path} is empty (0 bytes)")
+        try:
+            data, rate = media.read_audio(path)
+        except AvtkError as err:
+            raise AvtkError(f"{where}{err}") from None
+    else:
+        with _open_file(path, where) as f:
+            try:
+                data, rate = f.read(dtype="float32", always_2d=True), f.samplerate
+            except (RuntimeError, TypeError, ValueError, OSError) as err:
+                raise AvtkError(f"{where}cannot read audio file {path}: {_sf_error(err)}") from None
+    check_samples(data, rate, f"{where}audio file {path}")
+    return data, rate
 
 
 def read_recording(utt, location):
