@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
+from avtk.data.table import read_text
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
 
@@ -161,10 +162,7 @@ class FusionModel:
         """Read a model written by `save` (YAML or JSON); anything malformed is an AvtkError naming the
         file and the key."""
         try:
-            with open(path, encoding="utf-8") as f:
-                d = yaml.safe_load(f)
-        except OSError as err:
-            raise AvtkError(f"cannot read model {path}: {err.strerror}") from None
+            d = yaml.safe_load(read_text(path, "model ", keys_only=True))  # the text rule of avtk.data.table
         except yaml.YAMLError as err:
             raise AvtkError(f"{path}: not a YAML/JSON model file: {err}") from None
         return cls.from_dict(d, where=os.fspath(path))

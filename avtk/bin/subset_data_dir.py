@@ -7,7 +7,7 @@ regenerated; all files are written sorted.
 """
 from avtk.command import count, make_parser
 from avtk.data.datadir import subset
-from avtk.errors import AvtkError
+from avtk.data.table import numbered_fields
 
 
 def get_parser():
@@ -24,11 +24,7 @@ def get_parser():
 
 
 def _ids(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.split()[0] for line in f if line.split()]
-    except OSError as err:
-        raise AvtkError(f"cannot read {path}: {err.strerror}") from None
+    return [fields[0] for _, fields, _ in numbered_fields(path, "list ")]
 
 
 def main(args):

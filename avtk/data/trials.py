@@ -77,13 +77,15 @@ _FORMS = {
 def read_trials(path, map_paths=False):
     """Read a trials file of any style (see module doc); with map_paths, apply `path_to_utt` to keys.
 
-    A malformed line, or a line in a different style from the file's first line, is an AvtkError
-    naming file:line. An empty file is an error too.
+    A malformed line, a line in a different style from the file's first line, and a trial (enroll, test)
+    that repeats an earlier one are AvtkErrors naming file:line (every command that reads trials applies
+    this one rule). An empty file is an error too. Lines are read by the text rule of avtk.data.table.
     """
     path = os.fspath(path)
     enroll, test, labels, linenos = [], [], [], []
     style = None
     first_line = None
+    seen = {}
     for lineno, fields, text in numbered_fields(path, "trials "):
         this = _style_of(fields)
         if this is None:
@@ -102,6 +104,9 @@ def read_trials(path, map_paths=False):
             lab, e, t = _SEED_LABELS[fields[0]], fields[1], fields[2]
         else:
             e, t, lab = fields[0], fields[1], None
+        first = seen.setdefault((e, t), lineno)
+        if first != lineno:
+            raise AvtkError(f"{path}:{lineno}: duplicate trial {e} {t} (first at line {first})")
         enroll.append(e)
         test.append(t)
         labels.append(lab)

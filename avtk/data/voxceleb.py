@@ -95,18 +95,11 @@ def _stem(rel):
 _SPACE = re.compile(r"\s")
 
 
-def _check_no_space(path, what):
-    if _SPACE.search(path):
-        raise AvtkError(f"{what} {path!r} contains white space, which a Kaldi table cannot hold")
-
-
 def _root(path, option, what):
     """The absolute path of an existing directory given as `option`, or an error saying what to pass."""
     if not os.path.isdir(path):
         raise AvtkError(f"{option} {path}: no such directory (pass {what})")
-    path = os.path.abspath(path)
-    _check_no_space(path, option)
-    return path
+    return os.path.abspath(path)  # white space is fine: a path is the rest of its wav.scp/frames.scp line
 
 
 def _frames_root(root, given, option):
@@ -459,8 +452,10 @@ def scan_utterances(root, ext, what):
         raise AvtkError(f"{root}: no <spk>/<video>/<utt>{ext} files ({what})")
     seen, utts = {}, []
     for rel in rels:
-        _check_no_space(rel, f"{root}: file")
         utt = path_to_utt(rel)
+        if _SPACE.search(rel):
+            raise AvtkError(f"{root}: file {rel!r} contains white space, so its utterance id {utt!r} would too, "
+                            "and a Kaldi key cannot (rename the file)")
         if utt in seen:
             raise AvtkError(f"{root}: {seen[utt]} and {rel} give the same utterance id {utt!r}")
         seen[utt] = rel

@@ -29,17 +29,11 @@ LANDMARKS = "landmarks.txt"
 
 
 def read_landmarks(utt, path):
-    """{frame name: (5, 2) float array} from a landmarks.txt; malformed lines are errors naming the line."""
+    """{frame name: (5, 2) float array} from a landmarks.txt, read by the text rule of avtk.data.table (a BOM
+    or CRLF is accepted; bad bytes or invisible characters are errors naming file:line, as are malformed
+    lines)."""
     table = {}
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError as err:
-        raise AvtkError(f"utterance {utt}: cannot read {path}: {err.strerror}") from None
-    for n, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
-            continue
+    for n, fields, line in numbered_fields(path, f"landmarks of utterance {utt}: "):
         try:
             points = np.array([float(v) for v in fields[1:]], dtype=np.float64)
         except ValueError:

@@ -34,7 +34,6 @@ and, when known, the key.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -46,6 +45,7 @@ import warnings
 import kaldiio
 import numpy as np
 
+from avtk.data.table import decode_lines
 from avtk.errors import AvtkError
 from avtk.io import atomic
 from avtk.io.atomic import temp_name
@@ -379,13 +379,24 @@ class _CheckedFile:
 
     kaldiio reads a value's payload with one `read(n)`; a short read would silently give a short vector.
     The 5-byte look-ahead kaldiio does for the value's format flag is exempt (a text value may be shorter).
+    kaldiio reads text values byte by byte: there a CR before a LF is dropped, so a text ark with CRLF line
+    endings reads as it would with LF (the rule for every text file, avtk.data.table).
     """
 
     def __init__(self, f):
         self.f = f
+        self._pending = b""  # a byte read ahead after a CR that was not followed by LF
 
     def read(self, size=-1):
-        data = self.f.read(size)
+        head, self._pending = self._pending, b""
+        if head and size == 1:
+            return head
+        data = head + self.f.read(size - len(head) if size is not None and size > 0 else size)
+        if size == 1 and data == b"\r":
+            after = self.f.read(1)
+            if after == b"\n":
+                return after
+            self._pending = after
         if size is not None and size > 1 and size != 5 and len(data) < size:
             raise _Truncated(f"unexpected end of file (wanted {size} bytes, got {len(data)})")
         return data
@@ -397,10 +408,13 @@ class _CheckedFile:
             return False
 
     def seek(self, *args):
+        if self._pending and args[1:] == (1,):
+            args = (args[0] - len(self._pending), 1)
+        self._pending = b""
         return self.f.seek(*args)
 
     def tell(self):
-        return self.f.tell()
+        return self.f.tell() - len(self._pending)
 
     def close(self):
         self.f.close()
@@ -488,6 +502,7 @@ class TableReader:
         where = self.rspecifier
         f, pipe = _open_input(self.ark, where)
         checked = _CheckedFile(f)
+        seen = {}  # key -> its position in the ark (1-based)
         last = None
         ok = False
         try:
@@ -503,6 +518,10 @@ class TableReader:
                     after = f" after key {last!r}" if last is not None else " at its first value"
                     self._fail(f"{where}: corrupt or truncated ark {self.ark}{after}: {_describe(err)}")
                     break
+                if key in seen:
+                    raise AvtkError(f"{where}: duplicate key {key!r} in {self.ark} (values {seen[key]} and "
+                                    f"{len(seen) + 1})")
+                seen[key] = len(seen) + 1
                 last = key
                 yield key, self._writable(array)
             ok = True
@@ -516,17 +535,21 @@ class TableReader:
         where = self.rspecifier
         f, pipe = _open_input(self.scp, where)
         fds = {}
+        first = {}  # key -> line
         ok = False
-        text = io.TextIOWrapper(f, encoding="utf-8")
         try:
-            for lineno, raw in enumerate(text, 1):
-                line = raw.strip()
+            for lineno, line, problem in decode_lines(f):  # the text rule of avtk.data.table
+                if problem:
+                    raise AvtkError(f"{self.scp}:{lineno}: {problem}")
+                line = line.strip()
                 if not line:
                     continue
                 fields = line.split(None, 1)
                 if len(fields) != 2:
                     raise AvtkError(f"{self.scp}:{lineno}: malformed scp line {line!r} (expected 'key location')")
                 key, value = fields
+                if first.setdefault(key, lineno) != lineno:
+                    raise AvtkError(f"{self.scp}:{lineno}: duplicate key {key!r} (first on line {first[key]})")
                 match = _SCP_VALUE.match(value)
                 path = match.group("path") if match else value
                 if not _is_input_pipe(path) and path not in fds:
@@ -549,7 +572,6 @@ class TableReader:
         finally:
             for fd in fds.values():
                 fd.close()
-            text.detach()  # leave `f` open: it is closed below (or is standard input)
             if pipe is not None:
                 pipe.finish(check=ok)
             elif f is not sys.stdin.buffer:
