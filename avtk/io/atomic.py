@@ -102,11 +102,14 @@ def make_dirs(path, what=None):
     path, what = os.fspath(path), os.fspath(what if what is not None else path)
     try:
         os.makedirs(path, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # path, or one of its parents, is a file
-        parent = path
-        while parent and not os.path.isfile(parent):
+    except (FileExistsError, NotADirectoryError):  # path, or one of its parents, is not a directory
+        blocker = parent = path
+        while parent and parent != os.path.dirname(parent):
+            if os.path.lexists(parent) and not os.path.isdir(parent):
+                blocker = parent
+                break
             parent = os.path.dirname(parent)
-        raise AvtkError(f"cannot write {what}: {parent or path} is not a directory") from None
+        raise AvtkError(f"cannot write {what}: {blocker} is not a directory") from None
     except OSError as err:
         raise write_error(what, err) from None
 

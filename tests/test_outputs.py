@@ -1,0 +1,205 @@
+"""Outputs that cannot be written (issue 12, kind 8): a path under a regular file (ENOTDIR), a directory where a
+file should be (EISDIR) and a full disk (/dev/full, or the atomic writers' temporary files sent to /dev/full
+in-process) give one ERROR line naming the output, exit 1, no traceback and no complete-looking output; stale
+temporary files of dead jobs are removed by the next writer. Tests run as root, so read-only directories
+(chmod) would not stop them: these are the failures root meets too. run.pl's logs: tests/test_jobs.py."""
+import os
+import subprocess
+import sys
+
+import kaldiio
+import numpy as np
+import pytest
+from PIL import Image
+
+from avtk import cli
+from avtk.errors import AvtkError
+from avtk.face.align import TEMPLATE_112
+from avtk.io import ark as arkio
+from avtk.io import atomic
+from conftest import SMALL_SPEAKER, avtk, run, write_model
+
+NO_SPACE = "No space left on device"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Embeddings and trials, a scores file, a small speaker model, a one-frame face directory with landmarks."""
+    root = tmp_path_factory.mktemp("outputs")
+    rng = np.random.default_rng(0)
+    kaldiio.save_ark(str(root / "emb.ark"), {f"u{i}": rng.standard_normal(8).astype(np.float32) for i in range(4)},
+                     scp=str(root / "emb.scp"))
+    (root / "trials").write_text("u0 u1 target\nu0 u2 nontarget\nu1 u3 nontarget\nu2 u3 target\n")
+    avtk("score", "--trials", root / "trials", f"scp:{root}/emb.scp", root / "scores.txt")
+    write_model(root / "model.pt", SMALL_SPEAKER)
+    (root / "raw").mkdir()
+    Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(root / "raw/0010.jpg")
+    (root / "raw/landmarks.txt").write_text("0010.jpg " + " ".join(map(str, TEMPLATE_112.ravel())) + "\n")
+    (root / "faces.scp").write_text(f"u1 {root}/raw\n")
+    return root
+
+
+# command name -> (argument list with OUT where the output goes, how users run it)
+COMMANDS = {
+    "score": lambda d: ["score", "--trials", d / "trials", f"scp:{d}/emb.scp", "OUT"],
+    "compute-metrics": lambda d: ["compute-metrics", "--json", "OUT", d / "scores.txt"],
+    "fuse": lambda d: ["fuse", "--method", "mean", "--out", "OUT", d / "scores.txt", d / "scores.txt"],
+    "split-scp": lambda d: ["split_scp", d / "emb.scp", "OUT", "part2.scp"],  # the utils/ script recipes call
+    "export": lambda d: ["export", "--model", d / "model.pt", "--format", "torchscript", "--no-check", "OUT"],
+    "extract-face-frames": lambda d: ["extract-face-frames", "--detector", "landmarks", d / "faces.scp", "aligned",
+                                      "OUT"],
+    "make-augment-sources": lambda d: ["make-augment-sources", "--num-noise", 1, "--num-music", 1, "--num-speech", 1,
+                                       "--num-rirs", 1, "OUT", "augdata"],
+}
+
+
+def call(name, inputs, out, cwd):
+    args = [out if a == "OUT" else a for a in COMMANDS[name](inputs)]
+    if args[0] == "split_scp":
+        return run(args, cwd=cwd, check=False)
+    return avtk(*args, cwd=cwd, check=False)
+
+
+def the_error(proc, command):
+    """The one ERROR line's message; the run must have exited 1 without a traceback."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, proc.stderr
+    head = f" ERROR [avtk {command}] "
+    assert head in errors[0], errors[0]
+    return errors[0].split(head, 1)[1]
+
+
+def leftovers(directory):
+    return sorted(p for p in os.listdir(directory) if p.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_output_under_a_regular_file(inputs, tmp_path, name):
+    (tmp_path / "afile").write_text("not a directory\n")
+    out, named = "afile/out.txt", "afile/out.txt"
+    if name == "make-augment-sources":  # an output directory: the error names the first file written there
+        out, named = "afile/sources", "afile/sources/noise/noise-0001.wav"
+    proc = call(name, inputs, out, tmp_path)
+    assert the_error(proc, name) == f"cannot write {named}: afile is not a directory"
+    assert (tmp_path / "afile").read_text() == "not a directory\n"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - {"make-augment-sources"}))  # its outputs are directories
+def test_output_that_is_a_directory(inputs, tmp_path, name):
+    (tmp_path / "outdir").mkdir()
+    proc = call(name, inputs, "outdir", tmp_path)
+    assert the_error(proc, name) == "cannot write outdir: Is a directory"
+    assert os.listdir(tmp_path / "outdir") == [] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - {"make-augment-sources"}))
+def test_output_on_a_full_disk(inputs, tmp_path, name):
+    proc = call(name, inputs, "/dev/full", tmp_path)
+    assert the_error(proc, name) == f"cannot write /dev/full: {NO_SPACE}"
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")  # written in place, never replaced
+    assert leftovers("/dev") == []
+
+
+def test_train_exp_that_cannot_be_a_directory(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for exp, blocker in (("afile/exp", "afile"), ("afile", "afile")):
+        proc = avtk("train", "--config", "none.yaml", "--train-data", "none", "--exp", exp, cwd=tmp_path, check=False)
+        assert the_error(proc, "train") == f"cannot write {exp}: {blocker} is not a directory"  # before reading
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every temporary file the atomic writers and the ark writer open for writing is /dev/full instead."""
+    real_open = open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax") and os.path.basename(os.fspath(path)).endswith(".tmp"):
+            return real_open("/dev/full", mode, *args, **kwargs)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+    monkeypatch.setattr(arkio, "open", fake_open, raising=False)
+
+
+def in_process(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    return subprocess.CompletedProcess(argv, rc, *capsys.readouterr())
+
+
+def test_verify_set_threshold_on_a_full_disk(inputs, tmp_path, capsys, full_disk):
+    model = tmp_path / "model.pt"
+    model.write_bytes((inputs / "model.pt").read_bytes())
+    proc = in_process(capsys, "verify", "--model", model, "--set-threshold", "0.3")
+    assert the_error(proc, "verify") == f"cannot write {model}: {NO_SPACE}"
+    assert model.read_bytes() == (inputs / "model.pt").read_bytes() and leftovers(tmp_path) == []
+
+
+def test_score_on_a_full_disk_in_process(inputs, tmp_path, capsys, full_disk):
+    out = tmp_path / "scores.txt"
+    proc = in_process(capsys, "score", "--trials", inputs / "trials", f"scp:{inputs}/emb.scp", out)
+    assert the_error(proc, "score") == f"cannot write {out}: {NO_SPACE}"
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+# ---- the ark writer ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, message", [
+    ("ark,scp:afile/e.ark,e.scp", "cannot write afile/e.ark: afile is not a directory"),
+    ("ark,scp:e.ark,afile/e.scp", "cannot write afile/e.scp: afile is not a directory"),
+    ("ark,scp:e.ark,outdir", "cannot write outdir: Is a directory"),
+    ("ark:/dev/full", f"cannot write /dev/full: {NO_SPACE}"),
+])
+def test_ark_writer_outputs_that_cannot_be_written(tmp_path, monkeypatch, spec, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(AvtkError) as err:
+        with arkio.open_writer(spec) as writer:
+            writer["u1"] = np.zeros(3, np.float32)
+    assert str(err.value) == message
+    assert sorted(os.listdir(tmp_path)) == ["afile", "outdir"]
+
+
+def test_ark_writer_full_disk_names_the_file(tmp_path, full_disk):
+    spec = f"ark,scp:{tmp_path}/e.ark,{tmp_path}/e.scp"
+    with pytest.raises(AvtkError, match=f"^cannot write {tmp_path}/e.ark: {NO_SPACE}$"):
+        with arkio.open_writer(spec) as writer:
+            writer["u1"] = np.zeros(3, np.float32)
+    assert os.listdir(tmp_path) == []
+
+
+def test_dev_null_is_written_in_place(tmp_path):
+    with arkio.open_writer(f"ark,scp:/dev/null,{tmp_path}/e.scp") as writer:
+        writer["u1"] = np.zeros(3, np.float32)
+    with atomic.atomic_open("/dev/null") as f:
+        f.write("x\n")
+    assert not os.path.isfile("/dev/null") and (tmp_path / "e.scp").read_text() == "u1 /dev/null:3\n"
+
+
+# ---- stale temporary files -------------------------------------------------------------------
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_dead_jobs_are_removed_live_ones_kept(inputs, tmp_path):
+    dead, live = dead_pid(), os.getpid()
+    for name in (f".scores.txt.{dead}.tmp", f".scores.txt.{live}.tmp", f".other.txt.{dead}.tmp"):
+        (tmp_path / name).write_text("partial")
+    (tmp_path / f".aligned.{dead}.tmp").mkdir()  # a killed extract-face-frames' directory
+    avtk("score", "--trials", inputs / "trials", f"scp:{inputs}/emb.scp", tmp_path / "scores.txt")
+    # other outputs' temporaries are left to their own writers
+    assert leftovers(tmp_path) == [f".aligned.{dead}.tmp", f".other.txt.{dead}.tmp", f".scores.txt.{live}.tmp"]
+    assert atomic.remove_stale(tmp_path / "aligned") == [str(tmp_path / f".aligned.{dead}.tmp")]
+    # the ark writer clears its own
+    (tmp_path / f".e.ark.{dead}.tmp").write_text("partial")
+    (tmp_path / f".e.scp.{dead}.tmp").write_text("partial")
+    with arkio.open_writer(f"ark,scp:{tmp_path}/e.ark,{tmp_path}/e.scp") as writer:
+        writer["u1"] = np.zeros(3, np.float32)
+    assert leftovers(tmp_path) == [f".other.txt.{dead}.tmp", f".scores.txt.{live}.tmp"]
