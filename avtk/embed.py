@@ -59,7 +59,12 @@ def load_network(path, device="cpu"):
     from avtk.models import build_network
 
     blob = read_model_file(path)
-    net = build_network(blob["config"]["model"])
+    try:
+        net = build_network(blob["config"]["model"])
+    except AvtkError as err:  # e.g. an unknown encoder: name the file whose config says so
+        raise AvtkError(f"{path}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise AvtkError(f"{path}: its config has no usable model section ({type(err).__name__}: {err})") from None
     try:
         net.load_state_dict(blob["model"])
     except (RuntimeError, TypeError, AttributeError) as err:

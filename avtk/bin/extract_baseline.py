@@ -31,7 +31,7 @@ def main(args):
     with open_writer(args.wspecifier) as writer:
         if args.modality == "audio":
             for utt, wave in AudioReader(args.data_dir, resample=args.resample):
-                writer[utt] = mean_mfcc(wave)
+                writer[utt] = mean_mfcc(wave, utt=f"{args.data_dir}: utterance {utt!r}")
                 n += 1
         else:
             for utt, frames_dir in read_dict(f"{args.data_dir}/frames.scp").items():

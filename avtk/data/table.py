@@ -163,3 +163,30 @@ def utt2spk_to_spk2utt(utt2spk):
     for utt in sorted(utt2spk):
         spk2utt.setdefault(utt2spk[utt], []).append(utt)
     return dict(sorted(spk2utt.items()))
+
+
+def main(argv=None):
+    """`python -m avtk.data.table [FILE]`: print FILE (default: standard input) as read by the module's rule
+    (BOM and CRs dropped), for shell helpers (utils/*) that read tables with awk; a rejected line is one
+    message naming file:line on standard error and exit status 1."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    path = args[0] if args else "-"
+    try:
+        if path == "-":
+            for lineno, text, problem in decode_lines(sys.stdin.buffer):
+                if problem:
+                    raise AvtkError(f"standard input:{lineno}: {problem}")
+                sys.stdout.write(text + "\n")
+        else:
+            for _, text in text_lines(path):
+                sys.stdout.write(text + "\n")
+    except AvtkError as err:
+        print(err, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
