@@ -230,7 +230,7 @@ class FusionModel:
                       the weighted mean of the available (normalised) scores times the sum of all weights,
                       i.e. a missing score is imputed by the weighted mean of the others.
         """
-        s = np.asarray(scores, dtype=np.float64)
+        s = check_scores(scores, self.modalities)
         if s.ndim != 2 or s.shape[1] != len(self.modalities):
             raise AvtkError(f"{self.method} model has {len(self.modalities)} modalities "
                             f"({', '.join(self.modalities)}), got {s.shape[-1]} score inputs")
@@ -276,6 +276,19 @@ class FusionModel:
         return np.asarray(self.subsets[key]["weights"]), self.subsets[key]["bias"]
 
 
+def check_scores(scores, modalities):
+    """scores as a float64 array, unless one is infinite (NaN means missing): AvtkError naming the trial
+    (row, 1-based) and the modality. No fusion, calibration or normalisation is computed from an infinity."""
+    s = np.asarray(scores, dtype=np.float64)
+    inf = np.isinf(s)
+    if inf.any():
+        row, col = (int(i) for i in np.argwhere(inf.reshape(len(s), -1))[0])
+        name = modalities[col] if s.ndim == 2 and col < len(modalities) else f"input {col + 1}"
+        raise AvtkError(f"{name} score of trial {row + 1} is {s.reshape(len(s), -1)[row, col]}: scores must be "
+                        "finite (a missing score is NaN)")
+    return s
+
+
 def norm_stats(scores, modalities):
     """{modality: {mean, std}} of the present (non-NaN) scores of each column; std 0 becomes 1."""
     stats = {}
@@ -299,7 +312,7 @@ def train_model(method, modalities, scores, labels=None, weights=None, prior=0.5
               proper subset on trials having that subset (for two modalities: each single modality,
               trained on every trial that has it, the other missing or not)
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = check_scores(scores, modalities)
     m = len(modalities)
     if method not in METHODS:
         raise AvtkError(f"unknown fusion method {method!r} (one of {', '.join(METHODS)})")

@@ -30,7 +30,8 @@ Reading (`open_reader`, `load_table`): ``ark:FILE``, ``scp:FILE``, ``ark:-``, ``
 Kaldi rspecifier options ``o``, ``s``, ``cs``, ``no``, ``ns``, ``ncs``, ``b``, ``t`` (accepted, no effect)
 and ``p`` (permissive: stop at the first unreadable value with a warning instead of failing). Every failure
 (missing file, truncated or corrupt ark, failing pipe) is an `AvtkError` naming the rspecifier, the file
-and, when known, the key.
+and, when known, the key. A value holding a NaN or an infinity is an error too, naming the key and the row
+(`check_finite_value`; even with ``p``, as it is no read failure): features and embeddings must be finite.
 """
 from __future__ import annotations
 
@@ -462,6 +463,21 @@ def _open_input(name, where):
 _SCP_VALUE = re.compile(r"^(?P<path>.*?):(?P<offset>\d+)(?P<range>\[[^\]]*\])?$")
 
 
+def check_finite_value(array, where):
+    """`array` itself when it holds no NaN or infinity; else an AvtkError `where: NaN or infinite value at
+    row R (of N), column C` (vectors: `at index I`). Every table value read here passes this check (module
+    doc), as must any feature matrix loaded another way (e.g. `kaldiio.load_mat` of one scp value)."""
+    values = np.asarray(array)
+    if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
+        return array
+    first = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
+    count = int((~np.isfinite(values)).sum())
+    at = f"at index {first[0]}" if values.ndim == 1 else \
+        f"at row {first[0]} (of {values.shape[0]}), column {first[1]}" if values.ndim == 2 else f"at {first}"
+    more = f" ({count} such values)" if count > 1 else ""
+    raise AvtkError(f"{where}: NaN or infinite value {at}{more}")
+
+
 class TableReader:
     """Iterate (key, array) over a Kaldi rspecifier, in table order; see the module docstring."""
 
@@ -523,7 +539,7 @@ class TableReader:
                                     f"{len(seen) + 1})")
                 seen[key] = len(seen) + 1
                 last = key
-                yield key, self._writable(array)
+                yield key, check_finite_value(self._writable(array), f"{where}: key {key!r}")
             ok = True
         finally:
             if pipe is not None:
@@ -567,7 +583,7 @@ class TableReader:
                 except Exception as err:
                     self._fail(f"{where}: key {key!r} ({self.scp}:{lineno}): cannot read {value}: {_describe(err)}")
                     break
-                yield key, self._writable(array)
+                yield key, check_finite_value(self._writable(array), f"{where}: key {key!r} ({self.scp}:{lineno})")
             ok = True
         finally:
             for fd in fds.values():
