@@ -382,3 +382,59 @@ def test_pipe_wav_with_streamed_header(tmp_path):
     (tmp_path / "s.wav").write_bytes(header + samples.tobytes())
     got = load_audio("u", f"cat {tmp_path / 's.wav'} |")
     np.testing.assert_array_equal(got * 32768, samples)
+
+
+# ---------------------------------------------------------------------------------------------- issue 12
+
+
+def test_copy_feats_refuses_nan_values_even_when_permissive(tmp_path):
+    table = {"a": np.ones((4, 3), np.float32), "b": np.ones((5, 3), np.float32)}
+    table["b"][2, 1] = np.nan
+    table["b"][4, 0] = np.inf
+    kaldiio.save_ark(str(tmp_path / "in.ark"), table, scp=str(tmp_path / "in.scp"))
+    out = tmp_path / "o"
+    for spec, where in ((f"ark,p:{tmp_path / 'in.ark'}", "key 'b'"),
+                        (f"scp:{tmp_path / 'in.scp'}", f"key 'b' ({tmp_path / 'in.scp'}:2)")):
+        proc = avtk("copy-feats", spec, f"ark,scp:{out / 'x.ark'},{out / 'x.scp'}", check=False)
+        errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(errors) == 1
+        assert errors[0].endswith(f"ERROR [avtk copy-feats] {spec}: {where}: NaN or infinite value at row 2 (of 5), "
+                                  "column 1 (2 such values)")
+        assert not (out / "x.ark").exists() and not (out / "x.scp").exists()
+
+
+def truncated_wav(path, seconds=1.8, kept=0.25, **write):
+    """A 16 kHz wav whose header declares `seconds` but whose file holds `kept` seconds (cut while copying)."""
+    x = (np.random.default_rng(0).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+    sf.write(tmp := path.with_suffix(".full" + path.suffix), x, 16000, **write)
+    data = tmp.read_bytes()
+    header = data.index(b"data") + 8
+    per_second = (len(data) - header) / seconds
+    path.write_bytes(data[:header + int(kept * per_second)])
+    tmp.unlink()
+    return path
+
+
+def test_truncated_wav_is_an_error_naming_both_lengths(tmp_path):
+    """The header declares 1.8 s, the file holds 0.25 s: compute-fbank fails (it read a 0.25 s utterance);
+    a pipe reads what arrives; a streamed header of unknown length (0xFFFFFFFF) is read to the end."""
+    cut = truncated_wav(tmp_path / "cut.wav", subtype="PCM_16")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text(f"u1 {cut}\n")
+    out = tmp_path / "fbank"
+    proc = avtk("compute-fbank", f"scp:{data}/wav.scp", f"ark,scp:{out}/f.ark,{out}/f.scp", check=False)
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(errors) == 1
+    assert errors[0].endswith(f"ERROR [avtk compute-fbank] utterance u1: audio file {cut} is truncated: its header "
+                              "declares 1.800 s (28800 samples) but the file holds 0.250 s (4000 samples)")
+    assert not (out / "f.ark").exists() and not (out / "f.scp").exists()
+    with pytest.raises(AvtkError, match=f"utterance u2: audio file {tmp_path / 'cutf.wav'} is truncated: its header "
+                                        r"declares 1\.800 s \(28800 samples\) but the file holds 0\.250 s"):
+        load_audio("u2", str(truncated_wav(tmp_path / "cutf.wav", subtype="FLOAT")))
+    assert len(load_audio("u3", f"cat {cut} |")) == 4000  # a pipe's header may not know its length
+    streamed = bytearray((tmp_path / "cut.wav").read_bytes())
+    at = streamed.index(b"data") + 4
+    streamed[at:at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    assert len(load_audio("u4", str(tmp_path / "streamed.wav"))) == 4000
