@@ -7,8 +7,10 @@ def get_parser():
         "Train a network with AAM-softmax on random crops of a Kaldi data dir. The YAML given by --config "
         "holds the sections model, loss, optim, scheduler, data, augment and runtime (see avtk/train/config.py "
         "for every key and its default); unknown keys are errors. Trailing `section.key=value` arguments "
-        "override it, e.g. `runtime.epochs=3 optim.lr=0.002`. The resolved config is written to EXP/config.yaml, "
-        "a checkpoint per epoch to EXP/checkpoints/, and EXP/avg_model.pt averages the last epochs. "
+        "override it, e.g. `runtime.epochs=3 optim.lr=0.002`; every key has a type and range, checked before any "
+        "work. The resolved config is written to EXP/config.yaml, a checkpoint per epoch to EXP/checkpoints/, and "
+        "EXP/avg_model.pt averages the last epochs. Utterances shorter than data.min_seconds are skipped and "
+        "listed in EXP/train_skipped.txt. "
         "Multi-GPU / multi-node: `torchrun --nproc_per_node N [--nnodes ...] -m avtk.cli train ...`.",
         config_file=False,
     )
@@ -17,7 +19,11 @@ def get_parser():
     p.add_argument("--exp", required=True, help="experiment directory")
     p.add_argument("--val-trials", help="trials file scored for a validation EER after every epoch")
     p.add_argument("--val-data", help="data dir of the validation utterances (default: the trials file's directory)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in EXP/checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last readable checkpoint in EXP/checkpoints (an unreadable one is named and "
+                        "the previous epoch's used); the config must equal the checkpoint's except for the keys of "
+                        "avtk.train.config.RESUME_MAY_CHANGE (runtime.epochs, log_interval, ..., data.num_workers), "
+                        "whose changes go to EXP/config_history.yaml; a validation lost to a kill is redone")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     return p
 
