@@ -4,6 +4,8 @@ every stage on a CPU (torchrun with one gloo process for training), then the --p
 the seed's checkpoint layouts, and the messages for missing inputs."""
 import os
 import shutil
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +147,116 @@ def test_seed_layout_data_and_frames_stages(tree, tmp_path):
     assert len((recipe / "data/vox1_O/feats.scp").read_text().splitlines()) == 3 * 2 * 3
     trials = (recipe / "data/vox1_O/trials").read_text()
     assert trials == (tree / "cdata/test/trials").read_text()
+
+
+# ---- several nodes: node 0 runs the data stages, the others wait for its markers (stubbed torchrun) ----------
+
+FAKE_TORCHRUN = """#!/usr/bin/env bash
+# Fake torchrun: records its arguments and what exp/sync/ holds, then exits with $FAKE_TORCHRUN_RC.
+echo "$*" >> "$(dirname "$0")/torchrun.args"
+ls exp/sync >> "$(dirname "$0")/torchrun.sync" 2>/dev/null || echo "no exp/sync" >> "$(dirname "$0")/torchrun.sync"
+exit "${FAKE_TORCHRUN_RC:-0}"
+"""
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """(a copy of egs/voxceleb without data, a bin dir with the fake torchrun)."""
+    recipe = tmp_path / "recipe"
+    shutil.copytree(REPO / "egs/voxceleb", recipe, symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "exp", "fbank", "frame_align"))
+    (recipe / "utils").unlink()
+    (recipe / "utils").symlink_to(UTILS)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "torchrun").write_text(FAKE_TORCHRUN)
+    (stubs / "torchrun").chmod(0o755)
+    return recipe, stubs
+
+
+NODE_ARGS = ["--layout", "official", "--nnodes", 2, "--gpus", 1, "--sync-poll", 0.1]
+
+
+def start_node(recipe, stubs, rank, *args):
+    from conftest import _env
+
+    err = open(recipe.parent / f"node{rank}.err", "w")
+    return subprocess.Popen([str(a) for a in ["./run.sh", *NODE_ARGS, "--node-rank", rank, *args]], cwd=recipe,
+                            env=_env(stubs), stdout=subprocess.DEVNULL, stderr=err, text=True)
+
+
+def wait_until(condition, seconds=30):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def tree_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "utils" not in p.parts)
+
+
+def test_node_1_waits_for_node_0_and_writes_no_shared_file(nodes):
+    recipe, stubs = nodes
+    before = tree_files(recipe)
+    proc = start_node(recipe, stubs, 1, "--stop-stage", 4, "--sync-timeout", 60)
+    err = recipe.parent / "node1.err"
+    wait_until(lambda: "Stage 2: node 0 runs it (this is node 1)" in err.read_text())
+    time.sleep(0.5)
+    assert proc.poll() is None and not (stubs / "torchrun.args").exists()  # waiting for node 0's stage 0
+    assert tree_files(recipe) == before
+    # node 0 (simulated) finishes stages 0-2: its files and markers appear on the shared file system
+    shared = ["data/vox2_dev/wav.scp", "data/vox2_dev/frames.scp", "exp/sync/stage.0.done",
+              "exp/sync/stage.1.done", "exp/sync/stage.2.done"]
+    for name in shared:
+        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
+        (recipe / name).write_text("")
+    wait_until(lambda: (stubs / "torchrun.args").exists())  # stage 3 trains together with node 0
+    time.sleep(0.5)
+    assert proc.poll() is None  # stage 4 waits for node 0's end of stage 3
+    (recipe / "exp/sync/stage.3.done").write_text("")
+    assert proc.wait(timeout=30) == 0, err.read_text()
+    calls = (stubs / "torchrun.args").read_text().splitlines()
+    assert len(calls) == 2 and all("--nnodes 2 --node_rank 1 " in c for c in calls)
+    assert "--exp exp/speaker " in calls[0] and "--exp exp/face " in calls[1]
+    assert tree_files(recipe) == sorted(set(before) | set(shared) | {"data", "data/vox2_dev", "exp", "exp/sync",
+                                                                     "exp/sync/stage.3.done"})
+    assert "done (node 1 of 2)" in err.read_text()
+
+
+def test_node_1_gives_up_after_the_sync_timeout(nodes):
+    recipe, stubs = nodes
+    proc = start_node(recipe, stubs, 1, "--stop-stage", 3, "--sync-timeout", 0.3)
+    assert proc.wait(timeout=30) == 1
+    err = (recipe.parent / "node1.err").read_text()
+    assert ("ERROR: node 1: waited 0.3s for exp/sync/stage.0.done (node 0's stage 0) before stage 3; is node 0 "
+            "running this script with the same exp/ on a shared file system?") in err
+    assert "Traceback" not in err and not (stubs / "torchrun.args").exists()
+
+
+def test_node_1_stops_when_node_0_fails(nodes):
+    recipe, stubs = nodes
+    proc = start_node(recipe, stubs, 1, "--stop-stage", 3, "--sync-timeout", 60)
+    err = recipe.parent / "node1.err"
+    wait_until(lambda: "Stage 2: node 0 runs it" in err.read_text())
+    (recipe / "exp/sync").mkdir(parents=True)
+    (recipe / "exp/sync/failed").write_text("exit 1 at now\n")
+    assert proc.wait(timeout=30) == 1
+    assert "ERROR: node 1: node 0 failed (exp/sync/failed: exit 1 at now); see node 0's output" in err.read_text()
+
+
+def test_node_0_clears_stale_markers_marks_its_stages_and_reports_failure(nodes, monkeypatch):
+    recipe, stubs = nodes
+    (recipe / "data/vox2_dev").mkdir(parents=True)
+    (recipe / "data/vox2_dev/wav.scp").write_text("")
+    (recipe / "exp/sync").mkdir(parents=True)
+    (recipe / "exp/sync/stage.0.done").write_text("")  # a killed run's
+    proc = start_node(recipe, stubs, 0, "--stage", 3, "--stop-stage", 3)
+    assert proc.wait(timeout=30) == 0, (recipe.parent / "node0.err").read_text()
+    assert (stubs / "torchrun.sync").read_text() == ""  # exp/sync/ cleared before the training
+    assert "--nnodes 2 --node_rank 0 " in (stubs / "torchrun.args").read_text()
+    assert not (recipe / "exp/sync").exists()  # removed at the end
+    monkeypatch.setenv("FAKE_TORCHRUN_RC", "3")
+    proc = start_node(recipe, stubs, 0, "--stage", 3, "--stop-stage", 3)
+    assert proc.wait(timeout=30) != 0
+    assert (recipe / "exp/sync/failed").read_text().startswith("exit 3 at ")

@@ -16,12 +16,15 @@ speaker_conf=conf/ecapa_l.yaml
 face_conf=conf/iresnet18.yaml
 train_opts=          # section.key=value overrides for both trainings, e.g. "runtime.epochs=40 data.num_workers=4"
 gpus=8               # GPUs per node for torchrun (0: plain CPU training, one process)
-nnodes=1             # torchrun multi-node: run this script on every node with its --node-rank
+nnodes=1             # torchrun multi-node: run this script on every node with its --node-rank (see --help)
 node_rank=0
 master_addr=localhost
 master_port=29500
+sync_timeout=172800  # multi-node: seconds a node > 0 waits for node 0's stages before it gives up
+sync_poll=10         # multi-node: seconds between its looks at exp/sync/
 nj=32                # parallel jobs of fbank, face frames and extraction ($cmd JOB=1:$nj)
-device=cpu           # extraction and face detection device (cuda with a GPU per job)
+device=cpu           # extraction and face detection device: cpu, or cuda (each job gets its own GPU:
+                     # \$cmd --gpu 1, see utils/run.pl); cuda:N pins every job to GPU N
 top_n=300            # AS-Norm cohort size (cohort: the training speakers' mean embeddings)
 cal_set=O            # the trial set logistic-regression fusion is trained on (applied to the others)
 
@@ -40,9 +43,18 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
     8  the metrics table -> exp/RESULTS.md
     9  audio-visual cleansing -> exp/cleanse/train_all_clean.txt, data/<train>_clean
     10 retrain the speaker network on the cleaned list and compare O/E/H EERs
+  Several nodes (--nnodes N): start this script on every node, with the same options, the same exp/ and
+  data/ on a shared file system, and its --node-rank 0..N-1. Node 0 runs every stage. The other nodes run
+  only the torchrun trainings (3, 4 and the retraining of 10; none with --pretrained): before each they wait
+  for node 0's marker exp/sync/stage.K.done of every earlier stage K of the range, looking every
+  --sync-poll seconds, and stop with an error after --sync-timeout seconds or when node 0 fails
+  (exp/sync/failed). They never write data/, fbank/, frame_align/ or the embeddings and scores.
+  Node 0 clears exp/sync/ when it starts and removes it when it ends: start node 0 first, or all nodes together.
+  --device cuda gives each extraction job its own GPU (\$cmd --gpu 1: run.pl sets CUDA_VISIBLE_DEVICES per job,
+  slurm.pl asks Slurm for --gres=gpu:1).
   Options: --stage --stop-stage --layout --vox2 --vox1 --vox2-dev --trials-dir --pretrained --speaker-conf
-           --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --nj --device --top-n
-           --cal-set"
+           --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --sync-timeout
+           --sync-poll --nj --device --top-n --cal-set"
 
 . ./path.sh
 . ./cmd.sh
@@ -55,7 +67,55 @@ check_count() {
   got=$(wc -l < "$1"); want=$(wc -l < "$2")
   [ "$got" -eq "$want" ] || die "$1 has $got lines but $2 has $want"
 }
-run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+in_range() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+main_node() { [ "$node_rank" -eq 0 ]; }
+# the stages every node runs: the torchrun trainings
+all_nodes_stage() { [ -z "$pretrained" ] && { [ "$1" -eq 3 ] || [ "$1" -eq 4 ] || [ "$1" -eq 10 ]; }; }
+sync_dir=exp/sync
+# wait_for_node0 K: a node > 0 waits for node 0's marker of every stage of the range before K
+wait_for_node0() {
+  local k waited
+  for ((k = stage; k < $1; k++)); do
+    waited=0
+    until [ -f "$sync_dir/stage.$k.done" ]; do
+      # a failure marker older than this node (2 s for clock granularity) is a past run's, which node 0 clears
+      if [ -f "$sync_dir/failed" ] && [ "$(stat -c %Y "$sync_dir/failed")" -ge $((started - 2)) ]; then
+        die "node $node_rank: node 0 failed ($sync_dir/failed: $(cat "$sync_dir/failed")); see node 0's output"
+      fi
+      awk -v w="$waited" -v t="$sync_timeout" 'BEGIN {exit !(w >= t)}' \
+        && die "node $node_rank: waited ${sync_timeout}s for $sync_dir/stage.$k.done (node 0's stage $k) before stage $1; is node 0 running this script with the same exp/ on a shared file system?"
+      sleep "$sync_poll"
+      waited=$(awk -v w="$waited" -v p="$sync_poll" 'BEGIN {print w + p}')
+    done
+  done
+}
+# run_stage K: whether this node runs stage K (node > 0: a training stage, once node 0 is past the ones before)
+run_stage() {
+  in_range "$1" || return 1
+  main_node && return 0
+  if ! all_nodes_stage "$1"; then
+    log "Stage $1: node 0 runs it (this is node $node_rank)"
+    return 1
+  fi
+  wait_for_node0 "$1"
+}
+# stage_done K: node 0 of a multi-node run marks stage K done for the others
+stage_done() { if [ "$nnodes" -gt 1 ] && main_node; then touch "$sync_dir/stage.$1.done"; fi; }
+started=$(date +%s)
+if [ "$nnodes" -gt 1 ]; then
+  [ "$node_rank" -ge 0 ] && [ "$node_rank" -lt "$nnodes" ] || die "--node-rank $node_rank: expected 0..$((nnodes - 1))"
+  [ "$gpus" -gt 0 ] || die "--nnodes $nnodes needs --gpus > 0 (the trainings run through torchrun)"
+  if main_node; then
+    rm -rf "$sync_dir"
+    mkdir -p "$sync_dir"
+    trap 'rc=$?; if [ $rc -eq 0 ]; then rm -rf "$sync_dir"; else mkdir -p "$sync_dir"; echo "exit $rc at $(date)" > "$sync_dir/failed"; fi' EXIT
+  fi
+elif [ "$node_rank" -ne 0 ]; then
+  die "--node-rank $node_rank with --nnodes 1"
+fi
+# extraction jobs: one GPU each with --device cuda
+ext_cmd=$cmd
+[ "$device" = cuda ] && ext_cmd="$cmd --gpu 1"
 # Split an scp into $nj parts under DIR: split_to SCP DIR NAME -> DIR/NAME.{1..nj}.scp
 split_to() {
   mkdir -p "$2"
@@ -89,22 +149,24 @@ if run_stage 0; then
   fi
   [ -n "$(sets)" ] || die "no VoxCeleb1 trial set was prepared: check the trial lists under ${trials_dir:-$vox1}"
   for x in $train $(sets); do utils/validate_data_dir.sh --no-feats "data/$x"; done
+  stage_done 0
 fi
 
-[ -f "data/$train/wav.scp" ] || die "data/$train/wav.scp is missing: run stage 0 first (with --vox2/--vox1 or --vox2-dev/--vox1)"
+! main_node || [ -f "data/$train/wav.scp" ] || die "data/$train/wav.scp is missing: run stage 0 first (with --vox2/--vox1 or --vox2-dev/--vox1)"
 
 if run_stage 1; then
   log "Stage 1: fbank"
   for x in $train $(sets); do
     dir=$PWD/fbank/$x
     split_to "data/$x/wav.scp" "$dir/split$nj" wav
-    $cmd JOB=1:"$nj" "exp/log/fbank_$x.JOB.log" \
+    $ext_cmd JOB=1:"$nj" "exp/log/fbank_$x.JOB.log" \
       avtk compute-fbank --device "$device" --write-num-frames "$dir/utt2num_frames.JOB" \
         "scp:$dir/split$nj/wav.JOB.scp" "ark,scp:$dir/raw_fbank.JOB.ark,$dir/raw_fbank.JOB.scp"
     for n in $(seq "$nj"); do cat "$dir/raw_fbank.$n.scp"; done | sort > "data/$x/feats.scp"
     for n in $(seq "$nj"); do cat "$dir/utt2num_frames.$n"; done | sort > "data/$x/utt2num_frames"
     check_count "data/$x/feats.scp" "data/$x/wav.scp"
   done
+  stage_done 1
 fi
 
 if run_stage 2; then
@@ -117,11 +179,12 @@ if run_stage 2; then
     [ -f "data/$x/video.scp" ] || { log "data/$x has no video.scp and no frames.scp: no faces for $x"; continue; }
     dir=$PWD/frame_align/$x
     split_to "data/$x/video.scp" "$dir/split$nj" video
-    $cmd JOB=1:"$nj" "exp/log/faces_$x.JOB.log" \
+    $ext_cmd JOB=1:"$nj" "exp/log/faces_$x.JOB.log" \
       avtk extract-face-frames --detector mtcnn --device "$device" --skip-bad \
         "$dir/split$nj/video.JOB.scp" "$dir" "$dir/split$nj/frames.JOB.scp"
     for n in $(seq "$nj"); do cat "$dir/split$nj/frames.$n.scp"; done | sort > "data/$x/frames.scp"
   done
+  stage_done 2
 fi
 
 if run_stage 3; then
@@ -134,6 +197,7 @@ if run_stage 3; then
     $(train_cmd_prefix) train --config "$speaker_conf" --train-data "data/$train" --exp "$spk_exp" \
       --val-trials "data/vox1_$cal_set/trials" $train_opts
   fi
+  stage_done 3
 fi
 
 if run_stage 4; then
@@ -150,6 +214,7 @@ if run_stage 4; then
     $(train_cmd_prefix) train --config "$face_conf" --train-data "data/$train" --exp "$face_exp" \
       --val-trials "data/vox1_$cal_set/trials" $train_opts
   fi
+  stage_done 4
 fi
 
 face_systems() { echo face; [ -f exp/face_glint/avg_model.pt ] && echo face_glint; true; }
@@ -159,7 +224,7 @@ embed() {
   local exp_dir=$1 x=$2 table=$3 dir=$1/emb input=${3%.scp}
   [ "$input" = feats ] || [ "$input" = wav ] || input=frames
   split_to "data/$x/$table" "$dir/split$nj" "${table%.scp}_$x"
-  $cmd JOB=1:"$nj" "exp/log/embed_${exp_dir##*/}_$x.JOB.log" \
+  $ext_cmd JOB=1:"$nj" "exp/log/embed_${exp_dir##*/}_$x.JOB.log" \
     avtk extract-embeddings --model "$exp_dir/avg_model.pt" --device "$device" --input-type "$input" \
       "scp:$dir/split$nj/${table%.scp}_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
   for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
@@ -183,6 +248,7 @@ if run_stage 5; then
       for f in $(face_systems); do embed "exp/$f" "$x" frames.scp; done
     fi
   done
+  stage_done 5
 fi
 
 if run_stage 6; then
@@ -198,6 +264,7 @@ if run_stage 6; then
         "scp:$emb/$x.scp" "exp/$sys/scores/${x}_asnorm.txt"
     done
   done
+  stage_done 6
 fi
 
 if run_stage 7; then
@@ -218,6 +285,7 @@ if run_stage 7; then
         "$a/${x}_asnorm.txt" "$f/${x}_asnorm.txt"
     done
   fi
+  stage_done 7
 fi
 
 if run_stage 8; then
@@ -247,6 +315,7 @@ if run_stage 8; then
     done
   } > exp/RESULTS.md
   cat exp/RESULTS.md
+  stage_done 8
 fi
 
 if run_stage 9; then
@@ -260,6 +329,7 @@ if run_stage 9; then
   echo >> exp/RESULTS.md
   echo "Cleansing: $(grep -c ' noisy$' exp/cleanse/train_all_clean.txt || true) of $(wc -l < exp/cleanse/train_all_clean.txt) training utterances flagged noisy (exp/cleanse/train_all_clean.txt)" >> exp/RESULTS.md
   tail -1 exp/RESULTS.md
+  stage_done 9
 fi
 
 if run_stage 10; then
@@ -269,7 +339,8 @@ if run_stage 10; then
     log "Stage 10: retrain the speaker network on data/${train}_clean"
     $(train_cmd_prefix) train --config "$speaker_conf" --train-data "data/${train}_clean" --exp exp/speaker_clean \
       --val-trials "data/vox1_$cal_set/trials" $train_opts
-    for x in $(sets); do
+    main_node || log "Stage 10: node 0 embeds and scores with the retrained network (this is node $node_rank)"
+    for x in $(main_node && sets); do
       embed exp/speaker_clean "$x" feats.scp
       mkdir -p exp/speaker_clean/scores
       avtk score --trials "data/$x/trials" "scp:exp/speaker_clean/emb/$x.scp" "exp/speaker_clean/scores/${x}_cosine.txt"
@@ -279,6 +350,7 @@ if run_stage 10; then
       tail -1 exp/RESULTS.md
     done
   fi
+  stage_done 10
 fi
 
-log "done"
+log "done (node $node_rank of $nnodes)"
