@@ -260,3 +260,17 @@ def test_node_0_clears_stale_markers_marks_its_stages_and_reports_failure(nodes,
     proc = start_node(recipe, stubs, 0, "--stage", 3, "--stop-stage", 3)
     assert proc.wait(timeout=30) != 0
     assert (recipe / "exp/sync/failed").read_text().startswith("exit 3 at ")
+
+
+@pytest.mark.parametrize("device, opts", [("cuda", "--gpu 1 "), ("cpu", ""), ("cuda:1", "")])
+def test_extraction_jobs_get_a_gpu_each_with_device_cuda(nodes, device, opts):
+    recipe, stubs = nodes
+    (stubs / "fakecmd").write_text('#!/usr/bin/env bash\necho "$*" > "$(dirname "$0")/cmd.args"\nexit 1\n')
+    (stubs / "fakecmd").chmod(0o755)
+    (recipe / "data/vox2_dev").mkdir(parents=True)
+    (recipe / "data/vox2_dev/wav.scp").write_text("u1 a.wav\nu2 b.wav\n")
+    proc = run(["./run.sh", "--layout", "official", "--stage", 1, "--stop-stage", 1, "--nj", 2, "--device", device,
+                "--cmd", "fakecmd"], cwd=recipe, extra_path=stubs, check=False)
+    assert proc.returncode == 1
+    args = (stubs / "cmd.args").read_text()
+    assert args.startswith(f"{opts}JOB=1:2 exp/log/fbank_vox2_dev.JOB.log avtk compute-fbank --device {device} "), args
