@@ -299,3 +299,23 @@ def test_library_functions(tmp_path):
     (tmp_path / "fa" / "s1" / "v1" / "1").mkdir(parents=True)
     found = find_existing(tmp_path / "fa", ["s1/v1/1", "s1/v1/2", "s9/v1/1"], directory=True)
     assert "s1/v1/1" in found and len(found) == 1 and found.path("s1/v1/1") == str(tmp_path / "fa/s1/v1/1")
+
+
+def test_seed_root_with_spaces_and_a_repeated_trial(tmp_path):
+    """A root path with spaces is fine (a wav.scp path is the rest of its line); a repeated trial is the error
+    `score` would give, here already."""
+    root = tmp_path / "my corpus" / "vox1"
+    root.mkdir(parents=True)
+    (root / "O_list.txt").write_text("id10001/v1/00001.wav 4.1\nid10001/v2/00001.wav 5.2\nid10002/v3/00001.wav 6.3\n")
+    trials = root / "O_trials.txt"
+    trials.write_text("1 id10001/v1/00001.wav id10001/v2/00001.wav\n0 id10001/v1/00001.wav id10002/v3/00001.wav\n")
+    data = tmp_path / "data"
+    avtk("prepare-voxceleb", "seed", "--vox1", root, data)
+    wav = (data / "vox1_O" / "wav.scp").read_text().splitlines()
+    assert wav[0] == f"id10001-v1-00001 {os.path.realpath(root)}/wav/id10001/v1/00001.wav"
+    validate(data / "vox1_O")
+    shutil.rmtree(data)
+    trials.write_text(trials.read_text() + "1 id10001/v1/00001.wav id10001/v2/00001.wav\n")
+    assert f"{trials}:3: duplicate trial id10001/v1/00001.wav id10001/v2/00001.wav (first at line 1)" in \
+        fails("prepare-voxceleb", "seed", "--vox1", root, data)
+    assert not data.exists()
