@@ -438,3 +438,22 @@ def test_truncated_wav_is_an_error_naming_both_lengths(tmp_path):
     streamed[at:at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
     (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
     assert len(load_audio("u4", str(tmp_path / "streamed.wav"))) == 4000
+
+
+def test_validate_check_audio_reports_truncated_files_and_durations_unlike_utt2dur(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    write_wav(tmp_path / "a.wav", np.full(16000, 0.01, np.float32))  # 1 s
+    write_wav(tmp_path / "b.wav", np.full(8000, 0.01, np.float32))  # 0.5 s
+    cut = truncated_wav(tmp_path / "c.wav", subtype="PCM_16")
+    (d / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\nb {tmp_path / 'b.wav'}\nc {cut}\n")
+    (d / "utt2spk").write_text("a s\nb s\nc s\n")
+    (d / "spk2utt").write_text("s a b c\n")
+    (d / "utt2dur").write_text("a 1.01\nb 0.75\nc 1.80\n")  # a: within 0.02 s; b: stale
+    proc = run(["validate_data_dir.sh", "--no-feats", "--check-audio", d], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{d}/wav.scp:2: utterance 'b': audio file {tmp_path / 'b.wav'} holds 0.500 s but {d}/utt2dur:2 says " \
+           "0.75 s" in proc.stderr
+    assert f"{d}/wav.scp:3: utterance 'c': audio file {cut} is truncated: its header declares 1.800 s (28800 " \
+           "samples) but the file holds 0.250 s (4000 samples)" in proc.stderr
+    assert "'a'" not in proc.stderr and "OK" not in proc.stderr

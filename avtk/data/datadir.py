@@ -376,7 +376,9 @@ def validate(data_dir, check_audio=False, require_feats=False, max_per_check=10)
     segments) naming the same utterances; segments naming known recordings, with end > start;
     spk2utt agreeing with utt2spk, and no speaker without utterances; the keys of optional
     per-utterance files a subset of utt2spk's; a trials file's keys being utterances or speakers.
-    With check_audio, that every plain-path wav.scp entry exists (`command |` entries are not run).
+    With check_audio, that every plain-path wav.scp entry exists (`command |` entries are not run), that
+    its header is readable and not truncated, and (without segments) that its duration agrees with utt2dur
+    within DURATION_TOLERANCE; headers only, so media files (m4a, mp4) are only checked to exist.
     At most max_per_check problems are listed per file and check (None: all), then a count; the
     returned list's `total` is the exact number of problems. Lines are read by the text rule of
     avtk.data.table; in wav.scp and the other tables of paths the path is the rest of the line.
@@ -501,21 +503,48 @@ def validate(data_dir, check_audio=False, require_feats=False, max_per_check=10)
                 )
 
     if check_audio and wav is not None:
+        durs = scans.get("utt2dur") if segs is None else None  # with segments, utt2dur is of the segments
         for r, e in wav.items():
             if e.parsed is None or e.parsed.endswith("|"):
                 continue
+            what = f"{p('wav.scp')}:{e.lineno}: {'recording' if segs is not None else 'utterance'} {r!r}"
             if not _audio_exists(e.parsed):
-                report.add(
-                    ("wav.scp", "audio"),
-                    f"{p('wav.scp')}:{e.lineno}: {'recording' if segs is not None else 'utterance'} {r!r}: "
-                    f"audio file {e.parsed!r} does not exist",
-                    f"{p('wav.scp')}: missing audio files",
-                )
+                report.add(("wav.scp", "audio"), f"{what}: audio file {e.parsed!r} does not exist",
+                           f"{p('wav.scp')}: missing audio files")
+                continue
+            claimed = durs.get(r) if durs is not None else None
+            problem = _audio_header_problem(e.parsed, claimed, p("utt2dur"))
+            if problem:
+                report.add(("wav.scp", "audio-header"), f"{what}: {problem}",
+                           f"{p('wav.scp')}: truncated or unreadable audio files, or durations unlike utt2dur")
 
     trials_path = p("trials")
     if os.path.isfile(trials_path):
         _check_trials(trials_path, utt2spk, expected, report)
     return report.problems()
+
+
+DURATION_TOLERANCE = 0.02  # seconds an utt2dur value may differ from the audio (utt2dur has 2 decimals)
+
+
+def _audio_header_problem(path, claimed, utt2dur_path):
+    """What is wrong with an existing audio file by its header alone (avtk.io.audio.file_info: unreadable or
+    truncated), or a duration unlike its utt2dur entry `claimed` (an entry with .parsed seconds and .lineno,
+    or None); None when nothing is. Media files (m4a, mp4: their length needs decoding) and `file.ark:offset`
+    values are not examined."""
+    from avtk.io.audio import file_info, is_media
+
+    if path == "-" or not os.path.isfile(path) or is_media(path):
+        return None
+    try:
+        frames, rate = file_info(path)
+    except AvtkError as err:
+        return str(err)
+    seconds = frames / rate
+    if claimed is not None and claimed.parsed is not None and abs(seconds - claimed.parsed) > DURATION_TOLERANCE:
+        return (f"audio file {path} holds {seconds:.3f} s but {utt2dur_path}:{claimed.lineno} says "
+                f"{claimed.parsed:g} s")
+    return None
 
 
 def _audio_exists(path):
