@@ -24,6 +24,10 @@ taken in order as speaker then face unless named. The decision is made by, in th
 3. the speaker LLR, when there is a calibration: same if llr > ln((1 - prior) / prior);
 4. nothing: the score is printed with a note on how to store a threshold, and no decision.
 
+Numbers. Audio is read by avtk.io.audio (NaN, infinite or absurd samples and truncated files are errors);
+an embedding that is not finite or all zeros is an error naming the input (avtk.scoring.check_embeddings);
+a score, LLR or threshold that is not a finite number gives no decision but an error (`check_number`).
+
 A face model's stored threshold gives a separate `face_decision`. Thresholds and calibrations must come from
 development trials scored as above (plain cosine; for faces the dot product of mean embeddings), or the
 decision is off by the difference.

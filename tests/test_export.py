@@ -149,3 +149,17 @@ def test_bad_inputs_are_one_line(models, tmp_path):
     with pytest.raises(AvtkError, match="give --format"):
         export_model(models["speaker"], tmp_path / "o.bin")
     assert not list(tmp_path.glob("o*")) and not (tmp_path / "out.ts").exists()
+
+
+def test_parity_of_nan_embeddings_is_an_error_not_0(monkeypatch):
+    """max(0.0, nan) is 0.0: a graph (or network) giving NaN must fail the check, not report parity 0."""
+    import avtk.export as export
+
+    shape = (1, 16)
+    checks = [(torch.zeros(1, 16000), torch.tensor([16000]))]
+    monkeypatch.setattr(export, "_eager", lambda net, inputs, speaker: np.zeros(shape, np.float32))
+    monkeypatch.setattr(export, "load_exported", lambda path, fmt: lambda *a: np.full(shape, np.nan, np.float32))
+    with pytest.raises(AvtkError) as err:
+        export._check("m.ts", "torchscript", None, checks, True, "m.ts")
+    assert str(err.value) == ("m.ts: the exported graph gives NaN or infinite embeddings for an input of shape "
+                              "(1, 16000): no parity can be measured")

@@ -1,5 +1,6 @@
 """avtk verify: two recordings (and faces) scored with model files, thresholds stored in them, calibration."""
 import os
+import re
 import shutil
 
 import numpy as np
@@ -191,3 +192,24 @@ def test_missing_inputs_are_one_error_line(setup, tmp_path):
         verify_pair(setup["face"], a, a)
     with pytest.raises(AvtkError, match="need a face model"):
         verify_pair(setup["speaker"], a, a, face_a=a, face_b=a)
+
+
+def test_truncated_wav_and_zero_embedding_give_no_score(setup, tmp_path, monkeypatch):
+    """A wav cut short while copying is an error naming both lengths (it was scored as a shorter recording);
+    an all-zero embedding has no cosine, by the rule `avtk score` and `avtk cleanse` apply."""
+    a = setup["wav"][setup["utts"][0]]
+    data = open(a, "rb").read()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:len(data) // 2])
+    proc = avtk("verify", "--model", setup["speaker"], a, cut, check=False)
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not proc.stdout and len(errors) == 1
+    assert re.search(rf"ERROR \[avtk verify\] audio file {cut} is truncated: its header declares \d\.\d{{3}} s "
+                     r"\(\d+ samples\) but the file holds \d\.\d{3} s \(\d+ samples\)$", errors[0])
+    import avtk.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "speaker_embedding", lambda net, wave, path, device: np.zeros(16, np.float32))
+    with pytest.raises(AvtkError) as err:
+        verify_pair(setup["speaker"], a, a)
+    assert str(err.value) == f"verify: embedding of utterance '{a}' is all zeros (no direction, so no cosine) " \
+                             f"(2 utterances in all: '{a}', '{a}')"
