@@ -53,7 +53,18 @@ def run_command(command, argv):
     module = importlib.import_module(f"avtk.bin.{command.replace('-', '_')}")
     parser = module.get_parser()
     parser.prog = f"avtk {command}"
-    args = parser.parse_args(argv)
+    setup_logging(command)
+
+    def usage_error(message):
+        # A bad option value is bad input like any other: one ERROR line and exit 1 (argparse would exit 2).
+        raise AvtkError(f"{message} (usage: avtk {command} --help)")
+
+    parser.error = usage_error
+    try:
+        args = parser.parse_args(argv)
+    except AvtkError as err:
+        logging.getLogger().error("%s", err)
+        return 1
     setup_logging(command, getattr(args, "verbose", 0))
     try:
         rc = module.main(args)

@@ -262,7 +262,7 @@ def test_cli_input_errors(tmp_path):
     assert f"{emb}: embeddings have dimension 16 but the cohort has 8" in error("--trials", tr, "--cohort", small,
                                                                                   emb, out)
     proc = avtk("score", "--trials", tr, "--cohort", emb, "--top-n", 1, emb, out, check=False)  # a usage error
-    assert proc.returncode == 2 and "argument --top-n: 1 is out of range (must be >= 2)" in proc.stderr
+    assert proc.returncode == 1 and "argument --top-n: 1 is out of range (must be >= 2)" in proc.stderr
     assert not out.exists()
 
 
@@ -302,6 +302,10 @@ def test_check_embeddings_is_the_one_rule():
         embedding_matrix({"a": np.ones(4), "z": np.zeros(4)}, ["a", "z"], source="t")
     with pytest.raises(AvtkError, match="^cohort: embedding of utterance 'z' is all zeros"):
         make_cohort({"a": np.ones(4), "z": np.zeros(4)})
+    from avtk.cleanse import utterance_vectors
+
+    with pytest.raises(AvtkError, match=r"^emb\.scp: embedding of utterance 'z' is all zeros \(no direction"):
+        utterance_vectors({"a": np.ones(4), "z": np.zeros((2, 4))}, ["a", "z"], "emb.scp", True)
 
 
 def test_cli_unlabeled_trials_and_read_trials_roundtrip(tmp_path):

@@ -144,5 +144,5 @@ def test_raw_frames_landmarks_align_onto_the_template(noisy):
 
 def test_bad_options_are_clear_errors(tmp_path):
     proc = avtk("make-synthetic-corpus", "--label-noise", "1.5", tmp_path / "c", tmp_path / "d", check=False)
-    assert proc.returncode == 2 and "argument --label-noise: 1.5 is out of range (must be >= 0 and < 1)" in proc.stderr
+    assert proc.returncode == 1 and "argument --label-noise: 1.5 is out of range (must be >= 0 and < 1)" in proc.stderr
     assert not (tmp_path / "d").exists()

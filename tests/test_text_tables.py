@@ -191,9 +191,9 @@ def test_numeric_options_are_range_checked(tmp_path):
                                ("--seed-crops", "-2", "-2 is out of range (must be >= 0)"),
                                ("--crop-seconds", "nan", "'nan' is not a finite number"),
                                ("--max-frames", "1.5", "'1.5' is not an integer")]:
-        err = fails("extract-embeddings", "--model", "m.pt", option, value, "scp:x.scp", f"ark:{out}", rc=2)
-        assert f"avtk extract-embeddings: error: argument {option}: {why}" in err
-    err = fails("score", "--trials", "t", "--top-n", "1", "scp:e.scp", tmp_path / "s", rc=2)
+        err = fails("extract-embeddings", "--model", "m.pt", option, value, "scp:x.scp", f"ark:{out}")
+        assert f"ERROR [avtk extract-embeddings] argument {option}: {why}" in err
+    err = fails("score", "--trials", "t", "--top-n", "1", "scp:e.scp", tmp_path / "s")
     assert "argument --top-n: 1 is out of range (must be >= 2)" in err
     assert not out.exists()
 
@@ -201,12 +201,12 @@ def test_numeric_options_are_range_checked(tmp_path):
 def test_flat_config_rejects_nested_mappings_and_bad_text(tmp_path):
     cfg = tmp_path / "score.yaml"
     cfg.write_text("top_n: 5\ncohort:\n  path: x\n")
-    err = fails("score", "--config", cfg, "--trials", "t", "scp:e.scp", tmp_path / "s", rc=2)
-    assert (f"avtk score: error: {cfg}:2: option 'cohort' is a nested mapping; a --config file holds flat "
+    err = fails("score", "--config", cfg, "--trials", "t", "scp:e.scp", tmp_path / "s")
+    assert (f"ERROR [avtk score] {cfg}:2: option 'cohort' is a nested mapping; a --config file holds flat "
             "`option: value` lines") in err
     assert "unrecognized arguments" not in err
     cfg.write_bytes(b"top_n: 5\ntrials: t\xe9\n")
-    err = fails("score", "--config", cfg, "scp:e.scp", tmp_path / "s", rc=2)
+    err = fails("score", "--config", cfg, "scp:e.scp", tmp_path / "s")
     assert f"{cfg}:2: not UTF-8 text (byte 0xe9 at column 10)" in err
 
 
