@@ -10,6 +10,7 @@ so the dot product of two of them is the mean of the seed's NxN frame cosine mat
 import copy
 import logging
 import os
+import re
 
 import numpy as np
 import torch
@@ -260,8 +261,94 @@ def check_feature_dim(net, dim, where):
         raise AvtkError(f"{where}: features have {dim} dimensions but the model expects {want}")
 
 
+# A Kaldi ark offset, `file.ark:1234` (optionally `[rows]` / `[rows,cols]` ranges after it).
+_ARK_OFFSET = re.compile(r"(?P<path>.+):(?P<offset>\d+)(?:\[[^\]]*\])?")
+_KALDI_HEADS = (b"\0B", b"[", b" [")  # a Kaldi binary matrix/vector, or a text one
+_CONTENT = {
+    "feats": "a feature table (it points into Kaldi arks)",
+    "wav": "an audio list (audio files or command pipes)",
+    "frames": "a frames.scp (directories of face images)",
+    "ark-audio": "audio stored inside a Kaldi ark",
+}
+
+
+def scp_value_kind(value):
+    """What one scp value (the text after the key) points at, from the value and the bytes it names:
+    'feats' (a Kaldi `file:offset`, or a file that starts as a Kaldi matrix), 'ark-audio' (a `file:offset` at
+    a RIFF wave, as Kaldi's wav-copy writes), 'frames' (a directory) or 'wav' (a command pipe `... |`, or any
+    other file: wav, flac, m4a, ...). A `file:offset` whose file is missing counts as 'feats' (its reader then
+    names the missing file)."""
+    value = value.strip()
+    if value.endswith("|"):
+        return "wav"
+    match = _ARK_OFFSET.fullmatch(value)
+    if match and not os.path.exists(value):
+        try:
+            with open(match["path"], "rb") as f:
+                f.seek(int(match["offset"]))
+                return "ark-audio" if f.read(4) == b"RIFF" else "feats"
+        except OSError:
+            return "feats"
+    if os.path.isdir(value):
+        return "frames"
+    try:
+        with open(value, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return "wav"  # the audio reader names the unreadable file and its utterance
+    return "feats" if head.startswith(_KALDI_HEADS) else "wav"
+
+
+def input_type(rspecifier, model_cfg, model_path, requested="auto"):
+    """The input ('feats', 'wav' or 'frames') an rspecifier gives a model, decided from its content, never
+    from file names: the first entry of an scp (`scp_value_kind`), an ark of matrices ('feats'), and the
+    model's modality (a face network embeds frames, a speaker network features or audio, its front end being
+    in the graph). `requested` ('auto', or what --input-type names) must agree with the content.
+
+    Raises AvtkError naming the model, the table, its first entry and the mismatch: a face network given a
+    feature table or audio list, a speaker network given frame directories, audio inside an ark, or a
+    --input-type the content (or the model) contradicts. A stream (`scp:-`, a pipe) or an empty table is
+    taken as `requested` says, or as the model's usual input (frames; feats).
+    """
+    from avtk.data.table import numbered_fields
+    from avtk.io.ark import parse_specifier
+    from avtk.models import modality
+
+    ark, scp, _ = parse_specifier(rspecifier, "rspecifier")
+    encoder = model_cfg["model"]["encoder"]
+    face = modality(encoder) == "face"
+    kind, entry = None, ""
+    if scp is None:
+        kind, entry = "feats", f"{rspecifier} is an ark"
+    elif scp != "-" and not scp.endswith("|"):  # a stream cannot be looked at without consuming it
+        first = next(iter(numbered_fields(scp, "table ")), None)
+        if first is not None:  # an empty table (an empty split) has nothing to contradict
+            lineno, fields, text = first
+            value = text.split(maxsplit=1)[1] if len(fields) > 1 else ""
+            kind = scp_value_kind(value)
+            entry = f"{scp} is {_CONTENT[kind]}: line {lineno}, utterance {fields[0]} -> {value}"
+    if kind == "ark-audio":
+        raise AvtkError(f"{entry}: avtk reads audio from files or pipes; list the wav files, or a pipe such as "
+                        "`wav-copy ARK:OFFSET - |`")
+    if kind is not None and face != (kind == "frames"):
+        if face:
+            raise AvtkError(f"model {model_path} is a face network ({encoder}) but {entry}; a face network embeds "
+                            "a frames.scp (utterance -> directory of aligned face images)")
+        raise AvtkError(f"model {model_path} is a speaker network ({encoder}) but {entry}; a speaker network "
+                        "embeds a feats.scp or a wav.scp")
+    if requested not in ("auto", None):
+        if kind is not None and requested != kind:
+            raise AvtkError(f"--input-type {requested} but {entry}")
+        if face != (requested == "frames"):
+            raise AvtkError(f"model {model_path} is a {'face' if face else 'speaker'} network ({encoder}) and "
+                            f"cannot embed {requested} ({rspecifier})")
+        return requested
+    return kind or ("frames" if face else "feats")
+
+
 def read_items(data_or_scp, input_type, keys=None):
     """(key, array) items of a data dir's feats.scp or wav.scp (only `keys` if given), in sorted key order.
+    The table's first entry must hold what `input_type` says (`scp_value_kind`), else AvtkError naming it.
 
     Returns (items generator, skipped list): empty utterances are left out and listed there.
     """
@@ -275,6 +362,14 @@ def read_items(data_or_scp, input_type, keys=None):
         table = read_dict(os.path.join(data_or_scp, "feats.scp"))
     else:
         table = read_wav_scp(data_or_scp)
+    if table:
+        key = next(iter(table))
+        value = table[key] if input_type == "feats" else table[key].location
+        found = scp_value_kind(value)
+        if found != input_type:
+            where = os.path.join(data_or_scp, "feats.scp") if input_type == "feats" else data_or_scp
+            raise AvtkError(f"{where}: utterance {key} -> {value} is {_CONTENT[found]}, not {_CONTENT[input_type]} "
+                            f"as input {input_type} needs")
     wanted = sorted(table) if keys is None else sorted(keys)
     missing = [k for k in wanted if k not in table]
     if missing:

@@ -231,3 +231,83 @@ def test_variable_frame_rate_video_gives_each_frame_once(tmp_path):
     proc = avtk("extract-face-frames", tmp_path / "video.scp", tmp_path / "align", tmp_path / "frames.scp")
     assert "1 utterances: 2 frames, 2 with a face (0 without)" in proc.stderr
     assert sorted(os.listdir(tmp_path / "align/u1")) == ["0002.jpg", "0050.jpg"]
+
+
+# ----------------------------------------------------------------------------- what extract-embeddings is given
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    """One second of audio as wav and flac, a speaker model, and the Kaldi-style lists users name freely."""
+    import soundfile
+
+    root = tmp_path_factory.mktemp("inputs")
+    wave = (np.random.default_rng(1).standard_normal(16000) * 3000).astype(np.int16)  # the same samples in both
+    soundfile.write(root / "a.wav", wave, 16000)
+    soundfile.write(root / "a.flac", wave, 16000)
+    (root / "wav.1.scp").write_text(f"u1 {root}/a.wav\n")  # split_scp's name for a split
+    (root / "flac.list").write_text(f"u1 {root}/a.flac\n")
+    (root / "pipe.scp").write_text(f"u1 cat {root}/a.wav |\n")
+    speaker = write_model(root / "speaker.pt", SMALL_SPEAKER)
+    face = write_model(root / "face.pt", SMALL_FACE)
+    avtk("compute-fbank", f"scp:{root}/wav.1.scp", f"ark,scp:{root}/fbank.ark,{root}/fbank.1.scp")
+    return root, speaker, face
+
+
+def _embed(model, rspecifier, out, *extra, check=True):
+    return avtk("extract-embeddings", "--model", model, *extra, rspecifier, f"ark,scp:{out}.ark,{out}.scp",
+                check=check)
+
+
+def _failed(proc, out, message):
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr.count("ERROR") == 1
+    assert message in proc.stderr, proc.stderr
+    assert not os.path.exists(f"{out}.ark") and not os.path.exists(f"{out}.scp")
+
+
+def test_audio_lists_are_recognised_by_content_not_name(audio, tmp_path):
+    """wav.1.scp, a flac list and a pipe list are audio whatever their names; a feats table is features."""
+    root, speaker, _ = audio
+    emb = {}
+    for name in ("wav.1.scp", "flac.list", "pipe.scp", "fbank.1.scp"):
+        proc = _embed(speaker, f"scp:{root}/{name}", tmp_path / name)
+        kind = "feats" if name.startswith("fbank") else "wav"
+        assert f"input: {kind} (scp:{root}/{name})" in proc.stderr
+        emb[name] = dict(kaldiio.load_scp(str(tmp_path / f"{name}.scp")))["u1"]
+    assert np.array_equal(emb["wav.1.scp"], emb["flac.list"]) and np.array_equal(emb["wav.1.scp"], emb["pipe.scp"])
+    # the features compute-fbank wrote are the ones the model computes from the audio
+    assert np.allclose(emb["fbank.1.scp"], emb["wav.1.scp"], rtol=0, atol=1e-4 * np.abs(emb["wav.1.scp"]).max())
+
+
+def test_wrong_tables_for_the_model_name_the_real_mismatch(audio, tmp_path):
+    root, speaker, face = audio
+    out = tmp_path / "e"
+    feats = (root / "fbank.1.scp").read_text().split()[1]
+    _failed(_embed(face, f"scp:{root}/fbank.1.scp", out, check=False), out,
+            f"ERROR [avtk extract-embeddings] model {face} is a face network (iresnet18) but {root}/fbank.1.scp is "
+            f"a feature table (it points into Kaldi arks): line 1, utterance u1 -> {feats}; a face network embeds "
+            "a frames.scp (utterance -> directory of aligned face images)")
+    _failed(_embed(face, f"scp:{root}/pipe.scp", out, check=False), out,
+            f"model {face} is a face network (iresnet18) but {root}/pipe.scp is an audio list (audio files or "
+            f"command pipes): line 1, utterance u1 -> cat {root}/a.wav |; a face network embeds a frames.scp")
+    (tmp_path / "frames.scp").write_text(f"u1 {tmp_path}\n")
+    _failed(_embed(speaker, f"scp:{tmp_path}/frames.scp", out, check=False), out,
+            f"model {speaker} is a speaker network (ecapa_tdnn) but {tmp_path}/frames.scp is a frames.scp "
+            f"(directories of face images): line 1, utterance u1 -> {tmp_path}; a speaker network embeds a "
+            "feats.scp or a wav.scp")
+    _failed(_embed(speaker, f"scp:{root}/wav.1.scp", out, "--input-type", "feats", check=False), out,
+            f"ERROR [avtk extract-embeddings] --input-type feats but {root}/wav.1.scp is an audio list (audio "
+            f"files or command pipes): line 1, utterance u1 -> {root}/a.wav")
+    kaldiio.save_ark(str(tmp_path / "w.ark"), {"u1": (16000, np.zeros(1600, np.int16))}, scp=str(tmp_path / "w.scp"))
+    _failed(_embed(speaker, f"scp:{tmp_path}/w.scp", out, check=False), out,
+            f"{tmp_path}/w.scp is audio stored inside a Kaldi ark: line 1, utterance u1 -> {tmp_path}/w.ark:3: avtk "
+            "reads audio from files or pipes")
+
+
+def test_a_table_of_two_kinds_is_an_error_naming_the_utterance(audio, tmp_path):
+    root, speaker, _ = audio
+    (tmp_path / "mixed.scp").write_text((root / "fbank.1.scp").read_text() + f"u2 {root}/a.wav\n")
+    out = tmp_path / "e"
+    _failed(_embed(speaker, f"scp:{tmp_path}/mixed.scp", out, check=False), out,
+            f"ERROR [avtk extract-embeddings] scp:{tmp_path}/mixed.scp: key 'u2' ({tmp_path}/mixed.scp:2): holds "
+            "audio (a wave file), not a Kaldi matrix or vector")

@@ -19,8 +19,10 @@ def get_parser():
     )
     p.add_argument("--model", required=True, help="avtk model file (EXP/avg_model.pt)")
     p.add_argument("--input-type", choices=["auto", "feats", "wav", "frames"], default="auto",
-                   help="what the rspecifier holds; auto: frames for a face model, else wav if its file is named "
-                        "wav.scp, else feats")
+                   help="what the rspecifier holds; auto decides from its content and the model: an scp whose "
+                        "first entry points into an ark (file:offset) holds feats, one naming an audio file or a "
+                        "pipe (`cmd |`) wav, one naming a directory frames (face models only); an ark holds "
+                        "feats. A given type must agree with the content")
     p.add_argument("--segments", help="segments file for a wav.scp input")
     p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -49,26 +51,30 @@ def get_parser():
 def main(args):
     import torch
 
-    from avtk.embed import check_feature_dim, embed, embed_with_crops, load_model
+    import numpy as np
+
+    from avtk.embed import check_feature_dim, embed, embed_with_crops, input_type as decide_input, load_model
     from avtk.errors import AvtkError
-    from avtk.io.ark import open_reader, open_writer
+    from avtk.io.ark import open_reader, open_writer, parse_specifier
 
     log = logging.getLogger(__name__)
     torch.set_num_threads(args.num_threads)
     net, cfg = load_model(args.model, args.device)
-    kind, _, path = args.rspecifier.partition(":")
-    input_type = args.input_type
-    if input_type == "auto":
-        input_type = "frames" if cfg["data"]["input"] == "frames" else "wav" if path.endswith("wav.scp") else "feats"
-    if (input_type == "frames") != (cfg["data"]["input"] == "frames"):
-        raise AvtkError(f"{args.model} is a {'face' if cfg['data']['input'] == 'frames' else 'speech'} model "
-                        f"and cannot embed {input_type} ({args.rspecifier})")
+    _, scp, _ = parse_specifier(args.rspecifier, "rspecifier")
+    kind, path = ("scp", scp) if scp is not None else ("ark", None)
+    input_type = decide_input(args.rspecifier, cfg, args.model, args.input_type)
+    if args.segments and input_type != "wav":
+        raise AvtkError(f"--segments applies to a wav.scp, but {args.rspecifier} holds {input_type}")
+    log.info("input: %s (%s)", input_type, args.rspecifier)
     if input_type == "frames":
         return _faces(args, net, kind, path, log)
     skipped, order = [], []
 
     def counted(items):  # remember the input order; check the feature dimension of non-empty inputs
         for key, x in items:
+            if input_type == "feats" and np.ndim(x) != 2:
+                raise AvtkError(f"{args.rspecifier}: utterance {key}: expected a feature matrix (frames, dim), "
+                                f"got an array of shape {np.shape(x)}")
             if input_type == "feats" and len(x):
                 check_feature_dim(net, x.shape[1], args.rspecifier)
             order.append(key)

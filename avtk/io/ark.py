@@ -467,6 +467,8 @@ def check_finite_value(array, where):
     """`array` itself when it holds no NaN or infinity; else an AvtkError `where: NaN or infinite value at
     row R (of N), column C` (vectors: `at index I`). Every table value read here passes this check (module
     doc), as must any feature matrix loaded another way (e.g. `kaldiio.load_mat` of one scp value)."""
+    if isinstance(array, tuple):  # kaldiio reads a wav file, or a RIFF ark entry, as (rate, samples)
+        raise AvtkError(f"{where}: holds audio (a wave file), not a Kaldi matrix or vector")
     values = np.asarray(array)
     if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
         return array
