@@ -10,6 +10,9 @@ vox2=                # seed: VoxCeleb2 root with wav/, frame_align/, train_all.t
 vox1=                # VoxCeleb1 root: seed: wav/, frame_align/, {O,E,H}_list.txt, {O,E,H}_trials.txt; official: wav/
 vox2_dev=            # official: VoxCeleb2 dev with aac/ (m4a) and mp4/
 trials_dir=          # official: veri_test2.txt, list_test_all2.txt, list_test_hard2.txt (default: --vox1)
+musan=               # stage 0: the MUSAN directory (music/, noise/, speech/) -> data/musan_{noise,music,speech}
+rirs=                # stage 0: the RIRS_NOISES directory (simulated_rirs/) -> data/rirs; the configs' augmentation
+                     # reads these four data dirs (avtk prepare-augment)
 pretrained=          # a directory with the seed's A-Vox2.model and V-Vox2.model (V-Glint.model optional):
                      # stages 3-4 import them instead of training, stage 10 is skipped
 speaker_conf=conf/ecapa_l.yaml
@@ -31,7 +34,8 @@ cal_set=O            # the trial set logistic-regression fusion is trained on (a
 help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
        $0 --layout official --vox2-dev DIR --vox1 DIR [--trials-dir DIR] [options]
   Stages (every one by default; --stage N --stop-stage M runs N..M from the files earlier stages wrote):
-    0  data dirs (avtk prepare-voxceleb): data/{vox2_train|vox2_dev}, data/vox1_{O,E,H} with trials
+    0  data dirs (avtk prepare-voxceleb): data/{vox2_train|vox2_dev}, data/vox1_{O,E,H} with trials; with
+       --musan/--rirs, the augmentation sources data/musan_{noise,music,speech}, data/rirs (avtk prepare-augment)
     1  fbank of every set (\$cmd JOB=1:\$nj) -> fbank/, data/*/feats.scp
     2  face frames: official layout: MTCNN + alignment of the mp4s (\$cmd JOB=1:\$nj) -> frame_align/;
        seed layout: its frame_align/ tree is used as is
@@ -52,7 +56,7 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
   Node 0 clears exp/sync/ when it starts and removes it when it ends: start node 0 first, or all nodes together.
   --device cuda gives each extraction job its own GPU (\$cmd --gpu 1: run.pl sets CUDA_VISIBLE_DEVICES per job,
   slurm.pl asks Slurm for --gres=gpu:1).
-  Options: --stage --stop-stage --layout --vox2 --vox1 --vox2-dev --trials-dir --pretrained --speaker-conf
+  Options: --stage --stop-stage --layout --vox2 --vox1 --vox2-dev --trials-dir --musan --rirs --pretrained --speaker-conf
            --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --sync-timeout
            --sync-poll --nj --device --top-n --cal-set"
 
@@ -148,6 +152,9 @@ if run_stage 0; then
     avtk prepare-voxceleb official --vox2-dev "$vox2_dev" --vox1 "$vox1" --trials-dir "${trials_dir:-$vox1}" data
   fi
   [ -n "$(sets)" ] || die "no VoxCeleb1 trial set was prepared: check the trial lists under ${trials_dir:-$vox1}"
+  if [ -n "$musan" ] || [ -n "$rirs" ]; then
+    avtk prepare-augment ${musan:+--musan "$musan"} ${rirs:+--rirs "$rirs"} data
+  fi
   for x in $train $(sets); do utils/validate_data_dir.sh --no-feats "data/$x"; done
   stage_done 0
 fi
