@@ -371,3 +371,21 @@ def test_process_group_timeout_is_a_config_key(monkeypatch):
     from avtk.train.config import DEFAULTS
 
     assert DEFAULTS["runtime"]["dist_timeout_minutes"] >= 60
+
+
+def test_ddp_resume_uses_rank_0s_choice_of_checkpoint(capsys, trained):
+    """Two gloo ranks resume from the checkpoint rank 0 picks (here past a truncated last one) and stay equal."""
+    import re
+    import sys
+
+    from conftest import run
+
+    data, exp, conf = trained
+    last = exp / "checkpoints/epoch_002.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "avtk.cli",
+                "train", "--config", conf, "--train-data", data, "--exp", exp, "--resume"])
+    assert proc.stderr.count(f"resumed from {exp}/checkpoints/epoch_001.pt; continuing at epoch 2") == 2, proc.stderr
+    assert proc.stderr.count(f"{last}: cannot read the checkpoint") == 1  # rank 0 alone looked
+    sums = dict(re.findall(r"\[rank (\d)\] final weights checksum (\S+)", proc.stderr))
+    assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], proc.stderr

@@ -136,19 +136,19 @@ class Trainer:
         """(path, state) of the checkpoint to resume from, chosen on rank 0 (the last readable one) and the same
         on every rank; (None, None) without one. Its config must equal this run's but for RESUME_MAY_CHANGE:
         every key that differs is named, and a refused change is an AvtkError before anything is written."""
-        found = None
+        found, state = None, None
         if self.dist.main:
             try:
-                path, _ = ckpt.load_last(self.exp)
+                path, state = ckpt.load_last(self.exp)
                 found = ("ok", path)
             except AvtkError as err:
                 found = ("error", str(err))
-        kind, value = self.dist.broadcast(found)
+        kind, path = self.dist.broadcast(found)
         if kind == "error":
-            raise AvtkError(value)
-        if value is None:
+            raise AvtkError(path)
+        if path is None:
             return None, None
-        path, state = value, ckpt.load(value)
+        state = state if self.dist.main else ckpt.load(path)
         old, new = flatten(state["config"]), flatten(self.cfg)
         changed = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
         refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
