@@ -128,8 +128,8 @@ def test_generator_is_deterministic_for_a_seed(tmp_path, sources):
 
 def test_generator_rejects_zero_counts(tmp_path):
     proc = avtk("make-augment-sources", "--num-rirs", "0", tmp_path / "o", tmp_path / "d", check=False)
-    assert proc.returncode == 1 and "ERROR [avtk make-augment-sources] argument --num-rirs: 0 is out of range (must be >= 1)" \
-        in proc.stderr
+    assert proc.returncode == 1
+    assert "ERROR [avtk make-augment-sources] argument --num-rirs: 0 is out of range (must be >= 1)" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------- WaveAugment
