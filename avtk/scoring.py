@@ -3,11 +3,11 @@
 Everything is vectorised; nothing loops over trials in Python.
 
 Embeddings that are scored must be finite and not all zeros (`check_embeddings`, the one rule for score,
-cleanse and verify). Cosine. Each embedding may first have a mean vector subtracted (`mean`: of the scored table, or of another
-table such as the training embeddings), then is L2-normalised; a trial's score is the dot product of its two
-unit vectors. An embedding may also be a (1+N, dim) matrix from `extract-embeddings --seed-crops N`: whole
-utterance first, then N crops; such trials score (cos(whole, whole) + mean of the NxN crop cosines) / 2, as
-the seed's ECAPA-TDNN evaluation does (the mean is subtracted from every row).
+cleanse and verify). Cosine. Each embedding may first have a mean vector subtracted (`mean`: of the scored
+table, or of another table such as the training embeddings), then is L2-normalised; a trial's score is the dot
+product of its two unit vectors. An embedding may also be a (1+N, dim) matrix from
+`extract-embeddings --seed-crops N`: whole utterance first, then N crops; such trials score (cos(whole, whole) + mean of the NxN crop
+cosines) / 2, as the seed's ECAPA-TDNN evaluation does (the mean is subtracted from every row).
 
 AS-Norm. The cohort is a set of unit vectors (usually one per training speaker: the mean of that speaker's
 L2-normalised utterance embeddings, see `make_cohort`), with the same mean subtracted as from the scored
@@ -18,10 +18,11 @@ sigma_u (unbiased, n - 1 in the denominator). A trial (e, t) with raw score s th
     ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t) / 2
 
 so swapping enrollment and test gives the same score. A sigma below MIN_SIGMA (no spread: the nearest cohort
-members are identical) is an error naming the utterance, not a huge score. Cohort statistics are computed once per distinct
-utterance, a piece of rows at a time on every usable core (a torch matrix product against the cohort, at most
-CHUNK_BYTES of scores held at once); then each trial is a gather and a few array operations. For crop sets
-the cohort statistics use the whole-utterance row (row 0) only, and normalise the crop-set score s above.
+members are identical) is an error naming the utterance, not a huge score. Cohort statistics are computed once
+per distinct utterance, a piece of rows at a time on every usable core (a torch matrix product against the
+cohort, at most CHUNK_BYTES of scores held at once); then each trial is a gather and a few array operations.
+For crop sets the cohort statistics use the whole-utterance row (row 0) only, and normalise the crop-set score
+s above.
 
 Selecting the top n of each row exactly without a full per-row sort: a per-row threshold above which about
 1.5 n of the row's cohort scores lie is predicted from the row's score mean and variance (computed in closed
