@@ -7,7 +7,8 @@ cleanse and verify). Cosine. Each embedding may first have a mean vector subtrac
 table, or of another table such as the training embeddings), then is L2-normalised; a trial's score is the dot
 product of its two unit vectors. An embedding may also be a (1+N, dim) matrix from
 `extract-embeddings --seed-crops N`: whole utterance first, then N crops; such trials score
-(cos(whole, whole) + mean of the NxN crop cosines) / 2, as the seed's ECAPA-TDNN evaluation does (the mean is subtracted from every row).
+(cos(whole, whole) + mean of the NxN crop cosines) / 2, as the seed's ECAPA-TDNN evaluation does (the mean
+is subtracted from every row).
 
 AS-Norm. The cohort is a set of unit vectors (usually one per training speaker: the mean of that speaker's
 L2-normalised utterance embeddings, see `make_cohort`), with the same mean subtracted as from the scored
