@@ -198,6 +198,28 @@ def test_features_of_mixed_dimension(capsys, tmp_path, workers):
     assert not (tmp_path / "exp/checkpoints/epoch_001.pt").exists()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_nan_feature_row_stops_training_naming_the_utterance(capsys, tmp_path, workers):
+    """Features enter training through the same finiteness rule as every table read (avtk.io.ark)."""
+    data = make_data(tmp_path)
+    utts, feats = [], {}
+    for line in (data / "feats.scp").read_text().splitlines():
+        u, where = line.split()
+        utts.append(u)
+        feats[u] = np.array(kaldiio.load_mat(where))
+    feats["s2-u1"][7, 3] = np.nan
+    with kaldiio.WriteHelper(f"ark,scp:{tmp_path}/feats2.ark,{data}/feats.scp") as w:
+        for u in utts:
+            w[u] = feats[u]
+    where = dict(line.split() for line in (data / "feats.scp").read_text().splitlines())["s2-u1"]
+    rc, err = train(capsys, data, tmp_path / "exp", write_conf(tmp_path / "c.yaml"), "runtime.epochs=1",
+                    f"data.num_workers={workers}")
+    line_no = utts.index("s2-u1") + 1
+    assert rc == 1 and error_line(err) == (f"utterance s2-u1 ({data}/feats.scp:{line_no}): features {where}: NaN or "
+                                           f"infinite value at row 7 (of {FRAMES}), column 3")
+    assert not (tmp_path / "exp/avg_model.pt").exists()
+
+
 def test_validation_trials_all_target_fail_at_start_up(capsys, data, tmp_path):
     write_table(data / "trials", [("s0-u0", "s0-u1", "target"), ("s1-u0", "s1-u1", "target")])
     rc, err = train(capsys, data, tmp_path / "exp", write_conf(tmp_path / "c.yaml"), "--val-trials", data / "trials")

@@ -16,6 +16,7 @@ import torch
 from avtk.data import datadir
 from avtk.errors import AvtkError
 from avtk.features.fbank import num_frames as fbank_frames
+from avtk.io.ark import check_finite_value
 from avtk.io.audio import SAMPLE_RATE, load_audio, read_wav_scp
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class CropDataset(torch.utils.data.Dataset):
         except Exception as err:  # kaldiio raises assorted errors on bad arks
             raise AvtkError(f"utterance {utt} ({self.where[utt]}): cannot read features {self.sources[utt]}: "
                             f"{getattr(err, 'strerror', None) or err}") from None
+        check_finite_value(x, f"utterance {utt} ({self.where[utt]}): features {self.sources[utt]}")
         x = np.asarray(x, np.float32)
         if x.ndim != 2:
             raise AvtkError(f"utterance {utt} ({self.where[utt]}): features of shape {x.shape}, not (frames, dim)")
