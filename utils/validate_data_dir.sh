@@ -7,7 +7,8 @@ usage() {
   cat <<USAGE
 Usage: validate_data_dir.sh [--no-feats] [--check-audio] <data-dir>
   --no-feats     do not require feats.scp
-  --check-audio  check that each plain-path audio file in wav.scp exists
+  --check-audio  read each plain-path audio file's header: missing, unreadable or truncated files, and
+                 durations more than 0.02 s from utt2dur, are problems
   (Kaldi's --no-text and --no-spk-sort are accepted and ignored: text is never required.)
 USAGE
 }

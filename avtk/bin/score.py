@@ -24,7 +24,8 @@ def get_parser():
         "`enroll test score [target|nontarget]`. Crop-set embeddings ((1+N) x dim, from extract-embeddings "
         "--seed-crops) score (cos(whole, whole) + mean crop cosine) / 2, and their AS-Norm cohort statistics "
         "use the whole-utterance row. A repeated trial, a trial whose utterance has no embedding (unless "
-        "--allow-missing) and a NaN or infinite embedding are errors."
+        "--allow-missing), a NaN, infinite or all-zero embedding, and an AS-Norm cohort whose top-N scores have "
+        "no spread (standard deviation below 1e-5) are errors naming the table and utterance."
     )
     p.add_argument("--trials", required=True, help="trials file")
     p.add_argument("--subtract-mean", action="store_true",

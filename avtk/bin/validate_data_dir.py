@@ -6,8 +6,9 @@ wav.scp (or segments) list the same utterances; that segments name recordings in
 end > start; that spk2utt matches utt2spk with no speaker left without utterances; that optional
 per-utterance files (utt2dur, utt2num_frames, feats.scp, vad.scp, frames.scp, text) only name
 utterances of utt2spk; and that a trials file names known utterances or speakers. With
---check-audio, every wav.scp entry that is a plain path must exist (`command |` entries are not
-run).
+--check-audio, every wav.scp entry that is a plain path must exist and have a readable header that
+does not declare more audio than the file holds, and (without segments) its duration must be within
+0.02 s of utt2dur (`command |` entries are not run).
 """
 import logging
 import sys
@@ -22,7 +23,8 @@ def get_parser():
     parser = make_parser(__doc__)
     parser.add_argument("--no-feats", action="store_true", help="do not require feats.scp")
     parser.add_argument("--check-audio", action="store_true",
-                        help="check that each plain-path audio file in wav.scp exists")
+                        help="read the header of each plain-path audio file in wav.scp: missing, unreadable or truncated "
+                             "files, and durations more than 0.02 s from utt2dur, are problems")
     parser.add_argument("--max-per-check", type=count(0), default=10,
                         help="problems listed per file and check before the rest are only counted (0: all)")
     parser.add_argument("data_dir", help="the data directory")
