@@ -41,6 +41,7 @@ from statistics import NormalDist
 import numpy as np
 
 from avtk.errors import AvtkError
+from avtk.io.ark import VectorTable
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,10 @@ def embedding_matrix(table, keys, where="trials", source="embeddings"):
         raise AvtkError(f"{where}: {len(missing)} utterances have no embedding in {source}: {_preview(missing)}")
     if not keys:
         raise AvtkError(f"{where}: no utterances to score")
+    if isinstance(table, VectorTable):  # read in bulk: one gather, no per-key arrays
+        emb = table.matrix[table.rows(keys)]
+        check_embeddings(emb, keys, source)
+        return emb
     shape = np.shape(table[keys[0]])
     if len(shape) not in (1, 2) or shape[-1] == 0:
         raise AvtkError(f"{source}: embedding of {keys[0]!r} has shape {shape}; expected a vector or a crop set")
@@ -199,9 +204,15 @@ def embedding_matrix(table, keys, where="trials", source="embeddings"):
 
 
 def _rows(table, source, whole_only=False):
-    """(keys, matrix): every embedding of `table` as float32 rows; crop sets give all their rows, or only
-    the whole-utterance row 0 with whole_only. Checks shapes, and finiteness and non-zero rows
-    (`check_embeddings`)."""
+    """(keys, matrix): every embedding of `table` ({key: array}, or a `VectorTable`, whose own matrix is
+    returned, not a copy) as float32 rows; crop sets give all their rows, or only the whole-utterance row 0
+    with whole_only. Checks shapes, and finiteness and non-zero rows (`check_embeddings`)."""
+    if isinstance(table, VectorTable):  # read in bulk: finite already, one float32 matrix
+        zero = ~table.matrix.any(axis=1)
+        if zero.any():
+            raise _bad_rows_error([table.keys_list[i] for i in np.flatnonzero(zero)], source,
+                                  "is all zeros (no direction, so no cosine)")
+        return table.keys_list, table.matrix
     keys = list(table)
     if not keys:
         raise AvtkError(f"{source}: empty table")

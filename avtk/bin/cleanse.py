@@ -23,12 +23,12 @@ import os
 
 import numpy as np
 
-from avtk.cleanse import cleanse, evaluate, fmt, utterance_vectors
+from avtk.cleanse import cleanse, evaluate, fmt, utterance_matrix
 from avtk.command import count, make_parser, number
 from avtk.data.datadir import load, subset
 from avtk.data.table import read_lines
 from avtk.errors import AvtkError
-from avtk.io.ark import load_table
+from avtk.io.ark import load_vectors
 from avtk.io.atomic import atomic_dir, atomic_open, atomic_path
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,14 @@ def main(args):
     rel = _rel_paths(dd, utts, args.corpus_root) if args.out_list else None
     truth = _read_truth(args.truth, utt2spk) if args.truth else None
 
-    audio_table = load_table(args.audio_emb)
-    audio = utterance_vectors(audio_table, utts, args.audio_emb, required=True)
-    del audio_table
-    face = {}
+    audio_table = load_vectors(args.audio_emb)
+    audio = utterance_matrix(audio_table, utts, args.audio_emb, required=True)
+    del audio_table  # only the float32 rows of the data dir's utterances are kept
+    face = None
     if args.face_emb:
-        face_table = load_table(args.face_emb)
-        face = utterance_vectors(face_table, utts, args.face_emb, required=False)
-        extra = len(set(face_table) - set(utt2spk))
+        face_table = load_vectors(args.face_emb)
+        face = utterance_matrix(face_table, utts, args.face_emb, required=False)
+        extra = sum(1 for k in face_table if k not in utt2spk)
         if extra:
             log.info("%s: %d embeddings of utterances not in %s ignored", args.face_emb, extra, args.data_dir)
         del face_table

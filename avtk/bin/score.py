@@ -6,7 +6,7 @@ import time
 from avtk.command import count, make_parser
 from avtk.data.trials import read_trials
 from avtk.errors import AvtkError
-from avtk.io.ark import load_table
+from avtk.io.ark import load_vectors
 from avtk.io.atomic import atomic_open
 from avtk.scoring import (
     DEFAULT_TOP_N, check_duplicate_trials, make_cohort, missing_message, missing_utterances, read_utt2spk,
@@ -59,7 +59,7 @@ def main(args):
     trials = read_trials(args.trials, map_paths=args.map_paths)
     check_duplicate_trials(trials, args.trials)
     start = time.perf_counter()
-    table = load_table(args.rspecifier)
+    table = load_vectors(args.rspecifier)
     log.debug("read %d embeddings from %s in %.2f s", len(table), args.rspecifier, time.perf_counter() - start)
 
     missing, mask = missing_utterances(table, trials)
@@ -83,11 +83,11 @@ def main(args):
     if args.subtract_mean:
         mean = table_mean(table, args.rspecifier)
     elif args.mean_from:
-        mean = table_mean(load_table(args.mean_from), args.mean_from)
+        mean = table_mean(load_vectors(args.mean_from), args.mean_from)
     cohort = None
     if args.cohort:
         utt2spk = read_utt2spk(args.cohort_utt2spk) if args.cohort_utt2spk else None
-        names, cohort = make_cohort(load_table(args.cohort), mean, utt2spk, args.cohort, args.cohort_utt2spk)
+        names, cohort = make_cohort(load_vectors(args.cohort), mean, utt2spk, args.cohort, args.cohort_utt2spk)
         log.info("AS-Norm cohort: %d %s from %s, top %d", len(names), "speakers" if utt2spk else "embeddings",
                  args.cohort, min(args.top_n, len(names)))
     start = time.perf_counter()

@@ -36,12 +36,14 @@ and, when known, the key. A value holding a NaN or an infinity is an error too, 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Mapping
 
 import kaldiio
 import numpy as np
@@ -624,3 +626,153 @@ def load_table(rspecifier):
             raise AvtkError(f"{rspecifier}: duplicate key {key!r}")
         table[key] = array
     return table
+
+
+# --------------------------------------------------------------------------------------------------
+# bulk reading of vector tables (embeddings)
+
+_VECTOR_FORMATS = {b"FV ": np.dtype("<f4"), b"DV ": np.dtype("<f8")}  # Kaldi binary float/double vectors
+_SCP_LINE = re.compile(rb"^[ \t]*(\S+)[ \t]+(\S+):(\d+)[ \t]*$", re.M)  # key ark:offset, nothing else
+_NOT_PLAIN = re.compile(rb"[^\t\n\x20-\x7e]")  # text the rule of avtk.data.table may treat specially
+_BULK_ROWS = 65536  # vectors gathered per step
+
+
+class VectorTable(Mapping):
+    """A table of vectors held as one matrix, from `load_vectors`: `keys_list` (str, in table order) and
+    `matrix` (N, dim) float32; `table[key]` is that key's row (a view). A read-only mapping, so code written
+    for the {key: array} of `load_table` reads it too; big consumers use `keys_list`, `matrix` and `rows`."""
+
+    def __init__(self, keys, matrix, index=None):
+        self.keys_list, self.matrix = keys, matrix
+        self.index = index if index is not None else {k: i for i, k in enumerate(keys)}
+
+    def __getitem__(self, key):
+        return self.matrix[self.index[key]]
+
+    def __contains__(self, key):
+        return key in self.index
+
+    def __iter__(self):
+        return iter(self.keys_list)
+
+    def __len__(self):
+        return len(self.keys_list)
+
+    def rows(self, keys):
+        """int64 row numbers of `keys` (each must be in the table)."""
+        index = self.index
+        return np.fromiter((index[k] for k in keys), np.int64, len(keys))
+
+
+def _scp_entries(scp):
+    """(keys, ark paths, path number per entry, offsets) of an scp whose every line is `key ark:offset` in
+    plain ASCII with distinct keys; None for anything else (left to the per-entry reader)."""
+    with open(scp, "rb") as f:
+        data = f.read()
+    if _NOT_PLAIN.search(data):
+        return None
+    found = _SCP_LINE.findall(data)
+    lines = data.split(b"\n")
+    if len(found) != len(lines) - lines.count(b""):
+        return None  # a malformed or blank-with-spaces line, a range [..], a pipe, a path with spaces
+    keys = [k.decode("ascii") for k, _, _ in found]
+    names = {}
+    pids = np.fromiter((names.setdefault(p, len(names)) for _, p, _ in found), np.int64, len(found))
+    offsets = np.array([o for _, _, o in found] or [b"0"]).astype(np.int64)[:len(found)]
+    return keys, [p.decode("ascii") for p in names], pids, offsets
+
+
+def _ark_entries(ark, header_size=10):
+    """(keys, [ark], path numbers, offsets) of a binary ark of vectors of one format and size, walked
+    header to header; None for anything else."""
+    with open(ark, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            keys, offsets, pos, head, step = [], [], 0, None, 0
+            while pos < size:
+                space = mm.find(b" ", pos, pos + 4096)
+                if space <= pos:
+                    return None
+                key = mm[pos:space]
+                if head is None:
+                    head = mm[space + 1:space + 1 + header_size]
+                    step = _vector_step(head)
+                    if step is None:
+                        return None
+                elif mm[space + 1:space + 1 + header_size] != head:
+                    return None
+                if not key.isascii() or len(key.split()) != 1 or len(key.split()[0]) != len(key):
+                    return None
+                keys.append(key.decode("ascii"))
+                offsets.append(space + 1)
+                pos = space + 1 + step
+    return keys, [ark], np.zeros(len(keys), np.int64), np.array(offsets, np.int64)
+
+
+def _vector_step(head):
+    """Bytes of a binary vector value starting with `head` (its 10 header bytes), or None if it is not one."""
+    if len(head) != 10 or head[:2] != b"\0B" or head[2:5] not in _VECTOR_FORMATS or head[5] != 4:
+        return None
+    return 10 + int.from_bytes(head[6:10], "little") * _VECTOR_FORMATS[head[2:5]].itemsize
+
+
+def _gather(entries):
+    """(N, dim) float32 matrix of the vectors at `entries` (keys, paths, path numbers, offsets) when every one
+    has the header of the first and lies inside its file, and all are finite; else None."""
+    keys, paths, pids, offsets = entries
+    matrix, expected = None, None
+    for pid, path in enumerate(paths):
+        sel = np.flatnonzero(pids == pid)
+        try:
+            data = np.memmap(path, np.uint8, "r")
+        except (OSError, ValueError):
+            return None
+        offs = offsets[sel]
+        if expected is None:
+            expected = bytes(data[offs[0]:offs[0] + 10]) if offs[0] < len(data) else b""
+            step = _vector_step(expected)
+            if step is None:
+                return None
+            dtype = _VECTOR_FORMATS[expected[2:5]]
+            dim = (step - 10) // dtype.itemsize
+            matrix = np.empty((len(keys), dim), np.float32)
+            header = np.frombuffer(expected, np.uint8)
+        if len(data) < step or offs.max() > len(data) - step:
+            return None  # truncated: the per-entry reader names the key
+        windows = np.lib.stride_tricks.sliding_window_view(data, step)
+        for a in range(0, len(sel), _BULK_ROWS):
+            rec = windows[offs[a:a + _BULK_ROWS]]
+            if not (rec[:, :10] == header).all():
+                return None
+            values = np.ascontiguousarray(rec[:, 10:]).view(dtype)
+            if not np.isfinite(values).all():
+                return None
+            matrix[sel[a:a + _BULK_ROWS]] = values
+        del windows, data
+    return matrix
+
+
+def load_vectors(rspecifier):
+    """The whole table of `rspecifier`: a `VectorTable` (keys, float32 matrix (N, dim)) read in bulk, or,
+    for anything the bulk path does not prove clean, the {key: array} of `load_table`.
+
+    The bulk path takes an `scp:` file whose every line is `key ark:offset` (plain ASCII, distinct keys), or
+    an `ark:` file, pointing at Kaldi binary float or double vectors (`\\0B` `FV `/`DV ` int32 size marker
+    4, int32 dim) of one dimension, every one inside its file and finite: each ark is mapped once and its
+    vectors gathered by offset, without a per-entry call. Anything else (text arks, matrices and crop sets,
+    pipes, standard input, compressed values, ranges, the `p` option, other text than plain ASCII) and every
+    fault (a truncated ark, a NaN, a duplicate key, a malformed line) goes to the per-entry reader
+    (`open_reader`), which reads or reports it by the module's rules, with the same messages."""
+    ark, scp, options = parse_specifier(rspecifier, "rspecifier")
+    name = scp if scp is not None else ark
+    if "p" not in options and name != "-" and not _is_input_pipe(name) and os.path.isfile(name):
+        entries = _scp_entries(scp) if scp is not None else _ark_entries(ark)
+        if entries is not None and entries[0]:
+            index = {k: i for i, k in enumerate(entries[0])}
+            matrix = _gather(entries) if len(index) == len(entries[0]) else None
+            if matrix is not None:
+                return VectorTable(entries[0], matrix, index)
+    log.debug("%s: not a clean table of binary vectors; reading it entry by entry", rspecifier)
+    return load_table(rspecifier)
