@@ -13,24 +13,33 @@ apply (the seed's recipe):
   * ``babble_music``: babble and music both, each at its own SNR relative to the clean input.
 
 Every noise segment is a random T-sample crop of its source file; a source shorter than T is wrap-padded
-(repeated) to T. Levels follow the seed: segment dB = 10·log10(mean(x²) + 1e-4) and the noise gain is
+(repeated) to T. A plain 16 kHz file (no pipe, media file or segment) at least T long is read as that crop
+only (`avtk.io.audio.read_span`, a seek; its length from the header, read once per process), never whole:
+MUSAN's music and speech files last minutes. Other sources are read whole and cached while `cache_mb`
+allows; the crop is the same either way (the start is drawn from the generator before the read). Levels follow the seed: segment dB = 10·log10(mean(x²) + 1e-4) and the noise gain is
 sqrt(10^((dB_clean − dB_noise − snr)/10)). Outputs are not clipped or renormalised.
 
 A source recording that is silent (every sample zero) is an error naming it, whatever its kind (noise, music,
 speech, RIR): scaled to an SNR or normalised to unit energy it would add nothing, and the augmentation would
-silently be a no-op. Samples that are not finite are refused by the reader (avtk.io.audio).
+silently be a no-op. (A crop read alone that is all zero makes the whole file be read once to tell a silent
+file from a silent stretch.) Samples that are not finite are refused by the reader (avtk.io.audio).
 Sources are Kaldi data directories (``wav.scp``, read through `avtk.io.audio`, 16 kHz) such as
 data/musan_noise, data/musan_music, data/musan_speech and data/rirs; `avtk make-augment-sources` writes
 synthetic ones (avtk.synth.augment_sources). All randomness comes from the generator passed to each call, so a sample's augmentation is
 reproducible from its own seed whatever the number of data-loader workers.
+
+Speed perturbation (`speed_crop`, REFERENCE §4; applied by avtk.train.data before these): a crop played at
+speed s, pitch and tempo both changed as sox `speed` does, and counted as a new speaker (`speed_speakers`).
 """
 import logging
 import os
 
 import numpy as np
+import torch
 
 from avtk.errors import AvtkError
-from avtk.io.audio import load_audio, read_wav_scp
+from avtk.io.audio import SAMPLE_RATE, file_info, is_media, load_audio, read_span, read_wav_scp
+from avtk.io.resample import resample
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ NEEDS = {
     "babble_music": ("speech_dir", "music_dir"),
 }
 LEVEL_FLOOR = 1e-4  # added to the mean square before taking dB, as the seed does
+PREPARE_HINT = ("make the augmentation data dirs with `avtk prepare-augment --musan DIR --rirs DIR DATA`, or "
+                "stage 0 of egs/voxceleb/run.sh with --musan/--rirs")
 
 
 def segment_db(x):
@@ -82,22 +93,25 @@ class _Source:
         self.kind = kind
         self.data_dir = os.fspath(data_dir)
         if not os.path.isdir(self.data_dir):
-            raise AvtkError(f"{self.data_dir}: {kind} source data dir does not exist")
+            raise AvtkError(f"{self.data_dir}: {kind} source data dir does not exist; {PREPARE_HINT}")
         wav_scp = os.path.join(self.data_dir, "wav.scp")
         if not os.path.isfile(wav_scp):
-            raise AvtkError(f"{wav_scp}: {kind} source data dir has no wav.scp")
+            raise AvtkError(f"{wav_scp}: {kind} source data dir has no wav.scp; {PREPARE_HINT}")
         sources = read_wav_scp(self.data_dir)
         if not sources:
             raise AvtkError(f"{wav_scp}: {kind} source data dir is empty (no recordings)")
         self.utts = sorted(sources)
         self.sources = sources
         self.budget = budget
-        self.cache = {}
+        self.cache = {}  # utt -> whole float32 wave (sources read whole)
+        self.lengths = {}  # utt -> samples of a plain 16 kHz file (from its header), or None: read it whole
+        self.audible = set()  # utts whose whole file was found not silent after a silent crop
 
     def __len__(self):
         return len(self.utts)
 
-    def get(self, index):
+    def get(self, index, keep=True):
+        """(utt, whole float32 wave) of recording `index`, cached while the budget allows (`keep`)."""
         utt = self.utts[index]
         wave = self.cache.get(utt)
         if wave is None:
@@ -106,12 +120,38 @@ class _Source:
                 raise AvtkError(f"utterance {utt}: {self.kind} source {self.sources[utt].location} of "
                                 f"{self.data_dir} is silent (all samples zero): it cannot augment anything; "
                                 "remove it from the source dir")
-            if self.budget.take(wave.nbytes):
+            if keep and self.budget.take(wave.nbytes):
                 self.cache[utt] = wave
         return utt, wave
 
+    def _length(self, utt):
+        """Samples of utt's file when a crop of it can be read alone (a plain 16 kHz file), else None."""
+        if utt not in self.lengths:
+            source = self.sources[utt]
+            plain = source.segment is None and not source.is_pipe and not is_media(source.location)
+            frames, rate = file_info(source.location, utt) if plain else (0, 0)
+            self.lengths[utt] = frames if rate == SAMPLE_RATE else None  # another rate: the reader's error
+        return self.lengths[utt]
+
+    def crop(self, index, length, rng):
+        """A random `length`-sample float64 crop of recording `index`, as `crop_or_wrap` of the whole file with
+        the same generator gives, but read alone (`read_span`) from a plain file at least `length` long."""
+        utt = self.utts[index]
+        n = None if utt in self.cache else self._length(utt)
+        if n is None or n < length:
+            return crop_or_wrap(self.get(index)[1], length, rng).astype(np.float64)
+        start = int(rng.integers(0, n - length + 1))
+        segment, _ = read_span(self.sources[utt].location, start, length, utt)
+        if utt not in self.audible and not np.any(segment):
+            self.get(index, keep=False)  # an error if the whole file is silent
+            self.audible.add(utt)
+        return segment.astype(np.float64)
+
     def pick(self, rng):
         return self.get(int(rng.integers(len(self.utts))))
+
+    def pick_crop(self, length, rng):
+        return self.crop(int(rng.integers(len(self.utts))), length, rng)
 
 
 class _Budget:
@@ -221,8 +261,7 @@ class WaveAugment:
         return fft_convolve(x.astype(np.float64), rir)[:len(x)].astype(np.float32)
 
     def _additive(self, arg, snr_range, clean_db, length, rng):
-        _, wave = self.sources[arg].pick(rng)
-        segment = crop_or_wrap(np.asarray(wave, dtype=np.float64), length, rng)
+        segment = self.sources[arg].pick_crop(length, rng)
         snr = float(rng.uniform(*snr_range))
         return noise_gain(clean_db, segment_db(segment), snr) * segment
 
@@ -232,10 +271,37 @@ class WaveAugment:
         picks = rng.choice(len(source), count, replace=count > len(source))
         babble = np.zeros(length, dtype=np.float64)
         for index in picks:
-            _, wave = source.get(int(index))
-            babble += crop_or_wrap(np.asarray(wave, dtype=np.float64), length, rng)
+            babble += source.crop(int(index), length, rng)
         snr = float(rng.uniform(*self.babble_snr))
         return noise_gain(clean_db, segment_db(babble), snr) * babble
+
+
+def speed_crop(wave, length, speed, rng):
+    """A random `length`-sample crop of wave (float32 (T,), 16 kHz) played at `speed`; float32 (length,).
+
+    Speed s plays the recording s times as fast, pitch and tempo together (sox `speed` then a resample back to
+    16 kHz): ceil(length·s) samples are cropped (`crop_or_wrap`, one start drawn from rng), taken as recorded at
+    16000·s Hz and resampled to 16 kHz (`avtk.io.resample.resample`), which gives at least `length` samples; the
+    first `length` are kept. Speed 1 is the plain crop. 16000·s must be a whole number of Hz (the config allows
+    multiples of 0.01, so the resampler's filter bank stays small).
+    """
+    if speed == 1:
+        return np.asarray(crop_or_wrap(wave, length, rng), dtype=np.float32)
+    rate = int(round(SAMPLE_RATE * speed))
+    if rate <= 0 or abs(rate - SAMPLE_RATE * speed) > 1e-6:
+        raise AvtkError(f"speed {speed!r}: 16000 x speed must be a whole number of Hz")
+    crop = crop_or_wrap(np.asarray(wave, dtype=np.float32), int(np.ceil(length * speed - 1e-9)), rng)
+    return resample(torch.from_numpy(np.ascontiguousarray(crop)), rate, SAMPLE_RATE)[:length].numpy()
+
+
+def speed_speakers(speakers, speeds):
+    """The classes of a training with speed perturbation: for each speed in order, every speaker, named as Kaldi
+    names perturbed copies (`spk` at speed 1, `sp0.9-spk` at 0.9); a sample of speaker index i at speeds[k] has
+    label i + len(speakers)·k. Without speeds (empty), the speakers themselves."""
+    speakers = list(speakers)
+    if not speeds:
+        return speakers
+    return [spk if speed == 1 else f"sp{speed:g}-{spk}" for speed in speeds for spk in speakers]
 
 
 def spec_augment(feats, rng, max_time_frac=0.1, max_time=20, max_freq=8):

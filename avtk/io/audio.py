@@ -284,6 +284,29 @@ def read_file(path, utt=None):
     return data, rate
 
 
+def read_span(path, start, count, utt=None):
+    """float32 (count,) samples [start, start + count) of channel 0 of a libsndfile-readable file, and its sample
+    rate, read without decoding the rest (a seek: a 2 s crop of a 5-minute file costs what a 2 s file does).
+    The file checks of `read_file` apply (missing, empty, corrupt, truncated), `check_samples` to what is read;
+    a span past the end is an AvtkError. Media files (`is_media`) are refused: decode them whole (read_file)."""
+    where = "" if utt is None else f"utterance {utt}: "
+    if is_media(path):
+        raise AvtkError(f"{where}{path}: read_span reads libsndfile files only, not media files")
+    with _open_file(path, where) as f:
+        if start < 0 or count < 0 or start + count > f.frames:
+            raise AvtkError(f"{where}audio file {path} has {f.frames} samples, not the span {start}-{start + count}")
+        try:
+            f.seek(start)
+            data = f.read(count, dtype="float32", always_2d=True)
+        except (RuntimeError, TypeError, ValueError, OSError) as err:
+            raise AvtkError(f"{where}cannot read audio file {path}: {_sf_error(err)}") from None
+        rate = f.samplerate
+    if len(data) != count:
+        raise AvtkError(f"{where}audio file {path}: read {len(data)} samples at {start}, not {count}")
+    check_samples(data, rate, f"{where}audio file {path} (the span from sample {start})")
+    return np.ascontiguousarray(data[:, 0]), rate
+
+
 def read_recording(utt, location):
     """(float32 mono samples, sample rate, description) of a wav.scp value; channel 0 of a multi-channel file."""
     data, rate, what = _read_pipe(utt, location) if is_pipe(location) else (*read_file(location, utt), location)

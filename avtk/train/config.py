@@ -8,8 +8,8 @@ from the command line as `section.key=value` (the value is parsed as YAML).
 `SCHEMA` declares each key as Key(default, kind, range or choices). A value is checked where it enters (the
 YAML file or the override), so an error names that source, the key, the value and what is allowed:
 `conf/x.yaml: optim.lr = -0.1: must be > 0`. Kinds: int (not bool), float (an int, or a string such as `1e-3`
-that YAML 1.1 leaves unparsed, is read as a float; NaN and infinities are refused), bool, str, mapping, and
-any. A key whose default is null also takes null.
+that YAML 1.1 leaves unparsed, is read as a float; NaN and infinities are refused), floats (a list of such
+numbers, the range applying to each), bool, str, mapping, and any. A key whose default is null also takes null.
 """
 import copy
 import math
@@ -81,6 +81,10 @@ SCHEMA = {
         "music_dir": Key(None, "str"),
         "speech_dir": Key(None, "str"),
         "rir_dir": Key(None, "str"),
+        # wav input: speed perturbation, each crop played at one of these speeds (uniformly; multiples of 0.01),
+        # pitch and tempo changed, and counted as a new speaker (classes: speakers x speeds; REFERENCE §4).
+        # [] or null: off. The seed's VoxCeleb recipes: [1.0, 0.9, 1.1]
+        "speed_perturb": Key([], "floats", ">= 0.5, <= 2"),
     },
     "runtime": {
         "epochs": Key(10, "int", ">= 1"),
@@ -117,17 +121,24 @@ DEFAULTS = _defaults(SCHEMA)
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "mapping": "a mapping {key: value}"}
+              "mapping": "a mapping {key: value}", "floats": "a list of numbers"}
 
 
 def _checked(key, value):
     """`value` of the kind and in the range of `key` (a float kind turns ints and numeric strings into
     floats); a ValueError says what it must be."""
     if value is None:
-        if key.default is None:
-            return None
+        if key.default is None or key.kind == "floats":
+            return None if key.default is None else []
         raise ValueError(f"must be {_KIND_TEXT[key.kind]}, not null")
     kind = key.kind
+    if kind == "floats":
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"must be {_KIND_TEXT[kind]}")
+        try:
+            return [_checked(key._replace(kind="float"), v) for v in value]
+        except ValueError as err:
+            raise ValueError(f"each value {err}") from None
     if kind == "float" and not isinstance(value, bool):
         try:
             value = float(value) if isinstance(value, (int, float, str)) else value
@@ -249,6 +260,15 @@ def _check(cfg, where):
         if cfg[section][name] not in known:
             raise AvtkError(f"{where}: {key} = {cfg[section][name]!r}: must be one of {', '.join(sorted(known))}")
     _resolve_modality(cfg)
+    speeds = cfg["augment"]["speed_perturb"]
+    if speeds:
+        if cfg["data"]["input"] != "wav":
+            raise AvtkError(f"{where}: augment.speed_perturb = {speeds}: needs data.input: wav (the speed of "
+                            f"audio is changed before the front end), not {cfg['data']['input']}; set "
+                            "augment.speed_perturb: [] or train on wav")
+        odd = [s for s in speeds if abs(s * 100 - round(s * 100)) > 1e-6]
+        if odd or len(set(speeds)) != len(speeds):
+            raise AvtkError(f"{where}: augment.speed_perturb = {speeds}: must be distinct multiples of 0.01")
     rt = cfg["runtime"]
     if rt["average_last"] > rt["keep_last"]:
         raise AvtkError(f"{where}: runtime.average_last = {rt['average_last']}: must be <= runtime.keep_last "

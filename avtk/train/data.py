@@ -80,6 +80,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.input = cfg["data"]["input"]
         self.seed = seed
         self.augment = augment
+        self.speeds = tuple(cfg["augment"]["speed_perturb"] or ()) if self.input == "wav" else ()
         dd = datadir.load(data_dir)
         utt2spk, self.speakers = _speakers(dd)
         spk_index = {s: i for i, s in enumerate(self.speakers)}
@@ -166,9 +167,14 @@ class CropDataset(torch.utils.data.Dataset):
         return self.dim
 
     def __getitem__(self, item):
+        """(crop float32, label, index) of item (index, epoch); a Failed for an unreadable utterance. With
+        augment.speed_perturb (wav input), the speed index k is drawn first, the crop played at speeds[k]
+        (avtk.augment.speed_crop, before the wave augmentation) and the label is speaker + len(speakers)·k
+        (avtk.augment.speed_speakers names these classes)."""
         index, epoch = item
         rng = np.random.default_rng([self.seed, epoch, index])
         utt = self.utts[index]
+        label = int(self.labels[index])
         try:
             if self.input == "feats":
                 x = wrap_crop(self._load(utt), self.crop, rng)
@@ -177,12 +183,19 @@ class CropDataset(torch.utils.data.Dataset):
                 if utt in self.claimed and abs(len(wave) - self.claimed[utt]) > 0.02 * SAMPLE_RATE:  # 2 decimals
                     raise AvtkError(f"utterance {utt}: {self.data_dir}/utt2dur says {self.claimed[utt] / SAMPLE_RATE:g} s "
                                     f"but its audio holds {len(wave) / SAMPLE_RATE:g} s: utt2dur is stale")
-                x = wrap_crop(wave, self.crop, rng)
+                if self.speeds:
+                    from avtk.augment import speed_crop
+
+                    k = int(rng.integers(len(self.speeds)))
+                    label += len(self.speakers) * k
+                    x = speed_crop(wave, self.crop, self.speeds[k], rng)
+                else:
+                    x = wrap_crop(wave, self.crop, rng)
                 if self.augment is not None:
                     x = self.augment(x, rng)
         except AvtkError as err:
             return Failed(str(err))
-        return torch.from_numpy(np.array(x, dtype=np.float32)), int(self.labels[index]), index
+        return torch.from_numpy(np.array(x, dtype=np.float32)), label, index
 
 
 class FrameDataset(torch.utils.data.Dataset):

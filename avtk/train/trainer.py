@@ -83,7 +83,10 @@ class Trainer:
                                     frames_of=getattr(frontend, "num_frames", None))
         if val_trials:
             self._check_validation_data()
-        self.speakers = self.dataset.speakers
+        # the classes: speakers, times the speeds with speed perturbation (avtk.augment.speed_speakers)
+        from avtk.augment import speed_speakers
+
+        self.speakers = speed_speakers(self.dataset.speakers, getattr(self.dataset, "speeds", ()))
         dim = self.dataset.feature_dim()
         if dim is not None and getattr(self.net, "feature_dim", None) not in (None, dim):
             raise AvtkError(f"{train_data}/feats.scp has {dim}-dimensional features but the model "
@@ -99,6 +102,7 @@ class Trainer:
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.batches, collate_fn=collate, num_workers=cfg["data"]["num_workers"],
             pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg["data"]["num_workers"] > 0,  # workers (and their source caches) live on
         )
         self.ddp = self.module
         if self.dist.initialized:
