@@ -457,3 +457,97 @@ def test_validate_check_audio_reports_truncated_files_and_durations_unlike_utt2d
     assert f"{d}/wav.scp:3: utterance 'c': audio file {cut} is truncated: its header declares 1.800 s (28800 " \
            "samples) but the file holds 0.250 s (4000 samples)" in proc.stderr
     assert "'a'" not in proc.stderr and "OK" not in proc.stderr
+
+
+def _vectors(n, dim, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return {f"spk{i % 3}-utt{i:03d}": rng.standard_normal(dim).astype(dtype) for i in range(n)}
+
+
+def _assert_vector_table(got, want):
+    assert isinstance(got, arkio.VectorTable)
+    assert got.keys_list == list(want) and got.matrix.dtype == np.float32
+    np.testing.assert_array_equal(got.matrix, np.stack([np.float32(v) for v in want.values()]))
+
+
+def test_load_vectors_bulk_equals_per_entry_reader(tmp_path):
+    """Binary float vectors in two arks behind one scp, an ark itself, double vectors: one float32 matrix
+    equal to what the per-entry reader gives, keys in table order."""
+    first, second = _vectors(7, 5, 1), _vectors(4, 5, 2)
+    second = {k.replace("utt", "x"): v for k, v in second.items()}
+    for name, part in (("one", first), ("two", second)):
+        with open_writer(f"ark,scp:{tmp_path}/{name}.ark,{tmp_path}/{name}.scp") as w:
+            for k, v in part.items():
+                w[k] = v
+    scp = tmp_path / "all.scp"
+    scp.write_text((tmp_path / "one.scp").read_text() + "\n" + (tmp_path / "two.scp").read_text())
+    both = {**first, **second}
+    got = arkio.load_vectors(f"scp:{scp}")
+    _assert_vector_table(got, both)
+    _assert_same({k: got[k] for k in got}, load_table(f"scp:{scp}"))
+    assert "spk0-x000" in got and "nope" not in got and got.rows(["spk1-utt001", "spk0-x000"]).tolist() == [1, 7]
+    _assert_vector_table(arkio.load_vectors(f"ark:{tmp_path}/one.ark"), first)
+    doubles = _vectors(3, 4, 3, np.float64)
+    kaldiio.save_ark(str(tmp_path / "d.ark"), doubles, scp=str(tmp_path / "d.scp"))
+    _assert_vector_table(arkio.load_vectors(f"scp:{tmp_path}/d.scp"), doubles)
+    _assert_vector_table(arkio.load_vectors(f"ark:{tmp_path}/d.ark"), doubles)
+
+
+@pytest.mark.parametrize("case", ["text", "matrices", "mixed-dims", "crlf", "pipe", "permissive"])
+def test_load_vectors_falls_back_to_the_per_entry_reader(tmp_path, case):
+    """Anything but plain binary vectors of one size in files is read entry by entry, as load_table does."""
+    table = _vectors(4, 3)
+    spec = f"ark,scp:{tmp_path}/e.ark,{tmp_path}/e.scp"
+    rspec = f"scp:{tmp_path}/e.scp"
+    if case == "text":
+        spec = f"ark,t:{tmp_path}/e.ark"
+        rspec = f"ark:{tmp_path}/e.ark"
+    elif case == "matrices":
+        table = _table()
+    elif case == "mixed-dims":
+        table["spk0-utt003"] = np.ones(5, np.float32)
+    with open_writer(spec) as w:
+        for k, v in table.items():
+            w[k] = v
+    if case == "crlf":
+        (tmp_path / "e.scp").write_bytes((tmp_path / "e.scp").read_bytes().replace(b"\n", b"\r\n"))
+    elif case == "pipe":
+        rspec = f"scp:cat {tmp_path}/e.scp |"
+    elif case == "permissive":
+        rspec = f"scp,p:{tmp_path}/e.scp"
+    got = arkio.load_vectors(rspec)
+    assert type(got) is dict and list(got) == list(table)
+    _assert_same(got, table)
+
+
+@pytest.mark.parametrize("case", ["truncated", "nan", "duplicate", "truncated-ark"])
+def test_bulk_read_faults_are_the_per_entry_errors(tmp_path, case):
+    """A truncated ark, a NaN and a duplicate key in an embedding table give `avtk score` the per-entry
+    reader's one ERROR line (file and key or line named), exit 1 and no scores file."""
+    with open_writer(f"ark,scp:{tmp_path}/e.ark,{tmp_path}/e.scp") as w:
+        for k in "abc":
+            w[k] = np.arange(1, 5, dtype=np.float32)
+    (tmp_path / "trials").write_text("a b nontarget\na c nontarget\n")
+    ark, scp = tmp_path / "e.ark", tmp_path / "e.scp"
+    rspec = f"scp:{scp}"
+    if case in ("truncated", "truncated-ark"):
+        ark.write_bytes(ark.read_bytes()[:-3])
+        want = f"{rspec}: key 'c' ({scp}:3): cannot read {ark}:58: unexpected end of file (wanted 16 bytes, got 13)"
+        if case == "truncated-ark":
+            rspec = f"ark:{ark}"
+            want = f"{rspec}: corrupt or truncated ark {ark} after key 'b': unexpected end of file (wanted 16 " \
+                   "bytes, got 13)"
+    elif case == "nan":
+        raw = bytearray(ark.read_bytes())
+        raw[30 + 10 + 4:30 + 10 + 8] = np.float32(np.nan).tobytes()  # key "b" at offset 30, index 1
+        ark.write_bytes(bytes(raw))
+        assert scp.read_text().splitlines()[1] == f"b {ark}:30"
+        want = f"{rspec}: key 'b' ({scp}:2): NaN or infinite value at index 1"
+    else:
+        scp.write_text(scp.read_text() + scp.read_text().splitlines()[0] + "\n")
+        want = f"{scp}:4: duplicate key 'a' (first on line 1)"
+    proc = avtk("score", "--trials", tmp_path / "trials", rspec, tmp_path / "scores", check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(f"ERROR [avtk score] {want}"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "scores").exists()
