@@ -322,3 +322,73 @@ def test_spec_augment_masks_at_most_the_stated_widths():
     assert max(capped) <= 19  # max_time caps 10% of 1000 frames
     same = spec_augment(feats, np.random.default_rng(11)), spec_augment(feats, np.random.default_rng(11))
     assert torch.equal(*same)
+
+
+# ---------------------------------------------------------------------------------------------- crop reads
+
+def old_whole_file_crop(path, length, rng):
+    """The previous reading, written out: the whole file as float64, then a random crop (wrap-padded if short)."""
+    x = sf.read(path, dtype="float32")[0].astype(np.float64)
+    if len(x) < length:
+        return np.pad(x, (0, length - len(x)), mode="wrap")
+    start = int(rng.integers(0, len(x) - length + 1))
+    return x[start:start + length]
+
+
+def test_crops_read_alone_equal_crops_of_the_whole_file(tmp_path, monkeypatch):
+    """A long source is read as its crop only (read_span: no whole-file read), and the noise added is the
+    same as from the whole file with the same generator; a short one is read whole and wrap-padded."""
+    import avtk.augment as augment
+
+    rng = np.random.default_rng(3)
+    long_wave = (0.1 * rng.standard_normal(16000 * 40)).astype(np.float32)
+    short_wave = (0.1 * rng.standard_normal(9000)).astype(np.float32)
+    music, read_back = write_source(tmp_path, "music", {"long": long_wave, "short": short_wave})
+    whole_reads = []
+    real_load = augment.load_audio
+    monkeypatch.setattr(augment, "load_audio", lambda utt, src: whole_reads.append(utt) or real_load(utt, src))
+    aug = WaveAugment(music_dir=music, types=("music",), music_snr=(5, 5))
+    clean = speech_like(2)
+    for seed in range(12):
+        out = aug(clean, np.random.default_rng([1, seed]))
+        rng = np.random.default_rng([1, seed])
+        rng.integers(1)  # the type
+        utt = ("long", "short")[int(rng.integers(2))]
+        segment = old_whole_file_crop(tmp_path / "wav" / "music" / f"{utt}.wav", T, rng)
+        expected = clean + np.sqrt(10 ** ((db(clean) - db(segment) - 5) / 10)) * segment
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert set(whole_reads) == {"short"} and whole_reads.count("short") == 1  # cached once; long never read whole
+
+
+def test_a_silent_stretch_is_fine_a_silent_file_is_not(tmp_path):
+    """A crop that is all zero is no error when the file has sound elsewhere; a long silent file still is."""
+    stretch = np.zeros(16000 * 6, np.float32)
+    stretch[-16000:] = 0.1 * np.random.default_rng(0).standard_normal(16000)
+    noise, _ = write_source(tmp_path, "noise", {"quiet_start": stretch, "silent": np.zeros(16000 * 6, np.float32)})
+    aug = WaveAugment(noise_dir=noise, types=("noise",))
+    clean = speech_like(3)
+    outcomes = set()
+    for seed in range(40):
+        try:
+            out = aug(clean, np.random.default_rng(seed))
+            outcomes.add("ok")
+            assert np.isfinite(out).all()
+        except AvtkError as err:
+            assert str(err) == (f"utterance silent: noise source {tmp_path / 'wav' / 'noise' / 'silent.wav'} of "
+                                f"{noise} is silent (all samples zero): it cannot augment anything; remove it "
+                                "from the source dir")
+            outcomes.add("error")
+    assert outcomes == {"ok", "error"}
+
+
+def test_missing_source_dir_says_how_to_make_it(tmp_path):
+    """Through avtk train: one ERROR line naming the dir and the command that makes it."""
+    missing = tmp_path / "data" / "musan_noise"
+    proc = avtk("train", "--config", "/dev/null", "--train-data", tmp_path, "--exp", tmp_path / "exp",
+                "data.input=wav", "augment.wave=true", f"augment.noise_dir={missing}", check=False)
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    assert errors[0].endswith(f"{missing}: noise source data dir does not exist; make the augmentation data dirs "
+                              "with `avtk prepare-augment --musan DIR --rirs DIR DATA`, or stage 0 of "
+                              "egs/voxceleb/run.sh with --musan/--rirs"), proc.stderr
+    assert not list((tmp_path / "exp").iterdir())
