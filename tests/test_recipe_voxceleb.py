@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, UTILS, avtk, run
+from test_augment_corpora import corpora  # noqa: F401  (the MUSAN and RIRS_NOISES download layouts)
 
 TINY_SPEECH = {
     "model": {"encoder": "ecapa_tdnn", "encoder_args": {"in_dim": 80, "channels": 32, "embed_dim": 16}},
@@ -147,6 +148,42 @@ def test_seed_layout_data_and_frames_stages(tree, tmp_path):
     assert len((recipe / "data/vox1_O/feats.scp").read_text().splitlines()) == 3 * 2 * 3
     trials = (recipe / "data/vox1_O/trials").read_text()
     assert trials == (tree / "cdata/test/trials").read_text()
+
+
+SHRUNK = {("model", "encoder_args"): {"in_dim": 80, "channels": 32, "embed_dim": 16}, ("data", "batch_size"): 8,
+          ("data", "num_workers"): 2, ("runtime", "epochs"): 1}
+
+
+def test_stage_3_trains_the_real_ecapa_l_config_with_musan_rirs_and_speed_perturbation(tree, corpora):
+    """Stage 0 with --musan/--rirs on the download layouts (test_augment_corpora's trees), then stage 3 with
+    egs/voxceleb/conf/ecapa_l.yaml changed only in size: wav input, the four augmentation dirs, speed
+    perturbation; the classes are the speakers at the three speeds."""
+    recipe = corpora / "recipe"
+    shutil.copytree(tree / "recipe", recipe, symlinks=True, ignore=shutil.ignore_patterns("data", "exp", "fbank",
+                                                                                          "frame_align"))
+    conf = yaml.safe_load((REPO / "egs/voxceleb/conf/ecapa_l.yaml").read_text())
+    for (section, key), value in SHRUNK.items():
+        conf[section][key] = value
+    (recipe / "conf/ecapa_l_shrunk.yaml").write_text(yaml.safe_dump(conf))
+    run(["./run.sh", "--layout", "official", "--vox2-dev", tree / "vox2/dev", "--vox1", tree / "vox1",
+         "--trials-dir", tree / "lists", "--musan", corpora / "musan", "--rirs", corpora / "RIRS_NOISES",
+         "--stop-stage", 0], cwd=recipe)
+    for name in ("musan_noise", "musan_music", "musan_speech", "rirs"):
+        assert (recipe / "data" / name / "wav.scp").read_text()
+    proc = run(["./run.sh", "--layout", "official", "--stage", 3, "--stop-stage", 3, "--gpus", 0,
+                "--speaker-conf", "conf/ecapa_l_shrunk.yaml"], cwd=recipe)
+    assert "Stage 3: train the speaker network (conf/ecapa_l_shrunk.yaml" in proc.stderr
+    from avtk.train.config import flatten, load_config
+
+    used = flatten(yaml.safe_load((recipe / "exp/speaker/config.yaml").read_text()))
+    real = flatten(load_config(REPO / "egs/voxceleb/conf/ecapa_l.yaml"))
+    assert {k for k in real if used[k] != real[k]} == {".".join(k) for k in SHRUNK}
+    assert used["augment.wave"] and used["augment.speed_perturb"] == [1.0, 0.9, 1.1]
+    assert used["augment.noise_dir"] == "data/musan_noise" and used["data.input"] == "wav"
+    model = torch.load(recipe / "exp/speaker/avg_model.pt", map_location="cpu", weights_only=False)
+    speakers = sorted({line.split()[1] for line in (recipe / "data/vox2_dev/utt2spk").read_text().splitlines()})
+    assert model["speakers"] == speakers + [f"sp{s}-{spk}" for s in ("0.9", "1.1") for spk in speakers]
+    assert (recipe / "exp/speaker/validation.txt").read_text().startswith("1 ")
 
 
 # ---- several nodes: node 0 runs the data stages, the others wait for its markers (stubbed torchrun) ----------
