@@ -16,7 +16,8 @@ Every noise segment is a random T-sample crop of its source file; a source short
 (repeated) to T. A plain 16 kHz file (no pipe, media file or segment) at least T long is read as that crop
 only (`avtk.io.audio.read_span`, a seek; its length from the header, read once per process), never whole:
 MUSAN's music and speech files last minutes. Other sources are read whole and cached while `cache_mb`
-allows; the crop is the same either way (the start is drawn from the generator before the read). Levels follow the seed: segment dB = 10·log10(mean(x²) + 1e-4) and the noise gain is
+allows; the crop is the same either way (the start is drawn from the generator before the read).
+Levels follow the seed: segment dB = 10·log10(mean(x²) + 1e-4) and the noise gain is
 sqrt(10^((dB_clean − dB_noise − snr)/10)). Outputs are not clipped or renormalised.
 
 A source recording that is silent (every sample zero) is an error naming it, whatever its kind (noise, music,
@@ -189,8 +190,10 @@ class WaveAugment:
     noise_snr, music_snr, babble_snr: (low, high) dB, each SNR uniform in [low, high].
     babble_count: (low, high) talkers per babble, uniform over the integers low..high inclusive (drawn with
     replacement when the speech dir has fewer files).
-    cache_mb: source audio kept in memory once read, in MiB, per process (each data-loader worker has its
-    own); once it is full, further files are read from disk each time they are picked.
+    cache_mb: sources read whole (RIRs, files shorter than a crop, pipes, media files, segments) kept in
+    memory once read, in MiB, per process (each data-loader worker has its own, kept across epochs by the
+    Trainer's persistent workers); once it is full, further files are read each time they are picked. Crops
+    of long plain files are read alone each time (module doc), from the page cache once the OS holds them.
 
     Call with (wave float32 (T,), rng np.random.Generator) -> float32 (T,). `last_type` records the type
     chosen by the latest call.
