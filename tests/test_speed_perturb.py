@@ -138,7 +138,8 @@ def test_training_has_a_class_per_speaker_and_speed(tmp_path):
     assert any(t.shape[0] == 6 for t in ckpt["loss"].values() if t.dim() == 2)
     model = torch.load(exp / "avg_model.pt", map_location="cpu", weights_only=False)
     assert model["speakers"] == names and model["config"]["augment"]["speed_perturb"] == [1.0, 0.9, 1.1]
-    avtk("extract-embeddings", "--model", exp / "avg_model.pt", f"scp:{data / 'wav.scp'}", f"ark,t:{tmp_path / 'emb.txt'}")
+    avtk("extract-embeddings", "--model", exp / "avg_model.pt", f"scp:{data / 'wav.scp'}",
+         f"ark,t:{tmp_path / 'emb.txt'}")
     assert len((tmp_path / "emb.txt").read_text().strip().splitlines()) > 0
 
 
