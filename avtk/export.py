@@ -35,9 +35,12 @@ is then run again on inputs of other batch sizes and lengths than the trace exam
 eager network one utterance at a time (the result goes to the log and to the sidecar's `parity`); a graph
 that does not match fails the export.
 
-Devices: the trace runs on the CPU, and TorchScript records the device of the tensors the graph creates
-(frame indices, masks), so the TorchScript graph runs on the CPU; an ONNX graph has no device (onnxruntime's
-CUDA provider runs it as it is).
+Devices: one graph for every device. The trace runs on the CPU, but nothing in the graph names a device:
+the index and mask tensors it creates (frame starts, valid-frame masks, the encoders' padding masks) are built
+from its inputs with `avtk.features.fbank.positions` (ones_like + cumsum) and constant index vectors are
+buffers, never with `torch.arange(..., device=...)`, which TorchScript would record as a CPU constant. So
+`torch.jit.load(path, map_location="cuda")` runs on a GPU with inputs there (tests/test_export.py scans the
+traced graphs for device constants); an ONNX graph has no device (onnxruntime's CUDA provider runs it).
 
 ONNX uses torch's TorchScript-based exporter (`dynamo=False`), which needs only the `onnx` package (the
 torch.export-based one needs onnxscript and cannot export the data-dependent checks in the encoders); opset 17.
@@ -61,7 +64,7 @@ from torch import nn
 
 from avtk import __version__
 from avtk.errors import AvtkError
-from avtk.features.fbank import FLOAT_EPSILON, KaldiFbank, reflect_index
+from avtk.features.fbank import FLOAT_EPSILON, KaldiFbank, positions, reflect_index
 from avtk.features.seed_frontend import LOG_OFFSET, SeedFrontend, _reflect_no_edge
 from avtk.io.atomic import atomic_open, atomic_path
 
@@ -113,6 +116,7 @@ class FbankGraph(nn.Module):
         self.register_buffer("dft_real", real.float(), persistent=False)
         self.register_buffer("dft_imag", imag.float(), persistent=False)
         self.register_buffer("mel_fb", fbank.mel_fb[:bins].clone(), persistent=False)
+        self.register_buffer("offsets", torch.arange(length), persistent=False)
 
     def num_frames(self, lengths):
         if self.snip_edges:
@@ -122,15 +126,15 @@ class FbankGraph(nn.Module):
 
     def forward(self, wave, lengths):
         wave = wave.float()
-        offsets = torch.arange(self.length, device=wave.device)
+        offsets = self.offsets
         if self.snip_edges:
             wave = torch.nn.functional.pad(wave, (0, self.length))
             frames = 1 + (wave.shape[1] - self.length) // self.shift
-            starts = torch.arange(frames, device=wave.device) * self.shift
+            starts = positions(wave[0])[:frames] * self.shift  # frames <= padded length
             windows = wave[:, starts[:, None] + offsets[None, :]]  # (B, F, L)
         else:
             frames = (wave.shape[1] + self.shift // 2) // self.shift
-            starts = torch.arange(frames, device=wave.device) * self.shift + (self.shift // 2 - self.length // 2)
+            starts = positions(wave[0])[:frames] * self.shift + (self.shift // 2 - self.length // 2)
             pos = (starts[:, None] + offsets[None, :]).reshape(1, -1)
             idx = reflect_index(pos, lengths.clamp_min(1)[:, None])
             windows = torch.gather(wave, 1, idx).reshape(wave.shape[0], -1, self.length)
@@ -149,7 +153,7 @@ class FbankGraph(nn.Module):
                 energy = energy.clamp_min(math.log(self.energy_floor))
             feats = torch.cat([energy.unsqueeze(-1), feats], dim=-1)
         counts = self.num_frames(lengths)
-        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < counts[:, None]
+        valid = positions(feats[..., 0]) < counts[:, None]
         return feats.masked_fill(~valid.unsqueeze(-1), 0.0), counts
 
 
@@ -171,15 +175,16 @@ class SeedGraph(nn.Module):
         self.register_buffer("dft_real", real.float(), persistent=False)
         self.register_buffer("dft_imag", imag.float(), persistent=False)
         self.register_buffer("mel_fb", seed.torchfbank[1].mel_scale.fb.detach().clone(), persistent=False)
+        self.register_buffer("offsets", torch.arange(self.win), persistent=False)
 
     def forward(self, wave, lengths):
-        valid_samples = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+        valid_samples = positions(wave) < lengths[:, None]
         x = wave.float().masked_fill(~valid_samples, 0.0)
         x = torch.cat([self.cur * x[:, :1] + self.prev * x[:, 1:2], self.cur * x[:, 1:] + self.prev * x[:, :-1]],
                       dim=1)
         frames = 1 + wave.shape[1] // self.hop
-        starts = torch.arange(frames, device=wave.device) * self.hop + (self.left - self.n_fft // 2)
-        pos = (starts[:, None] + torch.arange(self.win, device=wave.device)[None, :]).reshape(1, -1)
+        starts = positions(wave[0])[:frames] * self.hop + (self.left - self.n_fft // 2)  # frames <= samples
+        pos = (starts[:, None] + self.offsets[None, :]).reshape(1, -1)
         idx = _reflect_no_edge(pos, lengths.clamp_min(1)[:, None])
         windows = torch.gather(x, 1, idx).reshape(wave.shape[0], -1, self.win)
         real = torch.matmul(windows, self.dft_real)
@@ -187,7 +192,7 @@ class SeedGraph(nn.Module):
         feats = (torch.matmul(real * real + imag * imag, self.mel_fb) + LOG_OFFSET).log()
         counts = torch.where(lengths > 0, 1 + torch.div(lengths, self.hop, rounding_mode="floor"),
                              torch.zeros_like(lengths))
-        valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < counts[:, None]).unsqueeze(-1)
+        valid = (positions(feats[..., 0]) < counts[:, None]).unsqueeze(-1)
         feats = feats.masked_fill(~valid, 0.0)
         mean = feats.sum(1, keepdim=True) / counts.clamp_min(1).view(-1, 1, 1).to(feats.dtype)
         return (feats - mean).masked_fill(~valid, 0.0), counts

@@ -163,3 +163,22 @@ def test_parity_of_nan_embeddings_is_an_error_not_0(monkeypatch):
         export._check("m.ts", "torchscript", None, checks, True, "m.ts")
     assert str(err.value) == ("m.ts: the exported graph gives NaN or infinite embeddings for an input of shape "
                               "(1, 16000): no parity can be measured")
+
+
+DEVICE_CONSTANT = re.compile(r'prim::Constant\[value="(cpu|cuda[:0-9]*)"\]')
+
+
+@pytest.mark.parametrize("kind", ["kaldi_fbank", "seed", "resnet34", "face"])
+def test_torchscript_graph_names_no_device(models, tmp_path, kind):
+    """The exported graph creates its index and mask tensors from its inputs, so no device is baked in and the
+    same file runs on a GPU (torch.arange(n, device=...) in a traced forward records a CPU constant)."""
+    path = {"kaldi_fbank": models["speaker"], "face": models["face"]}.get(kind)
+    if path is None:
+        overrides = (SMALL_SPEAKER + ["model.frontend=seed"] if kind == "seed" else
+                     ["model.encoder=resnet34", "model.encoder_args={in_dim: 80, base_width: 4, embed_dim: 16}"])
+        path = write_model(tmp_path / f"{kind}.pt", overrides, 3)
+    meta = export_model(path, tmp_path / "m.ts")
+    assert meta["parity"]["max_abs_diff"] < 1e-4
+    graph = str(torch.jit.load(str(tmp_path / "m.ts")).inlined_graph)
+    assert "aten::" in graph and not DEVICE_CONSTANT.findall(graph), [
+        line.strip() for line in graph.splitlines() if "Device" in line][:5]

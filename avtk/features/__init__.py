@@ -14,7 +14,7 @@ import inspect
 import torch
 
 from avtk.errors import AvtkError
-from avtk.features.fbank import KaldiFbank, num_frames
+from avtk.features.fbank import KaldiFbank, num_frames, positions
 from avtk.features.seed_frontend import SeedFrontend
 
 FRONTENDS = {"kaldi_fbank": KaldiFbank, "seed": SeedFrontend}
@@ -54,8 +54,10 @@ def cmn(feats, num_frames=None):
         raise AvtkError(f"cmn expects (batch, frames, dim) features, got shape {tuple(feats.shape)}")
     if num_frames is None:
         return feats - feats.mean(dim=1, keepdim=True)
-    counts = torch.as_tensor(num_frames, device=feats.device).long()
-    valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < counts[:, None]).unsqueeze(-1)
+    counts = num_frames if torch.is_tensor(num_frames) and num_frames.device == feats.device else \
+        torch.as_tensor(num_frames, device=feats.device)
+    counts = counts.long()
+    valid = (positions(feats[..., 0]) < counts[:, None]).unsqueeze(-1)  # records no device when traced
     masked = feats.masked_fill(~valid, 0.0)
     mean = masked.sum(dim=1, keepdim=True) / counts.clamp_min(1).view(-1, 1, 1).to(feats.dtype)
     return (masked - mean).masked_fill(~valid, 0.0)

@@ -126,6 +126,17 @@ def feature_window(window_type, length, blackman_coeff=0.42):
     raise AvtkError(f"unknown window_type {window_type!r} (one of {', '.join(WINDOW_TYPES)})")
 
 
+def positions(x):
+    """0, 1, ..., n - 1 (int64) along the last axis of `x` (n = x.shape[-1]), broadcast to x's shape and device.
+
+    Built as ones_like(x).cumsum(-1) - 1, which a trace (torch.jit.trace, the ONNX exporter) records without a
+    device: `torch.arange(n, device=x.device)` would freeze the tracing device into the graph as a constant,
+    and the exported graph would fail on any other device. Index and mask tensors reached from a traced
+    forward are built with this.
+    """
+    return torch.ones_like(x, dtype=torch.long).cumsum(-1) - 1
+
+
 def reflect_index(pos, n):
     """Kaldi's reflection of sample positions `pos` into [0, n): -1 -> 0, n -> n - 1, repeated as needed.
 
@@ -137,17 +148,23 @@ def reflect_index(pos, n):
 
 
 def _check_lengths(wave, lengths, name):
+    """(lengths (B,) int64 on wave's device, the longest as a Python int) of a (B, T) waveform.
+
+    lengths None means T each. The longest sizes the output, so it must be known on the host: lengths given
+    on the CPU (as the loaders give them) or None cost no device sync; lengths on a GPU cost one.
+    """
     if wave.dim() != 2:
         raise AvtkError(f"{name}: expected a (batch, samples) waveform, got shape {tuple(wave.shape)}")
     batch, total = wave.shape
     if lengths is None:
-        return torch.full((batch,), total, dtype=torch.long, device=wave.device)
-    lengths = torch.as_tensor(lengths).to(device=wave.device, dtype=torch.long)
+        return torch.full((batch,), total, dtype=torch.long, device=wave.device), total
+    lengths = torch.as_tensor(lengths)
     if lengths.shape != (batch,):
         raise AvtkError(f"{name}: lengths has shape {tuple(lengths.shape)}, expected ({batch},)")
-    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > total):
+    low, high = torch.stack([lengths.min(), lengths.max()]).tolist() if batch else (0, 0)
+    if low < 0 or high > total:
         raise AvtkError(f"{name}: lengths must be in [0, {total}] (the padded length)")
-    return lengths
+    return lengths.to(device=wave.device, dtype=torch.long), int(high)
 
 
 class KaldiFbank(nn.Module):
@@ -266,10 +283,10 @@ class KaldiFbank(nn.Module):
 
     def forward(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        lengths = _check_lengths(wave, lengths, "KaldiFbank")
+        lengths, longest = _check_lengths(wave, lengths, "KaldiFbank")
         counts = self.num_frames(lengths)
         batch = wave.shape[0]
-        frames_max = int(counts.max()) if batch else 0
+        frames_max = self.num_frames(longest)  # on the host: no device sync
         if frames_max == 0:
             return wave.new_zeros((batch, 0, self.out_dim), dtype=torch.float32), counts
         with torch.autocast(device_type=wave.device.type, enabled=False):

@@ -81,12 +81,13 @@ class Spectrogram(nn.Module):
         self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
         self.register_buffer("window", torch.hamming_window(win_length, periodic=True, dtype=torch.float32))
 
-    def forward(self, wave, lengths):
+    def forward(self, wave, lengths, longest=None):
         """(B, T) waveform, (B,) valid samples -> (B, frames_max, n_fft // 2 + 1) power, frames_max = 1 + max // hop.
 
-        Each utterance is reflected about its own ends, so padding never leaks into its frames.
+        Each utterance is reflected about its own ends, so padding never leaks into its frames. `longest`, the
+        largest of `lengths` as a Python int, spares a device sync.
         """
-        frames_max = 1 + int(lengths.max()) // self.hop_length
+        frames_max = 1 + (int(lengths.max()) if longest is None else longest) // self.hop_length
         half = self.n_fft // 2
         span = (frames_max - 1) * self.hop_length + self.n_fft
         pos = torch.arange(span, device=wave.device) - half
@@ -117,15 +118,15 @@ class MelSpectrogram(nn.Module):
         self.spectrogram = Spectrogram()
         self.mel_scale = MelScale()
 
-    def forward(self, wave, lengths):
-        return self.mel_scale(self.spectrogram(wave, lengths))
+    def forward(self, wave, lengths, longest=None):
+        return self.mel_scale(self.spectrogram(wave, lengths, longest))
 
 
 class _Sequential(nn.Sequential):
     """nn.Sequential whose second stage also takes the lengths (keeps the checkpoint's `torchfbank.N` names)."""
 
-    def forward(self, wave, lengths):
-        return self[1](self[0](wave), lengths)
+    def forward(self, wave, lengths, longest=None):
+        return self[1](self[0](wave), lengths, longest)
 
 
 class SeedFrontend(nn.Module):
@@ -148,16 +149,16 @@ class SeedFrontend(nn.Module):
 
     def forward(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        lengths = _check_lengths(wave, lengths, "SeedFrontend")
+        lengths, longest = _check_lengths(wave, lengths, "SeedFrontend")
         counts = seed_num_frames(lengths)
         batch = wave.shape[0]
-        if batch == 0 or int(counts.max()) == 0:
+        if batch == 0 or longest == 0:  # host ints: no device sync
             return wave.new_zeros((batch, 0, N_MELS), dtype=torch.float32), counts
         with torch.autocast(device_type=wave.device.type, enabled=False):
             # Zero the padding: pre-emphasis looks only back, except for a one-sample utterance (x[-1] = x[1]).
             valid_samples = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
             x = wave.float().masked_fill(~valid_samples, 0.0)
-            feats = (self.torchfbank(x, lengths) + LOG_OFFSET).log()
+            feats = (self.torchfbank(x, lengths, longest) + LOG_OFFSET).log()
             valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < counts[:, None]).unsqueeze(-1)
             feats = feats.masked_fill(~valid, 0.0)
             mean = feats.sum(1, keepdim=True) / counts.clamp_min(1).view(-1, 1, 1).to(feats.dtype)

@@ -48,21 +48,23 @@ import torch
 from torch import nn
 
 from avtk.errors import AvtkError
+from avtk.features.fbank import positions
 from avtk.models.fold import bn_affine
 
 #: Prefix of the seed's front-end buffers in its checkpoints; they belong to the front end, not the encoder.
 SEED_FRONTEND_PREFIX = "torchfbank."
 
 
-def length_mask(lengths, frames, dtype):
-    """(batch, 1, frames) mask: 1 on the first lengths[i] frames of item i, 0 on the padding."""
-    steps = torch.arange(frames, device=lengths.device)
-    return (steps[None, :] < lengths[:, None]).to(dtype).unsqueeze(1)
+def length_mask(lengths, like, dtype):
+    """(batch, 1, frames) mask: 1 on the first lengths[i] frames of item i, 0 on the padding; `like` is any
+    (batch, frames) tensor on the lengths' device (its values are not used: the frame index is built from it,
+    so a traced graph records no device, see avtk.features.fbank.positions)."""
+    return (positions(like) < lengths[:, None]).to(dtype).unsqueeze(1)
 
 
 def check_lengths(lengths, frames, batch):
     """Validate `lengths` against a (batch, ..., frames) input; returns them as a long tensor."""
-    lengths = torch.as_tensor(lengths).long()
+    lengths = (lengths if torch.is_tensor(lengths) else torch.as_tensor(lengths)).long()
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise AvtkError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
     if bool((lengths < 1).any()) or bool((lengths > frames).any()):
@@ -80,10 +82,12 @@ def masked_input(x, lengths, in_dim):
     frames = x.shape[-1]
     if lengths is None:
         return x, None, frames
-    lengths = check_lengths(lengths, frames, x.shape[0]).to(x.device)
+    lengths = check_lengths(lengths, frames, x.shape[0])
+    if lengths.device != x.device:  # (a conditional move: .to(device) would record the device in a trace)
+        lengths = lengths.to(x.device)
     if not bool((lengths < frames).any()):
         return x, None, frames
-    mask = length_mask(lengths, frames, x.dtype)
+    mask = length_mask(lengths, x[:, 0], x.dtype)
     return x * mask, mask, lengths.to(x.dtype).view(-1, 1, 1)
 
 

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from avtk.errors import AvtkError
-from avtk.models.ecapa import check_lengths
+from avtk.models.ecapa import check_lengths, length_mask
 
 
-def _time_mask(lengths, frames, dtype):
-    steps = torch.arange(frames, device=lengths.device)
-    return (steps[None, :] < lengths[:, None]).to(dtype)[:, None, None, :]
+def _time_mask(lengths, like, dtype):
+    """(batch, 1, 1, frames) mask of the first lengths[i] frames; `like` is (batch, frames), see length_mask."""
+    return length_mask(lengths, like, dtype).unsqueeze(1)
 
 
 def _zero_pad(x, mask):
@@ -89,19 +89,21 @@ class ResNet34(nn.Module):
         frames = x.shape[-1]
         mask = None
         if lengths is not None:
-            lengths = check_lengths(lengths, frames, x.shape[0]).to(x.device)
+            lengths = check_lengths(lengths, frames, x.shape[0])
+            if lengths.device != x.device:  # conditional: .to(device) would record the device in a trace
+                lengths = lengths.to(x.device)
             if not bool((lengths < frames).any()):
                 lengths = None
         x = x.unsqueeze(1)
         if lengths is not None:
-            mask = _time_mask(lengths, frames, x.dtype)
+            mask = _time_mask(lengths, x[:, 0, 0], x.dtype)
             x = x * mask
         x = _zero_pad(F.relu(self.bn1(self.conv1(x))), mask)
         for i, stride in enumerate(self.strides, 1):
             for j, block in enumerate(getattr(self, f"layer{i}")):
                 if lengths is not None and j == 0 and stride != 1:
                     lengths = (lengths + stride - 1) // stride
-                    mask = _time_mask(lengths, (x.shape[-1] + stride - 1) // stride, x.dtype)  # ceil; exports to ONNX
+                    mask = _time_mask(lengths, x[:, 0, 0, ::stride], x.dtype)  # ceil(T / stride) frames
                 x = block(x, mask)
         h = x.flatten(1, 2)  # (B, C * F', T')
         if mask is None:
