@@ -318,13 +318,35 @@ def spec_augment(feats, rng, max_time_frac=0.1, max_time=20, max_freq=8):
     if feats.dim() != 2:
         raise AvtkError(f"spec_augment expects (frames, bins) features, got shape {tuple(feats.shape)}")
     out = feats.clone()
-    n_frames, n_bins = out.shape
+    t0, t1, f0, f1 = _spec_spans(*out.shape, rng, max_time_frac, max_time, max_freq)
+    out[t0:t1, :] = 0
+    out[:, f0:f1] = 0
+    return out
+
+
+def _spec_spans(n_frames, n_bins, rng, max_time_frac, max_time, max_freq):
+    """(time start, time end, bin start, bin end) of spec_augment's two masks, drawn from the numpy `rng`."""
     time_limit = min(int(max_time), int(max_time_frac * n_frames))
     width = int(rng.integers(0, time_limit)) if time_limit > 0 else 0
-    start = int(rng.integers(0, n_frames - width + 1))
-    out[start:start + width, :] = 0
+    t0 = int(rng.integers(0, n_frames - width + 1))
+    t1 = t0 + width
     freq_limit = min(int(max_freq), n_bins)
     width = int(rng.integers(0, freq_limit)) if freq_limit > 0 else 0
-    start = int(rng.integers(0, n_bins - width + 1))
-    out[:, start:start + width] = 0
-    return out
+    f0 = int(rng.integers(0, n_bins - width + 1))
+    return t0, t1, f0, f0 + width
+
+
+def spec_augment_batch(feats, rngs, max_time_frac=0.1, max_time=20, max_freq=8):
+    """spec_augment on each item of (batch B, frames T, bins F) features at once: item i gets exactly the masks
+    spec_augment(feats[i], rngs[i]) gives it (the same draws, on the host, from the B numpy generators), applied
+    in one masked_fill on feats' device (no per-item kernels, no device sync). Returns a new tensor."""
+    if feats.dim() != 3 or len(rngs) != feats.shape[0]:
+        raise AvtkError(f"spec_augment_batch expects (batch, frames, bins) features and one generator per item, "
+                        f"got shape {tuple(feats.shape)} and {len(rngs)} generators")
+    spans = [_spec_spans(*feats.shape[1:], rng, max_time_frac, max_time, max_freq) for rng in rngs]
+    spans = torch.tensor(spans, dtype=torch.long).to(feats.device, non_blocking=True)[:, :, None]  # (B, 4, 1)
+    frame = torch.arange(feats.shape[1], device=feats.device)
+    bin_ = torch.arange(feats.shape[2], device=feats.device)
+    time_masked = (frame >= spans[:, 0]) & (frame < spans[:, 1])  # (B, T)
+    freq_masked = (bin_ >= spans[:, 2]) & (bin_ < spans[:, 3])  # (B, F)
+    return feats.masked_fill(time_masked[:, :, None] | freq_masked[:, None, :], 0.0)

@@ -34,6 +34,15 @@ class Dist:
         dist.all_reduce(t)
         return bool(t.item() > 0)
 
+    def sum(self, tensor):
+        """The element-wise sum of `tensor` over the ranks (a new tensor on every rank; `tensor` alone without
+        a process group). One all-reduce; the caller decides when to bring the result to the host."""
+        if not self.initialized:
+            return tensor
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
     def broadcast(self, value):
         """Rank 0's `value` (any picklable object) on every rank."""
         if not self.initialized:

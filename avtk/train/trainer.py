@@ -4,8 +4,8 @@ One process trains on its own; under torchrun every rank trains on its shard and
 Each epoch ends with a checkpoint of everything that changes (model, loss, optimiser, scheduler, AMP scaler,
 sampler position, RNG states), a validation EER, and an updated avg_model.pt.
 """
+import copy
 import logging
-import math
 import os
 import sys
 import time
@@ -110,6 +110,7 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         self.start_epoch = 1
         self.resume_changes = {}
+        self._last_batch = None  # a DDP rank's stand-in for a batch it cannot read (see _epoch)
 
     # ----------------------------------------------------------------------------------- state
 
@@ -226,10 +227,19 @@ class Trainer:
         log.warning("skipped %d of %d training utterances %s (ids in %s)", len(skipped),
                     len(skipped) + len(self.dataset), self.dataset.skip_reason, path)
 
-    def _save(self, epoch, rng, path=None):
+    def _snapshot(self):
+        """Copies (on the device, no host sync) of the weights, loss, optimiser and scaler states: the last good
+        state, should the log interval starting now have a non-finite loss (finiteness is checked once per
+        interval, so by then the weights have been updated with the bad gradients)."""
+        return copy.deepcopy({"model": self.net.state_dict(), "loss": self.loss.state_dict(),
+                              "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()})
+
+    def _save(self, epoch, rng, path=None, state=None):
+        """Checkpoint of epoch `epoch`: the live state, or `state` (a _snapshot) with the live sampler and lr."""
         path = path or ckpt.checkpoint_path(self.exp, epoch)
-        ckpt.save(path, epoch=epoch, model=self.net.state_dict(), loss=self.loss.state_dict(),
-                  optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+        state = state or {"model": self.net.state_dict(), "loss": self.loss.state_dict(),
+                          "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        ckpt.save(path, epoch=epoch, **state,
                   scheduler={"name": self.cfg["scheduler"]["name"], "lr": self.optimizer.param_groups[0]["lr"]},
                   sampler=self.batches.state_dict(), rng=rng[0], rng_ranks=rng, config=self.cfg,
                   speakers=self.speakers)
@@ -258,11 +268,10 @@ class Trainer:
                 feats = crops
             feats = self.net.normalize(feats)
             if self.cfg["augment"]["spec_augment"]:
-                from avtk.augment import spec_augment
+                from avtk.augment import spec_augment_batch
 
                 seed = self.cfg["runtime"]["seed"]
-                feats = torch.stack([spec_augment(f, np.random.default_rng([seed, epoch, int(i), 1]))
-                                     for f, i in zip(feats, index)])
+                feats = spec_augment_batch(feats, [np.random.default_rng([seed, epoch, i, 1]) for i in index.tolist()])
         return feats
 
     def _epoch(self, epoch):
@@ -276,11 +285,24 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False)
-        t0, seen, tot_loss, tot_acc = time.time(), 0, 0.0, 0.0
+        t0, seen, interval = time.time(), 0, rt["log_interval"]
+        # Per step nothing goes to the host: loss, accuracy and the count of non-finite losses add up on the
+        # device (sums), and once per log interval one all-reduce (under DDP) and one copy to the host check them
+        # together with this rank's unreadable-batch flag.
+        sums = torch.zeros(4, device=self.device)  # loss, accuracy, non-finite losses, unreadable batches
+        failed, first, snapshot = None, 1, self._snapshot()
         prefix = f"[rank {self.dist.rank}] " if self.dist.world > 1 else ""
         for step, batch in enumerate(self.loader, 1):
-            if self.dist.any(isinstance(batch, Failed)):
-                raise AvtkError(batch.message if isinstance(batch, Failed) else "another rank could not read its data")
+            if not self.dist.initialized or self._last_batch is None:  # alone, or the run's first step: at once
+                if self.dist.any(isinstance(batch, Failed)):
+                    raise AvtkError(batch.message if isinstance(batch, Failed) else "another rank could not read its data")
+            elif isinstance(batch, Failed):
+                # The other ranks learn of it at the end of the interval; until then this rank keeps DDP's
+                # collectives in step by training again on its previous batch (the run stops there anyway).
+                failed = failed or batch.message
+                sums[3] += 1.0
+                batch = self._last_batch
+            self._last_batch = batch
             crops, labels, index = batch
             progress = epoch - 1 + (step - 1) / steps
             lr = learning_rate(cfg["scheduler"], cfg["optim"]["lr"], progress, rt["epochs"])
@@ -291,30 +313,39 @@ class Trainer:
             labels = labels.to(self.device)
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, acc = self.ddp(feats, labels)
-            if self.dist.any(not math.isfinite(loss.item())):
-                rng = self.dist.gather(ckpt.rng_state(self.device))
-                path = os.path.join(self.exp, "checkpoints", "last_good.pt")
-                if self.dist.main:
-                    self._save(epoch - 1, rng, path)
-                raise AvtkError(f"loss is not finite at epoch {epoch} step {step} (lr {lr:.3g}); training stopped. "
-                                f"The last good state (before this step) is saved in "
-                                f"{path}; "
-                                "lower optim.lr, or check the features")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             seen += len(labels)
-            tot_loss += loss.item()
-            tot_acc += float(acc)
+            loss = loss.detach().float()
+            sums[:3] += torch.stack([loss, acc.detach().float(), (~torch.isfinite(loss)).float()])
             if bar is not None:
                 bar.update(1)
-            if step % rt["log_interval"] == 0 or step == steps:
-                n = rt["log_interval"] if step % rt["log_interval"] == 0 else step % rt["log_interval"]
+            if step % interval == 0 or step == steps:
+                # the interval's one all-reduce (flags) and one host sync
+                loss_sum, acc_sum, nonfinite, unreadable = torch.cat([sums[:2], self.dist.sum(sums[2:])]).tolist()
+                if unreadable:
+                    raise AvtkError(failed or f"another rank could not read its data (epoch {epoch}, steps "
+                                    f"{first}-{step})")
+                if nonfinite:
+                    rng = self.dist.gather(ckpt.rng_state(self.device))
+                    path = os.path.join(self.exp, "checkpoints", "last_good.pt")
+                    if self.dist.main:
+                        self._save(epoch - 1, rng, path, snapshot)
+                    raise AvtkError(f"loss is not finite at epoch {epoch} in steps {first}-{step} ({int(nonfinite)} "
+                                    f"step{'s' if nonfinite > 1 else ''} of {self.dist.world} rank"
+                                    f"{'s' if self.dist.world > 1 else ''}; lr {lr:.3g}); training stopped. The last "
+                                    f"good state (the weights before step {first}: finiteness is checked once per "
+                                    f"runtime.log_interval) is saved in {path}; lower optim.lr, or check the features")
+                n = step - first + 1
                 log.info("%sepoch %d step %d/%d lr %.3g loss %.4f acc %.2f%% margin %.3f samples/s %.1f",
-                         prefix, epoch, step, steps, lr, tot_loss / n, tot_acc / n, self.loss.margin,
+                         prefix, epoch, step, steps, lr, loss_sum / n, acc_sum / n, self.loss.margin,
                          seen * self.dist.world / (time.time() - t0))
-                tot_loss, tot_acc = 0.0, 0.0
+                sums.zero_()
+                first = step + 1
+                if step < steps:
+                    snapshot = self._snapshot()
         if bar is not None:
             bar.close()
         return seen * self.dist.world / max(time.time() - t0, 1e-9)
