@@ -120,3 +120,72 @@ def test_a_non_finite_loss_stops_at_its_log_interval_with_the_state_before_it(tm
     assert saved["epoch"] == 0 and saved["model"].keys() == seen["before"].keys()
     assert all(torch.equal(saved["model"][k], v) for k, v in seen["before"].items())
     assert not all(torch.equal(trainer.net.state_dict()[k], v) for k, v in seen["before"].items())
+
+
+def frames_dir(d, utts, frames, image=None):
+    """A data dir whose frames.scp points at `utts` directories of `frames` jpgs each (empty files if no image)."""
+    d.mkdir(parents=True)
+    lines = []
+    for i in range(utts):
+        u, f = f"s{i % 2}-u{i:05d}", d / "frames" / f"u{i:05d}"
+        f.mkdir(parents=True)
+        for n in range(frames):
+            (f / f"{3 * n + i % 3:04d}.jpg").write_bytes(image or b"")
+        lines.append((u, f"s{i % 2}", f))
+    lines.sort()
+    (d / "frames.scp").write_text("".join(f"{u} {f}\n" for u, _, f in lines))
+    (d / "wav.scp").write_text("".join(f"{u} {f}.wav\n" for u, _, f in lines))
+    (d / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s, _ in lines))
+    (d / "spk2utt").write_text("".join(f"s{s} " + " ".join(u for u, k, _ in lines if k == f"s{s}") + "\n"
+                                       for s in range(2)))
+    return d
+
+
+FACE_CFG = {"augment": {"face_flip": 0.5, "face_blur": 0.3, "face_grey": 0.3}}
+
+
+def test_face_dataset_items_are_those_of_the_path_lists(tmp_path):
+    """The compact index picks and reads the same frame, augmented the same, as a list of sorted Paths did."""
+    import io
+
+    from PIL import Image
+
+    from avtk.face.frames import augment_face, frame_paths, read_frame
+    from avtk.train.data import FrameDataset
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(buf, "JPEG")
+    d = frames_dir(tmp_path / "data", 6, 5, buf.getvalue())
+    (d / "frames/u00002/0007.jpg").write_bytes(Image.new("RGB", (112, 112), (9, 99, 199)).tobytes()[:600])
+    ds = FrameDataset(d, FACE_CFG, 7, 112)
+    dirs = dict(line.split() for line in (d / "frames.scp").read_text().splitlines())
+    for index in range(len(ds)):
+        paths = frame_paths(ds.utts[index], dirs[ds.utts[index]])
+        for epoch in (1, 2, 3):
+            rng = np.random.default_rng([7, epoch, index])
+            got = ds[(index, epoch)]
+            try:
+                want = augment_face(read_frame(ds.utts[index], paths[int(rng.integers(len(paths)))], 112), rng,
+                                    flip=0.5, blur=0.3, grey=0.3)
+            except Exception as err:  # the truncated jpg: the same one-line message
+                assert got.message == str(err)
+                continue
+            assert torch.equal(got[0], torch.from_numpy(want)) and got[1:] == (int(ds.labels[index]), index)
+
+
+def test_face_dataset_index_bytes_per_utterance(tmp_path):
+    """Memory of the index grows with the names' characters, not a Path object per frame."""
+    import tracemalloc
+
+    from avtk.train.data import FrameDataset
+
+    d = frames_dir(tmp_path / "data", 300, 20)
+    tracemalloc.start()
+    ds = FrameDataset(d, FACE_CFG, 0, 112)
+    base = tracemalloc.take_snapshot()
+    del ds
+    freed = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    held = sum(s.size_diff for s in base.compare_to(freed, "filename")) / 300
+    print(f"index: {held:.0f} bytes per utterance")
+    assert held < 600, f"{held:.0f} bytes per utterance of 20 frames"  # ~8 chars x 20 names + the lists' slots

@@ -4,6 +4,7 @@ Frames are always taken in sorted name order (the seed's unsorted glob made the 
 system), decoded to RGB uint8 (height, width, 3) by `read_frame` (every reader of frames goes through it, so
 every image mode follows one rule), and checked for the size the network expects.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,17 @@ EXTENSIONS = (".jpg", ".jpeg", ".png")
 def frame_paths(utt, frames_dir):
     """The image frames of an utterance in sorted name order; a missing directory names the utterance."""
     d = Path(frames_dir)
-    if not d.is_dir():
-        raise AvtkError(f"utterance {utt}: frames directory {frames_dir} does not exist")
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in EXTENSIONS)
+    return [d / name for name in frame_names(utt, frames_dir)]
+
+
+def frame_names(utt, frames_dir):
+    """The file names (str) of frame_paths, sorted, from one os.scandir and without a Path per frame (the face
+    training index holds tens of millions of frames); a missing directory names the utterance."""
+    try:
+        with os.scandir(frames_dir) as entries:
+            return sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in EXTENSIONS)
+    except (FileNotFoundError, NotADirectoryError):
+        raise AvtkError(f"utterance {utt}: frames directory {frames_dir} does not exist") from None
 
 
 # PIL modes whose pixels are 8-bit (or 1-bit) samples that PIL's convert("RGB") maps to RGB exactly: alpha is

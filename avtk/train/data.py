@@ -6,7 +6,7 @@ epoch is the same whatever the number of workers, and a resumed run sees exactly
 """
 import logging
 import os
-
+from pathlib import Path
 from typing import NamedTuple
 
 import kaldiio
@@ -202,10 +202,12 @@ class FrameDataset(torch.utils.data.Dataset):
     """Items (index, epoch) -> (one random augmented face frame, uint8 RGB (H, W, 3), label, index).
 
     Utterances without frames are skipped (`skipped` lists them); an unreadable frame is an error naming the
-    file."""
+    file. The index is compact (VoxCeleb2 has tens of millions of frames, a Path each was ~5 GB per rank): per
+    utterance its frames.scp directory (the table's own string) and its sorted frame names joined by NULs
+    in one str, listed by one os.scandir at start-up (frames.scp does not say which directories are empty)."""
 
     def __init__(self, data_dir, cfg, seed, size):
-        from avtk.face.frames import frame_paths
+        from avtk.face.frames import frame_names
 
         self.data_dir, self.seed, self.size = data_dir, seed, size
         self.probs = {k: cfg["augment"][f"face_{k}"] for k in ("flip", "blur", "grey")}
@@ -213,13 +215,18 @@ class FrameDataset(torch.utils.data.Dataset):
         utt2spk, self.speakers = _speakers(dd)
         dirs = _require(dd, "frames.scp", utt2spk, "data.input is frames; build it with avtk extract-face-frames")
         spk_index = {s: i for i, s in enumerate(self.speakers)}
-        frames = {u: frame_paths(u, dirs[u]) for u in sorted(utt2spk)}
-        self.skipped = [u for u, f in frames.items() if not f]
+        self.skipped, self.utts, self.dirs, self.names = [], [], [], []
+        for u in sorted(utt2spk):
+            names = frame_names(u, dirs[u])
+            if not names:
+                self.skipped.append(u)
+                continue
+            self.utts.append(u)
+            self.dirs.append(dirs[u])
+            self.names.append("\0".join(names))  # no file name holds a NUL
         self.skip_reason = "without face frames"
-        self.utts = [u for u in frames if frames[u]]
         if not self.utts:
             raise AvtkError(f"{data_dir}: all {len(utt2spk)} utterances are {self.skip_reason}")
-        self.frames = [frames[u] for u in self.utts]
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
 
     def __len__(self):
@@ -233,9 +240,10 @@ class FrameDataset(torch.utils.data.Dataset):
 
         index, epoch = item
         rng = np.random.default_rng([self.seed, epoch, index])
-        paths = self.frames[index]
+        names = self.names[index].split("\0")
         try:
-            image = read_frame(self.utts[index], paths[int(rng.integers(len(paths)))], self.size)
+            image = read_frame(self.utts[index], Path(self.dirs[index]) / names[int(rng.integers(len(names)))],
+                               self.size)
         except AvtkError as err:
             return Failed(str(err))
         image = augment_face(image, rng, **self.probs)
