@@ -295,7 +295,8 @@ class Trainer:
         for step, batch in enumerate(self.loader, 1):
             if not self.dist.initialized or self._last_batch is None:  # alone, or the run's first step: at once
                 if self.dist.any(isinstance(batch, Failed)):
-                    raise AvtkError(batch.message if isinstance(batch, Failed) else "another rank could not read its data")
+                    raise AvtkError(batch.message if isinstance(batch, Failed)
+                                    else "another rank could not read its data")
             elif isinstance(batch, Failed):
                 # The other ranks learn of it at the end of the interval; until then this rank keeps DDP's
                 # collectives in step by training again on its previous batch (the run stops there anyway).
