@@ -17,7 +17,7 @@ from avtk.data import datadir
 from avtk.errors import AvtkError
 from avtk.features.fbank import num_frames as fbank_frames
 from avtk.io.ark import check_finite_value
-from avtk.io.audio import SAMPLE_RATE, load_audio, read_wav_scp
+from avtk.io.audio import SAMPLE_RATE, file_info, is_media, load_audio, read_wav_scp
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,10 @@ class CropDataset(torch.utils.data.Dataset):
     utterance's are errors naming the utterance."""
 
     def __init__(self, data_dir, cfg, seed, augment=None, frames_of=None):
+        with datadir.gc_paused(freeze=True):  # a million utterances: see gc_paused
+            self._build(data_dir, cfg, seed, augment, frames_of)
+
+    def _build(self, data_dir, cfg, seed, augment, frames_of):
         self.data_dir = os.fspath(data_dir)
         self.input = cfg["data"]["input"]
         self.seed = seed
@@ -104,7 +108,8 @@ class CropDataset(torch.utils.data.Dataset):
             self.crop = int(round(cfg["data"]["crop_seconds"] * SAMPLE_RATE)) + 240
         self.skipped = sorted(u for u in utt2spk if too_short(*lengths[u], min_seconds))
         self.skip_reason = f"shorter than data.min_seconds = {min_seconds:g} s or without a frame"
-        self.utts = [u for u in sorted(utt2spk) if u not in set(self.skipped)]
+        skipped = set(self.skipped)
+        self.utts = [u for u in sorted(utt2spk) if u not in skipped]
         if not self.utts:
             raise AvtkError(f"{data_dir}: all {len(utt2spk)} utterances are {self.skip_reason}")
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
@@ -117,7 +122,8 @@ class CropDataset(torch.utils.data.Dataset):
             log.info("%s: no utt2num_frames; reading every feature matrix for its length", self.data_dir)
             return {u: self._load(u, check=False).shape[0] for u in sorted(utt2spk)}
         _require(dd, "utt2num_frames", utt2spk, "")
-        claimed = {u: dd.utt2num_frames[u] for u in utt2spk}
+        table = dd.utt2num_frames  # built once: the property builds a new dict on every use
+        claimed = {u: table[u] for u in utt2spk}
         for u in sorted(utt2spk):  # an utterance is never skipped on a stale claim: its matrix must agree
             if too_short(claimed[u] * self.shift, claimed[u], min_seconds):
                 self._load(u, check=False, claimed=claimed[u])
@@ -128,15 +134,30 @@ class CropDataset(torch.utils.data.Dataset):
         self.claimed = {}  # samples utt2dur claims, checked when read
         if dd.has("utt2dur"):
             _require(dd, "utt2dur", utt2spk, "")
-            seconds = {u: dd.utt2dur[u] for u in utt2spk}
+            table = dd.utt2dur  # built once: the property builds a new dict on every use
+            seconds = {u: table[u] for u in utt2spk}
             self.claimed = {u: int(round(s * SAMPLE_RATE)) for u, s in seconds.items()}
         elif dd.has("segments"):
             seconds = {u: s.end - s.start for u, s in dd.segments.items() if u in utt2spk}
         else:
-            log.info("%s: no utt2dur; reading every recording for its length (write utt2dur to skip this)",
-                     self.data_dir)
-            seconds = {u: len(load_audio(u, self.sources[u])) / SAMPLE_RATE for u in sorted(utt2spk)}
+            seconds = self._recording_seconds(sorted(utt2spk))
         return {u: (s, int(frames_of(int(round(s * SAMPLE_RATE))))) for u, s in seconds.items()}
+
+    def _recording_seconds(self, utts):
+        """{utt: seconds} without utt2dur or segments: a plain file's length from its header (`file_info`);
+        pipes and media files (m4a, ...) are decoded, and counted in the log."""
+        seconds, decoded = {}, 0
+        for u in utts:
+            source = self.sources[u]
+            if source.is_pipe or is_media(source.location):
+                seconds[u] = len(load_audio(u, source)) / SAMPLE_RATE
+                decoded += 1
+            else:
+                frames, rate = file_info(source.location, u)
+                seconds[u] = frames / rate
+        log.info("%s: no utt2dur; lengths of %d recordings read from their headers, %d decoded (pipes, media "
+                 "files; write utt2dur to skip this)", self.data_dir, len(utts) - decoded, decoded)
+        return seconds
 
     def _load(self, utt, check=True, claimed=None):
         """The (frames, dim) float32 features of utt. An unreadable entry, another dimension than the first
