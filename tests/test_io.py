@@ -551,3 +551,33 @@ def test_bulk_read_faults_are_the_per_entry_errors(tmp_path, case):
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and errors[0].endswith(f"ERROR [avtk score] {want}"), proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "scores").exists()
+
+
+def test_training_lengths_without_utt2dur_come_from_headers_and_only_pipes_are_decoded(tmp_path, caplog):
+    """CropDataset (wav input, no utt2dur, no segments): a plain file's length is its header's, a pipe is
+    decoded; the log counts both; a truncated file is an error naming the utterance and both lengths."""
+    import logging
+
+    from avtk.train.config import load_config
+    from avtk.train.data import CropDataset
+
+    d = tmp_path / "data"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    utts = {"s0-a": 8000, "s0-b": 160, "s1-a": 8000, "s1-b": 160}  # samples; the 10 ms ones are skipped
+    for u, n in utts.items():
+        write_wav(str(tmp_path / f"{u}.wav"), (rng.standard_normal(n) * 0.1).astype(np.float32))
+    wav = {u: str(tmp_path / f"{u}.wav") for u in utts}
+    wav["s1-b"] = f"cat {wav['s1-b']} |"
+    (d / "wav.scp").write_text("".join(f"{u} {wav[u]}\n" for u in utts))
+    (d / "utt2spk").write_text("".join(f"{u} {u[:2]}\n" for u in utts))
+    (d / "spk2utt").write_text("s0 s0-a s0-b\ns1 s1-a s1-b\n")
+    cfg = load_config(None, ["data.input=wav"])
+    with caplog.at_level(logging.INFO, logger="avtk.train.data"):
+        ds = CropDataset(d, cfg, 0)
+    assert ds.skipped == ["s0-b", "s1-b"] and ds.utts == ["s0-a", "s1-a"]
+    assert f"{d}: no utt2dur; lengths of 3 recordings read from their headers, 1 decoded" in caplog.text
+    truncated_wav(tmp_path / "s0-a.wav", subtype="PCM_16")
+    with pytest.raises(AvtkError, match=f"^utterance s0-a: audio file {tmp_path / 's0-a.wav'} is truncated: its "
+                                        r"header declares 1\.800 s"):
+        CropDataset(d, cfg, 0)
