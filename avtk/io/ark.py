@@ -32,6 +32,9 @@ and ``p`` (permissive: stop at the first unreadable value with a warning instead
 (missing file, truncated or corrupt ark, failing pipe) is an `AvtkError` naming the rspecifier, the file
 and, when known, the key. A value holding a NaN or an infinity is an error too, naming the key and the row
 (`check_finite_value`; even with ``p``, as it is no read failure): features and embeddings must be finite.
+
+Embedding tables of a million entries are read in bulk by `load_vectors`: one float32 matrix gathered from
+each ark at once, with the per-entry reader as its fallback (and the source of every error message).
 """
 from __future__ import annotations
 
