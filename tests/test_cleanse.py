@@ -283,3 +283,32 @@ def test_joint_step_finds_mislabels_that_the_networks_memorised():
     assert joint["precision"] >= 0.9 and joint["recall"] >= 0.9, joint
     synthetic = evaluate(cleanse(utts, utt2spk, audio, face, fine="synthetic"), truth)
     assert synthetic["recall"] < 0.5, synthetic  # its synthetic mislabels are far more extreme than these
+
+
+def test_bulk_table_gives_the_same_rows_and_result_as_the_dict(corpus, tmp_path):
+    """The audio table read in bulk (load_vectors: one float32 matrix) and entry by entry (load_table) give
+    the same unit rows, and cleanse the same flags and similarities from either; the face table of mixed
+    vectors and per-frame matrices falls back to the per-entry reader."""
+    from avtk.cleanse import utterance_matrix, utterance_vectors
+    from avtk.errors import AvtkError
+    from avtk.io.ark import VectorTable, load_table, load_vectors
+
+    utts, spk = corpus["order"], corpus["utt2spk"]
+    audio_scp, face_scp = f"scp:{corpus['emb'] / 'audio.scp'}", f"scp:{corpus['emb'] / 'face.scp'}"
+    bulk = load_vectors(audio_scp)
+    assert isinstance(bulk, VectorTable) and type(load_vectors(face_scp)) is dict
+    rows, X = utterance_matrix(bulk, utts, "a", True)
+    rows_d, X_d = utterance_matrix(load_table(audio_scp), utts, "a", True)
+    assert rows.tolist() == rows_d.tolist() == list(range(len(utts))) and X.dtype == X_d.dtype == np.float32
+    np.testing.assert_allclose(X, X_d, atol=1e-7)
+    face = utterance_matrix(load_vectors(face_scp), utts, "f", False)
+    from_matrices = cleanse(utts, spk, (rows, X), face, seed=3)
+    from_dicts = cleanse(utts, spk, utterance_vectors(load_table(audio_scp), utts, "a", True),
+                         utterance_vectors(load_table(face_scp), utts, "f", False), seed=3)
+    assert from_matrices.noisy.tolist() == from_dicts.noisy.tolist()
+    assert from_matrices.peculiar.tolist() == from_dicts.peculiar.tolist()
+    np.testing.assert_allclose(from_matrices.audio_sim, from_dicts.audio_sim, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(from_matrices.visual_other, from_dicts.visual_other, atol=1e-6, equal_nan=True)
+    with pytest.raises(AvtkError, match="^a: no embedding for utterance 'nobody'$"):
+        utterance_matrix(bulk, utts + ["nobody"], "a", True)
+    assert utterance_matrix(bulk, ["nobody", utts[0]], "a", False)[0].tolist() == [1]
