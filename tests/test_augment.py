@@ -392,3 +392,16 @@ def test_missing_source_dir_says_how_to_make_it(tmp_path):
                               "with `avtk prepare-augment --musan DIR --rirs DIR DATA`, or stage 0 of "
                               "egs/voxceleb/run.sh with --musan/--rirs"), proc.stderr
     assert not list((tmp_path / "exp").iterdir())
+
+
+def test_a_truncated_long_source_is_named_on_the_crop_path(tmp_path):
+    """The crop read keeps the reader's rule for files cut short: an error naming the file and both lengths."""
+    music, _ = write_source(tmp_path, "music", {"cut": (0.1 * np.random.default_rng(1).standard_normal(16000 * 5))
+                                                .astype(np.float32)})
+    path = tmp_path / "wav" / "music" / "cut.wav"
+    path.write_bytes(path.read_bytes()[:44 + 2 * 16000 * 3])  # 3 of its 5 s
+    aug = WaveAugment(music_dir=music, types=("music",))
+    with pytest.raises(AvtkError) as err:
+        aug(speech_like(), np.random.default_rng(0))
+    assert str(err.value) == (f"utterance cut: audio file {path} is truncated: its header declares 5.000 s (80000 "
+                              "samples) but the file holds 3.000 s (48000 samples)")
