@@ -123,12 +123,15 @@ def _group(window, max_frames):
         yield batch
 
 
-def _pad(arrays):
+def _pad(arrays, pin=False):
+    """(float32 (n, longest, ...) tensor of `arrays` zero-padded, int64 (n,) lengths); pin: in pinned memory
+    (for a CUDA device: its copy to the device is then one asynchronous DMA, no staging copy)."""
     lengths = torch.tensor([len(a) for a in arrays])
-    out = np.zeros((len(arrays), int(lengths.max())) + arrays[0].shape[1:], np.float32)
+    out = torch.zeros((len(arrays), int(lengths.max())) + arrays[0].shape[1:], dtype=torch.float32, pin_memory=pin)
+    view = out.numpy()
     for i, a in enumerate(arrays):
-        out[i, :len(a)] = a
-    return torch.from_numpy(out), lengths
+        view[i, :len(a)] = a
+    return out, lengths
 
 
 def prepare_for_inference(net):
@@ -160,10 +163,11 @@ def embed(net, items, input_type, device="cpu", max_frames=60000, skipped=None, 
     skipped = [] if skipped is None else skipped
     if fused:
         net = prepare_for_inference(net)
+    cuda = torch.device(device).type == "cuda"
     for batch in _batches(items, batch_frames(max_frames, device) * (frame_samples if input_type == "wav" else 1)):
         keys = [k for k, _ in batch]
-        x, lengths = _pad([a for _, a in batch])
-        x, lengths = x.to(device), lengths.to(device)
+        x, lengths = _pad([a for _, a in batch], pin=cuda)
+        x, lengths = x.to(device, non_blocking=cuda), lengths.to(device)
         if input_type == "wav":
             feats, frames = net.features(x, lengths)
         else:
@@ -253,6 +257,113 @@ def embed_with_crops(net, items, input_type, device, max_frames, skipped, n_crop
         parts[key].append((i, e))
         if len(parts[key]) == 1 + n_crops:
             yield key, np.stack([e for _, e in sorted(parts.pop(key), key=lambda p: p[0])])
+
+
+# ----------------------------------------------------------------------------- reading ahead of the network
+
+def read_ahead(items, depth=WINDOW):
+    """Iterate `items` (any iterable, e.g. an avtk.io.ark table reader) as one background thread reads them, at
+    most `depth` items ahead: a table read as one stream (an ark, an scp read in order, a pipe, stdin) is read
+    while the network computes, by its one reader. The same items in the same order; an exception of the reader
+    is raised here, after the items before it, where the serial loop would have raised it. When the consumer
+    stops early the thread stops and closes the reader (a generator's `finally` runs: pipes are ended)."""
+    import queue
+    import threading
+
+    ahead, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def put(entry):
+        while not stop.is_set():
+            try:
+                ahead.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read():
+        it = iter(items)
+        try:
+            for item in it:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            put((end, err))
+        finally:
+            getattr(it, "close", lambda: None)()
+
+    thread = threading.Thread(target=read, name="avtk-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = ahead.get()
+            if item is end:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)  # a reader blocked on a stream that never ends is left to the daemon thread
+
+
+class AudioGroups(torch.utils.data.Dataset):
+    """The utterances of an avtk.io.audio.AudioReader, in its order, as a map-style dataset for DataLoader
+    workers. Item i: the list of (utt, float32 samples) of the i-th run of consecutive utterances that share a
+    recording (read once, as the reader does: `AudioReader.items`), with the reader's checks (missing, truncated
+    or corrupt file, failing pipe, non-finite samples, rate, segment); or, for a run with an unreadable
+    utterance, an avtk.train.data.Failed holding that utterance's AvtkError line (a worker's exception would
+    carry its traceback)."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.groups, last = [], None
+        for utt in reader.utts:
+            location = reader.sources[utt].location
+            if self.groups and location == last:
+                self.groups[-1].append(utt)
+            else:
+                self.groups.append([utt])
+            last = location
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __getitem__(self, i):
+        from avtk.train.data import Failed
+
+        try:
+            return list(self.reader.items(self.groups[i]))
+        except AvtkError as err:
+            return Failed(str(err))
+
+
+def _as_is(item):
+    return item  # numpy arrays travel pickled: tensors would hold a file descriptor each (WINDOW of them)
+
+
+def read_audio(reader, num_workers=0):
+    """Iterate (utt, float32 samples) over an avtk.io.audio.AudioReader in its order: the reader itself in this
+    process (num_workers 0), or `num_workers` DataLoader worker processes decoding up to WINDOW utterances
+    ahead of the consumer (`embed` sorts a window at a time, so that much lets reading overlap the network).
+    The same items in the same order; an unreadable utterance is the AvtkError (one line, naming it) that the
+    reader gives, raised when its turn comes."""
+    if num_workers == 0:
+        return iter(reader)
+    loader = torch.utils.data.DataLoader(
+        AudioGroups(reader), batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+        prefetch_factor=max(2, -(-WINDOW // num_workers)), persistent_workers=False)
+    return _unpacked(loader)
+
+
+def _unpacked(loader):
+    from avtk.train.data import Failed
+
+    for group in loader:
+        if isinstance(group, Failed):
+            raise AvtkError(group.message)
+        yield from group
 
 
 def check_feature_dim(net, dim, where):

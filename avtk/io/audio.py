@@ -389,12 +389,17 @@ class AudioReader:
         return load_audio(utt, self.sources[utt], sample_rate=self.sample_rate, resample=self.resample)
 
     def __iter__(self):
+        return self.items(self.utts)
+
+    def items(self, utts):
+        """Iterate (utt, float32 wave) over `utts` (ids of this reader) in that order, a recording shared by
+        several of them read once: random access for loader workers, each reading its share (avtk.embed)."""
         remaining = {}
-        for utt in self.utts:
+        for utt in utts:
             key = self.sources[utt].location
             remaining[key] = remaining.get(key, 0) + 1
         cache = OrderedDict()  # location -> (wave at sample_rate, description)
-        for utt in self.utts:
+        for utt in utts:
             source = self.sources[utt]
             key = source.location
             if key in cache:
