@@ -575,7 +575,7 @@ def test_training_lengths_without_utt2dur_come_from_headers_and_only_pipes_are_d
     cfg = load_config(None, ["data.input=wav"])
     with caplog.at_level(logging.INFO, logger="avtk.train.data"):
         ds = CropDataset(d, cfg, 0)
-    assert ds.skipped == ["s0-b", "s1-b"] and ds.utts == ["s0-a", "s1-a"]
+    assert ds.skipped == ["s0-b", "s1-b"] and list(ds.utts) == ["s0-a", "s1-a"]
     assert f"{d}: no utt2dur; lengths of 3 recordings read from their headers, 1 decoded" in caplog.text
     truncated_wav(tmp_path / "s0-a.wav", subtype="PCM_16")
     with pytest.raises(AvtkError, match=f"^utterance s0-a: audio file {tmp_path / 's0-a.wav'} is truncated: its "

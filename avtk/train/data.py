@@ -7,6 +7,7 @@ epoch is the same whatever the number of workers, and a resumed run sees exactly
 import logging
 import os
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import kaldiio
@@ -17,7 +18,7 @@ from avtk.data import datadir
 from avtk.errors import AvtkError
 from avtk.features.fbank import num_frames as fbank_frames
 from avtk.io.ark import check_finite_value
-from avtk.io.audio import SAMPLE_RATE, file_info, is_media, load_audio, read_wav_scp
+from avtk.io.audio import SAMPLE_RATE, AudioSource, file_info, is_media, load_audio, read_wav_scp
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,63 @@ def _require(dd, name, utt2spk, why):
     if missing:
         raise AvtkError(f"{dd.file(name)}: no entry for {len(missing)} utterances of utt2spk, e.g. {missing[0]}")
     return table
+
+
+class Strings(Sequence):
+    """A read-only list of many str held as one numpy array of UTF-8 bytes: reading an item makes a new str,
+    so a forked data-loader worker writes no shared object's reference count (a list or dict of a million
+    str is copied page by page into every worker that reads it: about 200-400 bytes per utterance each).
+    `find(key)` is the position of key in a sorted Strings (code-point order, as sorted() gives), or -1."""
+
+    def __init__(self, items):
+        self.data = np.array([s.encode("utf-8") for s in items], dtype=bytes)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [x.decode("utf-8") for x in self.data[i]]
+        return self.data[i].decode("utf-8")
+
+    def find(self, key):
+        k = key.encode("utf-8")
+        i = int(np.searchsorted(self.data, k))
+        return i if i < len(self.data) and self.data[i] == k else -1
+
+
+class PackedTable(Mapping):
+    """A read-only {utterance: value} of the sorted `keys` present in `table`, held in numpy arrays (see
+    `Strings`): values are str, int, or AudioSource (location, recording, segment)."""
+
+    def __init__(self, table, keys):
+        keys = [k for k in keys if k in table]
+        self.keys_ = Strings(keys)
+        values = [table[k] for k in keys]
+        if values and isinstance(values[0], AudioSource):
+            self.kind = "audio"
+            self.cols = (Strings([v.location for v in values]), Strings([v.reco for v in values]),
+                         np.array([v.segment or (np.nan, np.nan) for v in values], np.float64).reshape(-1, 2))
+        elif values and all(isinstance(v, (int, np.integer)) for v in values):
+            self.kind, self.cols = "int", np.array(values, np.int64)
+        else:
+            self.kind, self.cols = "str", Strings(values)
+
+    def __getitem__(self, key):
+        i = self.keys_.find(key)
+        if i < 0:
+            raise KeyError(key)
+        if self.kind == "audio":
+            start, end = self.cols[2][i]
+            return AudioSource(self.cols[0][i], self.cols[1][i],
+                               None if np.isnan(start) else (float(start), float(end)))
+        return int(self.cols[i]) if self.kind == "int" else self.cols[i]
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self):
+        return len(self.keys_)
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -114,6 +172,12 @@ class CropDataset(torch.utils.data.Dataset):
             raise AvtkError(f"{data_dir}: all {len(utt2spk)} utterances are {self.skip_reason}")
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
         self.dim = self._load(self.utts[0], check=False).shape[1] if self.input == "feats" else None
+        # per-utterance data in numpy arrays: workers read it without copying it (`Strings`)
+        self.sources = PackedTable(self.sources, self.utts)
+        self.claimed = PackedTable(self.claimed, self.utts)
+        if self.input == "feats":
+            self.where = PackedTable(self.where, self.utts)
+        self.utts = Strings(self.utts)
 
     def _num_frames(self, dd, utt2spk, min_seconds):
         """{utt: frames}: utt2num_frames, where the few that claim too few frames are checked against the
