@@ -48,6 +48,7 @@ from avtk.io.audio import write_wav  # noqa: E402
 
 FULL_UTTS, FULL_SPKS, UTTS_PER_VIDEO = 1_092_009, 5_994, 7
 E_TRIALS, E_UTTS, H_TRIALS, H_UTTS = 579_818, 145_160, 550_894, 137_476
+LINKS_PER_FILE = 60_000
 WORKERS = (0, 8)  # data-loader workers of the training start-up runs
 STEPS = ("prepare", "datadir", "train", "cleanse", "score")
 ENV = dict(os.environ, PATH=os.pathsep.join([os.path.join(REPO, "utils"), os.path.dirname(sys.executable),
@@ -154,13 +155,17 @@ def utterances(n_utts, n_spks):
 def build_tree(root, utts, real_wav):
     wav = os.path.join(root, "wav")
     made = set()
+    source = real_wav
     with open(os.path.join(root, "train_all.txt"), "w") as f:
-        for s, rel in utts:
+        for i, (s, rel) in enumerate(utts):
             d = os.path.dirname(rel)
             if d not in made:
                 os.makedirs(os.path.join(wav, d), exist_ok=True)
                 made.add(d)
-            os.link(real_wav, os.path.join(wav, rel))
+            if i % LINKS_PER_FILE == 0:  # file systems cap a file's hard links (ext4: 65,000)
+                source = os.path.join(root, f"real{i // LINKS_PER_FILE}.wav")
+                shutil.copyfile(real_wav, source)
+            os.link(source, os.path.join(wav, rel))
             f.write(f"id{10000 + s} {rel} 2.00\n")
 
 
