@@ -1,6 +1,7 @@
 """Issue 13 §2.6: extract-embeddings reads ahead of the network (--num-workers: DataLoader workers for audio, one
 thread for feature tables). Same bytes, same order, same skips and the same one ERROR line as reading in turn."""
 import re
+import shutil
 
 import kaldiio
 import numpy as np
@@ -10,7 +11,7 @@ import soundfile as sf
 from avtk.embed import AudioGroups, read_ahead, read_audio
 from avtk.errors import AvtkError
 from avtk.io.audio import AudioReader, write_wav
-from conftest import SMALL_SPEAKER, avtk, write_model
+from conftest import REPO, SMALL_SPEAKER, UTILS, avtk, run, write_model
 
 SR = 16000
 
@@ -152,3 +153,24 @@ def test_read_ahead_keeps_order_raises_in_turn_and_closes_the_reader():
     assert [next(early) for _ in range(5)] == [0, 1, 2, 3, 4]
     early.close()
     assert closed == [True, True, True]
+
+
+@pytest.mark.parametrize("device, workers", [("cuda", 4), ("cuda:1", 4), ("cpu", 0)])
+def test_recipe_stage_5_reads_ahead_on_a_gpu(tmp_path, device, workers):
+    recipe, stubs = tmp_path / "recipe", tmp_path / "stubs"
+    shutil.copytree(REPO / "egs/voxceleb", recipe, symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "exp", "fbank", "frame_align"))
+    (recipe / "utils").unlink()
+    (recipe / "utils").symlink_to(UTILS)
+    stubs.mkdir()
+    (stubs / "fakecmd").write_text('#!/usr/bin/env bash\necho "$*" > "$(dirname "$0")/cmd.args"\nexit 1\n')
+    (stubs / "fakecmd").chmod(0o755)
+    (recipe / "data/vox2_dev").mkdir(parents=True)
+    (recipe / "data/vox2_dev/wav.scp").write_text("u1 a.wav\nu2 b.wav\n")
+    (recipe / "data/vox2_dev/feats.scp").write_text("u1 f.ark:10\nu2 f.ark:20\n")
+    proc = run(["./run.sh", "--layout", "official", "--stage", 5, "--stop-stage", 5, "--nj", 2, "--device", device,
+                "--cmd", "fakecmd"], cwd=recipe, extra_path=stubs, check=False)
+    assert proc.returncode == 1
+    args = (stubs / "cmd.args").read_text()
+    assert f"avtk extract-embeddings --model exp/speaker/avg_model.pt --device {device} --input-type feats " \
+           f"--num-workers {workers} scp:" in args, args

@@ -55,7 +55,8 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
   (exp/sync/failed). They never write data/, fbank/, frame_align/ or the embeddings and scores.
   Node 0 clears exp/sync/ when it starts and removes it when it ends: start node 0 first, or all nodes together.
   --device cuda gives each extraction job its own GPU (\$cmd --gpu 1: run.pl sets CUDA_VISIBLE_DEVICES per job,
-  slurm.pl asks Slurm for --gres=gpu:1).
+  slurm.pl asks Slurm for --gres=gpu:1); its speech jobs read and decode ahead (extract-embeddings
+  --num-workers 4).
   Options: --stage --stop-stage --layout --vox2 --vox1 --vox2-dev --trials-dir --musan --rirs --pretrained --speaker-conf
            --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --sync-timeout
            --sync-poll --nj --device --top-n --cal-set"
@@ -230,10 +231,13 @@ face_systems() { echo face; [ -f exp/face_glint/avg_model.pt ] && echo face_glin
 embed() {
   local exp_dir=$1 x=$2 table=$3 dir=$1/emb input=${3%.scp}
   [ "$input" = feats ] || [ "$input" = wav ] || input=frames
+  local workers=0  # on a GPU, read (features: one thread) and decode (audio: 4 processes) ahead of the network
+  if [ "$device" != cpu ] && [ "$input" != frames ]; then workers=4; fi
   split_to "data/$x/$table" "$dir/split$nj" "${table%.scp}_$x"
   $ext_cmd JOB=1:"$nj" "exp/log/embed_${exp_dir##*/}_$x.JOB.log" \
     avtk extract-embeddings --model "$exp_dir/avg_model.pt" --device "$device" --input-type "$input" \
-      "scp:$dir/split$nj/${table%.scp}_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
+      --num-workers "$workers" "scp:$dir/split$nj/${table%.scp}_$x.JOB.scp" \
+      "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
   for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
   if [ "$table" = frames.scp ]; then
     for n in $(seq "$nj"); do cat "$dir/$x.$n.no_face"; done | sort > "$dir/$x.no_face"
