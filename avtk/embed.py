@@ -309,17 +309,17 @@ def read_ahead(items, depth=WINDOW):
 
 
 class AudioGroups(torch.utils.data.Dataset):
-    """The utterances of an avtk.io.audio.AudioReader, in its order, as a map-style dataset for DataLoader
-    workers. Item i: the list of (utt, float32 samples) of the i-th run of consecutive utterances that share a
+    """The utterances of an avtk.io.audio.AudioReader, in its order (or its `utts`, in theirs), as a map-style
+    dataset for DataLoader workers. Item i: the list of (utt, float32 samples) of the i-th run of consecutive utterances that share a
     recording (read once, as the reader does: `AudioReader.items`), with the reader's checks (missing, truncated
     or corrupt file, failing pipe, non-finite samples, rate, segment); or, for a run with an unreadable
     utterance, an avtk.train.data.Failed holding that utterance's AvtkError line (a worker's exception would
     carry its traceback)."""
 
-    def __init__(self, reader):
+    def __init__(self, reader, utts=None):
         self.reader = reader
         self.groups, last = [], None
-        for utt in reader.utts:
+        for utt in reader.utts if utts is None else utts:
             location = reader.sources[utt].location
             if self.groups and location == last:
                 self.groups[-1].append(utt)
@@ -343,16 +343,16 @@ def _as_is(item):
     return item  # numpy arrays travel pickled: tensors would hold a file descriptor each (WINDOW of them)
 
 
-def read_audio(reader, num_workers=0):
-    """Iterate (utt, float32 samples) over an avtk.io.audio.AudioReader in its order: the reader itself in this
-    process (num_workers 0), or `num_workers` DataLoader worker processes decoding up to WINDOW utterances
+def read_audio(reader, num_workers=0, utts=None):
+    """Iterate (utt, float32 samples) over an avtk.io.audio.AudioReader in its order (or over its `utts`, in
+    that order): read by the reader in this process (num_workers 0), or `num_workers` DataLoader worker processes decoding up to WINDOW utterances
     ahead of the consumer (`embed` sorts a window at a time, so that much lets reading overlap the network).
     The same items in the same order; an unreadable utterance is the AvtkError (one line, naming it) that the
     reader gives, raised when its turn comes."""
     if num_workers == 0:
-        return iter(reader)
+        return reader.items(reader.utts if utts is None else utts)
     loader = torch.utils.data.DataLoader(
-        AudioGroups(reader), batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+        AudioGroups(reader, utts), batch_size=None, collate_fn=_as_is, num_workers=num_workers,
         prefetch_factor=max(2, -(-WINDOW // num_workers)), persistent_workers=False)
     return _unpacked(loader)
 
@@ -457,9 +457,11 @@ def input_type(rspecifier, model_cfg, model_path, requested="auto"):
     return kind or ("frames" if face else "feats")
 
 
-def read_items(data_or_scp, input_type, keys=None):
+def read_items(data_or_scp, input_type, keys=None, num_workers=0):
     """(key, array) items of a data dir's feats.scp or wav.scp (only `keys` if given), in sorted key order.
     The table's first entry must hold what `input_type` says (`scp_value_kind`), else AvtkError naming it.
+    num_workers > 0: audio is decoded by that many loader workers (`read_audio`), features read by one thread
+    (`read_ahead`); the same items.
 
     Returns (items generator, skipped list): empty utterances are left out and listed there.
     """
@@ -467,12 +469,13 @@ def read_items(data_or_scp, input_type, keys=None):
 
     from avtk.data.table import read_dict
     from avtk.io.ark import check_finite_value
-    from avtk.io.audio import load_audio, read_wav_scp
+    from avtk.io.audio import AudioReader
 
     if input_type == "feats":
         table = read_dict(os.path.join(data_or_scp, "feats.scp"))
     else:
-        table = read_wav_scp(data_or_scp)
+        reader = AudioReader(data_or_scp)
+        table = reader.sources
     if table:
         key = next(iter(table))
         value = table[key] if input_type == "feats" else table[key].location
@@ -485,25 +488,25 @@ def read_items(data_or_scp, input_type, keys=None):
     missing = [k for k in wanted if k not in table]
     if missing:
         raise AvtkError(f"{data_or_scp}: no {input_type} for {len(missing)} utterances, e.g. {missing[0]}")
+    if input_type == "wav":  # audio is never empty: the reader refuses a file or segment without samples
+        return read_audio(reader, num_workers, wanted), []
     skipped = []
 
     def gen():
         for k in wanted:
-            if input_type == "feats":
-                x = check_finite_value(np.asarray(kaldiio.load_mat(table[k]), np.float32),
-                                       f"{os.path.join(data_or_scp, 'feats.scp')}: utterance {k!r}")
-            else:
-                x = load_audio(k, table[k])
+            x = check_finite_value(np.asarray(kaldiio.load_mat(table[k]), np.float32),
+                                   f"{os.path.join(data_or_scp, 'feats.scp')}: utterance {k!r}")
             if len(x) == 0:
                 skipped.append(k)
                 continue
             yield k, x
 
-    return gen(), skipped
+    return (read_ahead(gen()) if num_workers else gen()), skipped
 
 
-def validation_eer(net, data_dir, trials_path, input_type, device, max_frames, face_frames=5):
-    """EER (%) of cosine scoring on a trials file, embedding its utterances from data_dir."""
+def validation_eer(net, data_dir, trials_path, input_type, device, max_frames, face_frames=5, num_workers=0):
+    """EER (%) of cosine scoring on a trials file, embedding its utterances from data_dir (read ahead of the
+    network by `num_workers` loader workers: `read_items`)."""
     from avtk.data.trials import read_trials
     from avtk.metrics import eer
     from avtk.scoring import cosine_scores
@@ -523,7 +526,7 @@ def validation_eer(net, data_dir, trials_path, input_type, device, max_frames, f
             raise AvtkError(f"{data_dir}/frames.scp: no frames for {len(missing)} trial utterances, e.g. {missing[0]}")
         table = dict(embed_faces(net, ((k, dirs[k]) for k in sorted(keys)), device, face_frames, no_face=[]))
     else:
-        items, skipped = read_items(data_dir, input_type, keys)
+        items, skipped = read_items(data_dir, input_type, keys, num_workers)
         table = dict(embed(net, items, input_type, device, max_frames, skipped))
     net.train(was_training)
     return 100.0 * eer(cosine_scores(table, trials, where=trials_path), trials.labels)[0]

@@ -33,7 +33,7 @@ def data(tmp_path_factory):
     (root / "wav.scp").write_text("".join(files))
     (root / "pipe.scp").write_text("".join(pipes))
     (root / "reco.scp").write_text("".join(f"r{i} {root}/u0{i}.wav\n" for i in (1, 2, 3)))
-    (root / "segments").write_text("s1 r1 0 0.3\ns2 r1 0.2 0.45\ns3 r2 0 -1\ns4 r1 0.1 0.4\ns5 r3 0.05 0.35\n"
+    (root / "reco.segments").write_text("s1 r1 0 0.3\ns2 r1 0.2 0.45\ns3 r2 0 -1\ns4 r1 0.1 0.4\ns5 r3 0.05 0.35\n"
                                    "s6 r3 0.3 0.5\n")
     with kaldiio.WriteHelper(f"ark,scp:{root}/feats.ark,{root}/feats.scp") as w:
         for i in range(7):
@@ -52,10 +52,10 @@ def skip_lines(stderr):
 
 
 @pytest.mark.parametrize("table,extra,n,skipped", [
-    ("wav.scp", (), 9, 1), ("pipe.scp", (), 9, 1), ("reco.scp", ("--segments", "segments"), 6, 0),
+    ("wav.scp", (), 9, 1), ("pipe.scp", (), 9, 1), ("reco.scp", ("--segments", "reco.segments"), 6, 0),
     ("feats.scp", (), 7, 1)])
 def test_workers_write_the_bytes_of_serial_extraction(data, tmp_path, table, extra, n, skipped):
-    extra = [data / x if x == "segments" else x for x in extra]
+    extra = [data / x if x.endswith(".segments") else x for x in extra]
     serial = extract(data, tmp_path / "w0", f"scp:{data / table}", 0, *extra)
     ahead = extract(data, tmp_path / "w2", f"scp:{data / table}", 2, *extra)
     assert (tmp_path / "w0.ark").read_bytes() == (tmp_path / "w2.ark").read_bytes()
@@ -123,7 +123,7 @@ def test_num_workers_is_range_checked(data, tmp_path):
 
 
 def test_audio_groups_read_a_recording_once_in_order(data):
-    reader = AudioReader(data / "reco.scp", segments=data / "segments", sort=False)
+    reader = AudioReader(data / "reco.scp", segments=data / "reco.segments", sort=False)
     assert AudioGroups(reader).groups == [["s1", "s2"], ["s3"], ["s4"], ["s5", "s6"]]
     serial = list(reader)
     ahead = list(read_audio(reader, 2))
@@ -174,3 +174,38 @@ def test_recipe_stage_5_reads_ahead_on_a_gpu(tmp_path, device, workers):
     args = (stubs / "cmd.args").read_text()
     assert f"avtk extract-embeddings --model exp/speaker/avg_model.pt --device {device} --input-type feats " \
            f"--num-workers {workers} scp:" in args, args
+
+
+@pytest.mark.parametrize("kind,utts", [("wav", ["u00", "u01", "u02", "u05", "u07"]),
+                                       ("feats", ["f0", "f1", "f2", "f4", "f5"])])
+def test_validation_reads_ahead_the_same_items_and_eer(data, tmp_path, kind, utts):
+    from avtk.embed import load_model, read_items, validation_eer
+
+    keys = set(utts[:4])
+    for workers in (0, 2):
+        items, skipped = read_items(data, kind, keys, workers)
+        items = list(items)
+        if workers == 0:
+            serial = items
+    assert [k for k, _ in items] == [k for k, _ in serial] == sorted(keys) and skipped == []
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for (_, a), (_, b) in zip(serial, items))
+    trials = tmp_path / "trials"
+    a, b, c, d, e = utts
+    trials.write_text(f"{a} {b} target\n{a} {c} nontarget\n{d} {e} target\n{b} {e} nontarget\n{c} {d} nontarget\n")
+    net, _ = load_model(data / "m.pt")
+    eers = [validation_eer(net, data, trials, kind, "cpu", 20000, num_workers=w) for w in (0, 2)]
+    assert eers[0] == eers[1]
+
+
+def test_validation_names_a_bad_utterance_read_by_a_worker(data, tmp_path):
+    from avtk.embed import load_model, validation_eer
+
+    bad = tmp_path / "bad.wav"
+    message = _nan(bad).format(p=bad)
+    (tmp_path / "wav.scp").write_text((data / "wav.scp").read_text() + f"u09 {bad}\n")
+    (tmp_path / "trials").write_text("u00 u01 target\nu02 u09 nontarget\n")
+    net, _ = load_model(data / "m.pt")
+    for workers in (0, 2):
+        with pytest.raises(AvtkError) as err:
+            validation_eer(net, tmp_path, tmp_path / "trials", "wav", "cpu", 20000, num_workers=workers)
+        assert str(err.value) == f"utterance u09: {message}"

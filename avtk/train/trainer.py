@@ -356,7 +356,7 @@ class Trainer:
 
         rt = self.cfg["runtime"]
         eer = validation_eer(self.net, self.val_data, self.val_trials, self.cfg["data"]["input"], self.device,
-                             rt["val_max_frames"], rt["val_face_frames"])
+                             rt["val_max_frames"], rt["val_face_frames"], self.cfg["data"]["num_workers"])
         log.info("epoch %d validation EER %.3f%% (%s)", epoch, eer, self.val_trials)
         lines = ckpt.read_validation(self.exp)
         lines[epoch] = f"{epoch} {eer:.4f}"
