@@ -75,6 +75,7 @@ class Strings(Sequence):
 
     def __init__(self, items):
         self.data = np.array([s.encode("utf-8") for s in items], dtype=bytes)
+        self._last = (None, -1)  # the last key found: tables sharing these keys look one item up in turn
 
     def __len__(self):
         return len(self.data)
@@ -85,31 +86,39 @@ class Strings(Sequence):
         return self.data[i].decode("utf-8")
 
     def find(self, key):
+        if key == self._last[0]:
+            return self._last[1]
         k = key.encode("utf-8")
         i = int(np.searchsorted(self.data, k))
-        return i if i < len(self.data) and self.data[i] == k else -1
+        i = i if i < len(self.data) and self.data[i] == k else -1
+        self._last = (key, i)
+        return i
 
 
 class PackedTable(Mapping):
-    """A read-only {utterance: value} of the sorted `keys` present in `table`, held in numpy arrays (see
-    `Strings`): values are str, int, or AudioSource (location, recording, segment)."""
+    """A read-only {key: value} over the keys of a sorted `Strings` (shared by the tables of one dataset) that
+    are in `table`, held in numpy arrays (see `Strings`): values are str, int, or AudioSource (location,
+    recording, segment)."""
 
     def __init__(self, table, keys):
-        keys = [k for k in keys if k in table]
-        self.keys_ = Strings(keys)
-        values = [table[k] for k in keys]
-        if values and isinstance(values[0], AudioSource):
+        self.keys_ = keys
+        self.present = np.array([k in table for k in keys], bool)
+        values = [table.get(k) for k in keys]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds == {AudioSource}:
             self.kind = "audio"
+            empty = AudioSource("", "")
+            values = [v or empty for v in values]
             self.cols = (Strings([v.location for v in values]), Strings([v.reco for v in values]),
                          np.array([v.segment or (np.nan, np.nan) for v in values], np.float64).reshape(-1, 2))
-        elif values and all(isinstance(v, (int, np.integer)) for v in values):
-            self.kind, self.cols = "int", np.array(values, np.int64)
+        elif kinds and all(issubclass(t, (int, np.integer)) for t in kinds):
+            self.kind, self.cols = "int", np.array([0 if v is None else v for v in values], np.int64)
         else:
-            self.kind, self.cols = "str", Strings(values)
+            self.kind, self.cols = "str", Strings(["" if v is None else v for v in values])
 
     def __getitem__(self, key):
         i = self.keys_.find(key)
-        if i < 0:
+        if i < 0 or not self.present[i]:
             raise KeyError(key)
         if self.kind == "audio":
             start, end = self.cols[2][i]
@@ -118,10 +127,10 @@ class PackedTable(Mapping):
         return int(self.cols[i]) if self.kind == "int" else self.cols[i]
 
     def __iter__(self):
-        return iter(self.keys_)
+        return (k for k, p in zip(self.keys_, self.present) if p)
 
     def __len__(self):
-        return len(self.keys_)
+        return int(self.present.sum())
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -173,11 +182,12 @@ class CropDataset(torch.utils.data.Dataset):
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
         self.dim = self._load(self.utts[0], check=False).shape[1] if self.input == "feats" else None
         # per-utterance data in numpy arrays: workers read it without copying it (`Strings`)
-        self.sources = PackedTable(self.sources, self.utts)
-        self.claimed = PackedTable(self.claimed, self.utts)
+        keys = Strings(self.utts)
+        self.sources = PackedTable(self.sources, keys)
+        self.claimed = PackedTable(self.claimed, keys)
         if self.input == "feats":
-            self.where = PackedTable(self.where, self.utts)
-        self.utts = Strings(self.utts)
+            self.where = PackedTable(self.where, keys)
+        self.utts = keys
 
     def _num_frames(self, dd, utt2spk, min_seconds):
         """{utt: frames}: utt2num_frames, where the few that claim too few frames are checked against the
