@@ -4,6 +4,9 @@ Speech: utterances are read in windows, sorted by length inside a window and bat
 padded frames (on the CPU at most CPU_MAX_FRAMES); the networks mask the padding, so an utterance's
 embedding does not depend on its batch. ECAPA-TDNN and iresnet encoders run as their fused inference copies
 (prepare_for_inference); bench/extract.py and bench/face_extract.py measure them.
+Reading ahead (extract-embeddings --num-workers, validation with data.num_workers): audio is decoded by DataLoader
+worker processes (`read_audio`), a feature table read by one thread (`read_ahead`: a table is one stream), up to a
+window ahead; the same items in the same order and the same errors as reading in turn, so the same bytes out.
 Faces: N evenly spaced frames per utterance; the embedding is the mean of the L2-normalised frame embeddings,
 so the dot product of two of them is the mean of the seed's NxN frame cosine matrix.
 """

@@ -53,11 +53,12 @@ def skip_lines(stderr):
 
 @pytest.mark.parametrize("table,extra,n,skipped", [
     ("wav.scp", (), 9, 1), ("pipe.scp", (), 9, 1), ("reco.scp", ("--segments", "reco.segments"), 6, 0),
-    ("feats.scp", (), 7, 1)])
+    ("feats.scp", (), 7, 1), ("ark:cat {data}/feats.ark |", (), 7, 1)])
 def test_workers_write_the_bytes_of_serial_extraction(data, tmp_path, table, extra, n, skipped):
     extra = [data / x if x.endswith(".segments") else x for x in extra]
-    serial = extract(data, tmp_path / "w0", f"scp:{data / table}", 0, *extra)
-    ahead = extract(data, tmp_path / "w2", f"scp:{data / table}", 2, *extra)
+    rspecifier = table.format(data=data) if table.startswith("ark:") else f"scp:{data / table}"
+    serial = extract(data, tmp_path / "w0", rspecifier, 0, *extra)
+    ahead = extract(data, tmp_path / "w2", rspecifier, 2, *extra)
     assert (tmp_path / "w0.ark").read_bytes() == (tmp_path / "w2.ark").read_bytes()
     scp0 = (tmp_path / "w0.scp").read_text()
     assert scp0.replace("w0.ark", "w2.ark") == (tmp_path / "w2.scp").read_text()
