@@ -50,6 +50,8 @@ FULL_UTTS, FULL_SPKS, UTTS_PER_VIDEO = 1_092_009, 5_994, 7
 E_TRIALS, E_UTTS, H_TRIALS, H_UTTS = 579_818, 145_160, 550_894, 137_476
 LINKS_PER_FILE = 60_000
 WORKERS = (0, 8)  # data-loader workers of the training start-up runs
+SOURCES = ("feats", "wav")  # training inputs of the start-up runs
+SETS = ("E", "H")  # trial lists scored
 STEPS = ("prepare", "datadir", "train", "cleanse", "score")
 ENV = dict(os.environ, PATH=os.pathsep.join([os.path.join(REPO, "utils"), os.path.dirname(sys.executable),
                                              os.environ.get("PATH", "")]), LC_ALL="C")
@@ -252,7 +254,7 @@ def run_fraction(fraction, steps, work, real_wav, feats_ark, results):
         conf = os.path.join(base, "tiny.yaml")
         with open(conf, "w") as f:
             f.write(TRAIN_CONFIG)
-        for source in ("feats", "wav"):
+        for source in SOURCES:
             for workers in WORKERS:
                 record(f"train start {source} w{workers}",
                        ["avtk", "train", "--config", conf, "--train-data", train, "--exp",
@@ -268,7 +270,7 @@ def run_fraction(fraction, steps, work, real_wav, feats_ark, results):
         record("cleanse", ["avtk", "cleanse", "--audio-emb", f"scp:{base}/audio.scp", "--face-emb",
                            f"scp:{base}/face.scp", "--out-list", os.path.join(base, "clean.txt"), train])
     if "score" in steps:
-        for name, n_trials, n_eval in (("E", E_TRIALS, E_UTTS), ("H", H_TRIALS, H_UTTS)):
+        for name, n_trials, n_eval in [x for x in (("E", E_TRIALS, E_UTTS), ("H", H_TRIALS, H_UTTS)) if x[0] in SETS]:
             trials = os.path.join(work, f"trials_{name}")
             if not os.path.exists(trials + ".scp"):  # the same eval set at every fraction
                 eval_keys, eval_spk = write_trials(trials, n_trials, n_eval, 3)
@@ -320,13 +322,16 @@ def main():
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, from {','.join(STEPS)}")
     ap.add_argument("--work", help="working directory (default: a temporary one, removed at the end)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke size: fractions 8192,2048, trial lists and loader workers cut down (seconds)")
+                    help="smoke size: fractions 8192,2048, one training start-up (feats, no workers), Vox1-E only, "
+                         "trial lists cut 100-fold")
     args = ap.parse_args()
-    global E_TRIALS, E_UTTS, H_TRIALS, H_UTTS, WORKERS
+    global E_TRIALS, E_UTTS, H_TRIALS, H_UTTS, WORKERS, SOURCES, SETS
     if args.quick:
         args.fractions = "8192,2048"
         E_TRIALS, E_UTTS, H_TRIALS, H_UTTS = (n // 100 for n in (E_TRIALS, E_UTTS, H_TRIALS, H_UTTS))
-        WORKERS = (0, 2)
+        WORKERS = (0,)
+        SOURCES = ("feats",)
+        SETS = ("E",)
     fractions = [int(f) for f in args.fractions.split(",")]
     steps = [s for s in args.steps.split(",") if s]
     unknown = set(steps) - set(STEPS)
