@@ -182,6 +182,25 @@ def test_scp_duplicate_key_names_the_input_and_crlf_text_ark_reads(tmp_path):
         f"{scp}:2: not UTF-8 text (byte 0xe9 at column 1)"
 
 
+def test_ark_keys_follow_the_text_rule(tmp_path):
+    text = b"u1  [ 1.0 2.0 ]\nu2  [ 3.0 4.0 ]\n"
+    bom = write_bytes(tmp_path / "bom.txt", b"\xef\xbb\xbf" + text)
+    avtk("copy-feats", f"ark,t:{bom}", f"ark,scp:{tmp_path}/b.ark,{tmp_path}/b.scp")
+    assert [x.split()[0] for x in (tmp_path / "b.scp").read_text().splitlines()] == ["u1", "u2"]
+    bad = write_bytes(tmp_path / "z.txt", text.replace(b"u2", f"u{ZWSP}2".encode()))
+    binary = tmp_path / "z.ark"
+    from avtk.io.ark import open_writer
+    with open_writer(f"ark:{tmp_path}/ok.ark") as w:
+        w["u1"], w["u2"] = np.zeros(2, np.float32), np.ones(2, np.float32)
+    binary.write_bytes((tmp_path / "ok.ark").read_bytes().replace(b"u2", f"u{ZWSP}2".encode()))
+    for ark in (bad, binary):
+        out = tmp_path / "o"
+        err = fails("copy-feats", f"ark:{ark}", f"ark,scp:{out}.ark,{out}.scp")
+        assert error_line(err, "copy-feats") == (f"ark:{ark}: {ark}: entry 2 (key 'u\\u200b2'): invisible character "
+                                                 "U+200B (ZERO WIDTH SPACE) at column 2 of the key")
+        assert not (tmp_path / "o.ark").exists() and not (tmp_path / "o.scp").exists()
+
+
 # ------------------------------------------------------------------------------------ options and configs
 
 

@@ -32,6 +32,9 @@ and ``p`` (permissive: stop at the first unreadable value with a warning instead
 (missing file, truncated or corrupt ark, failing pipe) is an `AvtkError` naming the rspecifier, the file
 and, when known, the key. A value holding a NaN or an infinity is an error too, naming the key and the row
 (`check_finite_value`; even with ``p``, as it is no read failure): features and embeddings must be finite.
+Every key read from an ark, text or binary, is held to the rule of text tables (`avtk.data.table`): a
+byte-order mark before the first key is dropped, an invisible character, Unicode space or control
+character in a key is an error naming the ark and the entry (`_checked_ark_key`).
 
 Embedding tables of a million entries are read in bulk by `load_vectors`: one float32 matrix gathered from
 each ark at once, with the per-entry reader as its fallback (and the source of every error message).
@@ -51,7 +54,7 @@ from collections.abc import Mapping
 import kaldiio
 import numpy as np
 
-from avtk.data.table import decode_lines
+from avtk.data.table import decode_lines, line_problem
 from avtk.errors import AvtkError
 from avtk.io import atomic
 from avtk.io.atomic import temp_name
@@ -485,6 +488,18 @@ def check_finite_value(array, where):
     raise AvtkError(f"{where}: NaN or infinite value {at}{more}")
 
 
+def _checked_ark_key(key, entry, where):
+    """A key read from an ark held to the rule of every text file (avtk.data.table.line_problem): a BOM
+    before the first key (a text ark saved by an editor) is dropped; an invisible character, a Unicode
+    space or a control character in a key is an AvtkError `where: entry N (key 'k'): why ... of the key`."""
+    if entry == 1 and key.startswith("\ufeff"):
+        key = key[1:]
+    problem = line_problem(key)
+    if problem:
+        raise AvtkError(f"{where}: entry {entry} (key {key!r}): {problem} of the key")
+    return key
+
+
 class TableReader:
     """Iterate (key, array) over a Kaldi rspecifier, in table order; see the module docstring."""
 
@@ -541,6 +556,7 @@ class TableReader:
                     after = f" after key {last!r}" if last is not None else " at its first value"
                     self._fail(f"{where}: corrupt or truncated ark {self.ark}{after}: {_describe(err)}")
                     break
+                key = _checked_ark_key(key, len(seen) + 1, f"{where}: {self.ark}")
                 if key in seen:
                     raise AvtkError(f"{where}: duplicate key {key!r} in {self.ark} (values {seen[key]} and "
                                     f"{len(seen) + 1})")
