@@ -411,3 +411,44 @@ def test_ddp_resume_uses_rank_0s_choice_of_checkpoint(capsys, trained):
     assert proc.stderr.count(f"{last}: cannot read the checkpoint") == 1  # rank 0 alone looked
     sums = dict(re.findall(r"\[rank (\d)\] final weights checksum (\S+)", proc.stderr))
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ encoder args
+
+@pytest.mark.parametrize("args, message", [
+    ({"channels": 0}, "model.encoder_args.channels = 0: must be >= 1"),
+    ({"embed_dim": -8}, "model.encoder_args.embed_dim = -8: must be >= 1"),
+    ({"channels": 16.5}, "model.encoder_args.channels = 16.5: must be an integer"),
+    ({"channels": None}, "model.encoder_args.channels = None: must be an integer, not null"),
+    ({"bogus": 3}, "unknown config key 'model.encoder_args.bogus' for encoder ecapa_tdnn "
+                   "(known: attention, channels, embed_dim, in_dim, pooled)"),
+])
+def test_bad_encoder_args_in_the_file_name_the_file_and_key(capsys, data, tmp_path, args, message):
+    conf = write_conf(tmp_path / "c.yaml", model__encoder_args={"in_dim": 80, "channels": 16, "embed_dim": 8, **args})
+    rc, err = train(capsys, data, tmp_path / "exp", conf)
+    assert rc == 1 and error_line(err) == f"{conf}: {message}"
+    assert nothing_written(tmp_path / "exp")
+
+
+def test_every_encoder_argument_has_a_declared_kind():
+    import inspect
+
+    from avtk.models import ENCODERS
+    from avtk.train.config import ENCODER_ARGS
+
+    for name, cls in ENCODERS.items():
+        assert set(inspect.signature(cls).parameters) <= set(ENCODER_ARGS), name
+
+
+def test_an_override_merges_into_a_mapping(capsys, data, tmp_path):
+    exp, conf = tmp_path / "exp", write_conf(tmp_path / "c.yaml")
+    rc, err = train(capsys, data, exp, conf, "model.encoder_args.channels=24", "runtime.epochs=1",
+                    "runtime.average_last=1")
+    assert rc == 0, err
+    args = yaml.safe_load((exp / "config.yaml").read_text())["model"]["encoder_args"]
+    assert args == {"in_dim": 80, "channels": 24, "embed_dim": 8}
+    override = "model.encoder_args.channels.x=3"
+    rc, err = train(capsys, data, tmp_path / "exp2", conf, override)
+    assert rc == 1 and error_line(err) == (f"override {override!r}: model.encoder_args.channels = 16 is not a "
+                                           "mapping, so model.encoder_args.channels.x cannot be set")
+    assert nothing_written(tmp_path / "exp2")

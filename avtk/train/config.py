@@ -104,6 +104,21 @@ SCHEMA = {
     "source": Key(None, "any"),                         # set by avtk import-model: where a model came from
 }
 
+# The kind and range of each encoder argument (model.encoder_args), by name. Which arguments an encoder takes,
+# and their defaults (null here), come from its constructor's signature (avtk.models.ENCODERS); a test keeps the
+# two in step.
+ENCODER_ARGS = {
+    "in_dim": Key(None, "int", ">= 1"),         # speech: feature dimension (must match the features)
+    "channels": Key(None, "int", ">= 1"),       # ecapa_tdnn: a multiple of 8 (the Res2Net scale)
+    "embed_dim": Key(None, "int", ">= 1"),
+    "pooled": Key(None, "int", ">= 1"),         # ecapa_tdnn: layer4's output
+    "attention": Key(None, "int", ">= 1"),      # ecapa_tdnn: attentive pooling's hidden size
+    "base_width": Key(None, "int", ">= 1"),     # resnet34
+    "width": Key(None, "int", ">= 1"),          # iresnet*
+    "input_size": Key(None, "int", ">= 16"),    # iresnet*: image side, a multiple of 16
+    "dropout": Key(None, "float", ">= 0, < 1"),  # iresnet*
+}
+
 # What may change on --resume: keys that do not change the network, the data or the optimisation of the
 # epochs to come. Each change is named in the log and recorded in EXP/config_history.yaml.
 RESUME_MAY_CHANGE = (
@@ -175,10 +190,52 @@ def _merge(cfg, update, where, schema=SCHEMA, path=""):
             _merge(cfg[key], value, where, schema[key], name + ".")
             continue
         try:
-            cfg[key] = _checked(schema[key], value)
+            value = _checked(schema[key], value)
         except ValueError as err:
             raise AvtkError(f"{where}: {name} = {value!r}: {err}") from None
+        if schema[key].kind == "mapping" and isinstance(cfg.get(key), dict):
+            _deep_update(cfg[key], value, where, name)
+        else:
+            cfg[key] = value
+    if schema is SCHEMA:
+        _check_encoder_args(cfg, where)
     return cfg
+
+
+def _deep_update(mapping, update, where, path):
+    """`mapping` updated in place by `update` at any depth (a key of `update` replaces only itself); a path
+    through a value that is not a mapping is an AvtkError naming `where`."""
+    for key, value in update.items():
+        old = mapping.get(key)
+        if isinstance(value, dict) and key in mapping and not isinstance(old, dict):
+            raise AvtkError(f"{where}: {path}.{key} = {old!r} is not a mapping, so {path}.{key}.{next(iter(value), '')} "
+                            "cannot be set")
+        if isinstance(value, dict) and isinstance(old, dict):
+            _deep_update(old, value, where, f"{path}.{key}")
+        else:
+            mapping[key] = copy.deepcopy(value)
+
+
+def _check_encoder_args(cfg, where):
+    """model.encoder_args checked against the arguments of model.encoder (its signature, ENCODER_ARGS' kinds and
+    ranges); an unknown encoder is left to _check. Errors name `where` and the key."""
+    import inspect
+
+    from avtk.models import ENCODERS
+
+    model = cfg["model"]
+    if model["encoder"] not in ENCODERS:
+        return
+    params = {p.name: p.default for p in inspect.signature(ENCODERS[model["encoder"]]).parameters.values()}
+    for arg, value in model["encoder_args"].items():
+        name = f"model.encoder_args.{arg}"
+        if arg not in params:
+            raise AvtkError(f"{where}: unknown config key '{name}' for encoder {model['encoder']} "
+                            f"(known: {', '.join(sorted(params))})")
+        try:
+            model["encoder_args"][arg] = _checked(ENCODER_ARGS[arg]._replace(default=params[arg]), value)
+        except ValueError as err:
+            raise AvtkError(f"{where}: {name} = {value!r}: {err}") from None
 
 
 def parse_override(text):
