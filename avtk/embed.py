@@ -69,6 +69,9 @@ def load_network(path, device="cpu"):
         raise AvtkError(f"{path}: {err}") from None
     except (KeyError, TypeError) as err:
         raise AvtkError(f"{path}: its config has no usable model section ({type(err).__name__}: {err})") from None
+    misfit = weights_misfit(net, blob["model"])
+    if misfit:
+        raise AvtkError(f"{path}: the weights do not fit the network of its config: {misfit}")
     try:
         net.load_state_dict(blob["model"])
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -78,14 +81,41 @@ def load_network(path, device="cpu"):
     return net.to(device).eval(), blob["config"], blob
 
 
+def weights_misfit(net, weights, shown=3):
+    """"" when `weights` (a state_dict: name -> tensor) has exactly the keys and shapes of `net`'s state_dict,
+    else one line naming the missing, unexpected and mis-shaped keys (the first `shown` of each, then a count).
+    Not a mapping: says so."""
+    if not isinstance(weights, dict):
+        return f"the weights are a {type(weights).__name__}, not a mapping of names to tensors"
+    target = net.state_dict()
+    shape = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
+    groups = (("missing", [k for k in target if k not in weights]),
+              ("unexpected", [k for k in weights if k not in target]),
+              ("mis-shaped", [f"{k} (file {list(shape[k])}, network {list(target[k].shape)})" for k in target
+                              if k in weights and shape[k] != tuple(target[k].shape)]))
+
+    def listed(what, keys):
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return f"{len(keys)} {what} key{'s' if len(keys) > 1 else ''}: {', '.join(keys[:shown])}{more}"
+
+    return "; ".join(listed(what, keys) for what, keys in groups if keys)
+
+
+def nonfinite(named_tensors):
+    """"" when every floating-point tensor of `named_tensors` ((name, tensor) pairs) is finite, else which is
+    not: "3 of the 256 values of encoder.conv1.weight" (the first such tensor)."""
+    for name, tensor in named_tensors:
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{int((~torch.isfinite(tensor)).sum())} of the {tensor.numel()} values of {name}"
+    return ""
+
+
 def check_weights(net, path):
     """AvtkError naming the model file and the first parameter or buffer of `net` that holds a NaN or an
     infinity (a diverged training run, a damaged file): such a network embeds nothing usable."""
-    for name, tensor in list(net.named_parameters()) + list(net.named_buffers()):
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            count = int((~torch.isfinite(tensor)).sum())
-            raise AvtkError(f"{path}: the weights hold NaN or infinite values ({count} of the {tensor.numel()} "
-                            f"values of {name}): the model is unusable")
+    bad = nonfinite(list(net.named_parameters()) + list(net.named_buffers()))
+    if bad:
+        raise AvtkError(f"{path}: the weights hold NaN or infinite values ({bad}): the model is unusable")
 
 
 def check_outputs(emb, keys):

@@ -452,3 +452,20 @@ def test_an_override_merges_into_a_mapping(capsys, data, tmp_path):
     assert rc == 1 and error_line(err) == (f"override {override!r}: model.encoder_args.channels = 16 is not a "
                                            "mapping, so model.encoder_args.channels.x cannot be set")
     assert nothing_written(tmp_path / "exp2")
+
+
+def test_resume_falls_back_past_a_checkpoint_with_nan_weights(capsys, trained):
+    data, exp, conf = trained
+    last = exp / "checkpoints/epoch_002.pt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    state["model"]["encoder.conv1.weight"].view(-1)[:2] = float("nan")
+    n = state["model"]["encoder.conv1.weight"].numel()
+    torch.save(state, last)
+    rc, err = train(capsys, data, exp, conf, "--resume", "--val-trials", data / "trials")
+    assert rc == 0, err
+    assert (f"WARNING [avtk train] {last}: cannot read the checkpoint (its weights hold NaN or infinite values: 2 of "
+            f"the {n} values of encoder.conv1.weight); trying the previous epoch's checkpoint") in err
+    assert f"resumed from {exp}/checkpoints/epoch_001.pt; continuing at epoch 2" in err
+    state = torch.load(last, map_location="cpu", weights_only=False)  # written again, finite
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+    assert not (exp / "checkpoints/last_good.pt").exists()

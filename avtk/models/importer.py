@@ -342,6 +342,7 @@ def import_checkpoint(path, fmt, arch=None, allow_partial=False, channels=None):
     module notes); an AvtkError for a speech format. Raises ImportMismatch (an AvtkError) when keys are
     missing, unexpected or mis-shaped, unless `allow_partial`; every such key is logged first.
     """
+    from avtk.embed import check_weights, nonfinite
     from avtk.models import build_network
 
     path = os.fspath(path)
@@ -409,6 +410,10 @@ def import_checkpoint(path, fmt, arch=None, allow_partial=False, channels=None):
                     "ones keep their initial values, unexpected ones are dropped)", len(report.loaded),
                     report.expected, report.counts())
     net.load_state_dict(weights, strict=True)
+    check_weights(net, path)  # a NaN or an infinity in the file is an error, as in every model reader
+    bad = nonfinite([(spec["loss_key"], loss_weight)]) if loss_weight is not None else ""
+    if bad:
+        raise AvtkError(f"{path}: the weights hold NaN or infinite values ({bad}): the model is unusable")
     weights = net.state_dict()
     if report.converted:
         log.info("converted %d tensors to the network's dtype", report.converted)

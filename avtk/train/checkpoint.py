@@ -8,6 +8,7 @@ import re
 import numpy as np
 import torch
 
+from avtk.embed import nonfinite
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open, torch_save
 
@@ -61,8 +62,9 @@ def save(path, **state):
 
 
 def load(path):
-    """A checkpoint written by save(); one that cannot be read (truncated, not a checkpoint) or lacks an entry
-    of REQUIRED is an AvtkError naming the file."""
+    """A checkpoint written by save(); one that cannot be read (truncated, not a checkpoint), lacks an entry
+    of REQUIRED or whose weights hold a NaN or an infinity (avtk.embed.nonfinite) is an AvtkError naming the
+    file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises assorted errors (RuntimeError, EOFError, UnpicklingError, ...)
@@ -71,6 +73,10 @@ def load(path):
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise AvtkError(f"{path}: not an avtk training checkpoint (no {', '.join(missing)})")
+    bad = nonfinite(list(state["model"].items()) + list((state.get("loss") or {}).items())) \
+        if isinstance(state["model"], dict) else ""
+    if bad:
+        raise AvtkError(f"{path}: cannot read the checkpoint (its weights hold NaN or infinite values: {bad})")
     return state
 
 
