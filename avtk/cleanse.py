@@ -68,7 +68,7 @@ import numpy as np
 
 from avtk.errors import AvtkError
 from avtk.io.ark import VectorTable
-from avtk.scoring import check_embeddings
+from avtk.scoring import check_centred, check_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,16 @@ MIN_CLASS = 5  # fewest synthetic examples of each class to train a classifier
 # embeddings
 
 
-def utterance_matrix(table, utts, where, required):
+def utterance_matrix(table, utts, where, required, frames=False):
     """(rows, X): the utterances of `utts` that have an embedding in `table` (int64 positions in `utts`) and
     their unit vectors, float32 (len(rows), dim), from a `load_table` dict or a `load_vectors` VectorTable
     (gathered in one step, no per-utterance arrays).
 
-    A matrix is reduced to the mean of its L2-normalised rows; every vector is then L2-normalised (so
-    vectors and matrices, and extractors of any scale, are on one footing). A missing key is an AvtkError naming the
+    A matrix (per-frame rows, as face extractors without pooling write them) is accepted only with `frames`
+    (the face table) and reduced to the mean of its L2-normalised rows; without it (the audio table: one
+    vector per utterance) a matrix is an AvtkError naming the table and the utterance (a feature table given
+    as embeddings). Every vector is then L2-normalised (so vectors and matrices, and extractors of any
+    scale, are on one footing). A missing key is an AvtkError naming the
     utterance when `required`, else left out (so is a 0-row matrix, which is counted as missing).
     Non-finite values and zero vectors (`avtk.scoring.check_embeddings`, the rule `avtk score` applies) and
     mismatched dimensions are errors naming the utterance.
@@ -111,6 +114,9 @@ def utterance_matrix(table, utts, where, required):
                 raise AvtkError(f"{where}: no embedding for utterance {utt!r}")
             continue
         x = np.asarray(value, dtype=np.float64)
+        if x.ndim == 2 and not frames:
+            raise AvtkError(f"{where}: utterance {utt!r}: a matrix of shape {x.shape} where an embedding vector "
+                            "is expected (a feature table given as embeddings?)")
         if x.ndim == 2:
             if x.shape[0] == 0 or x.shape[1] == 0:
                 if required:
@@ -131,10 +137,10 @@ def utterance_matrix(table, utts, where, required):
     return np.asarray(rows, np.int64), X
 
 
-def utterance_vectors(table, utts, where, required):
+def utterance_vectors(table, utts, where, required, frames=False):
     """{utt: 1-D float32 unit vector} for `utts` from a loaded embedding table: `utterance_matrix` as a
     dict, for small callers."""
-    rows, X = utterance_matrix(table, list(utts), where, required)
+    rows, X = utterance_matrix(table, list(utts), where, required, frames)
     utts = list(utts)
     return {utts[i]: x for i, x in zip(rows.tolist(), X)}
 
@@ -382,11 +388,13 @@ def joint_pvalues(z_audio, z_visual):
 
 
 def cleanse(utts, utt2spk, audio, face=None, seed=0, peculiar_z=2.0, threshold=0.5, num_synthetic=20000,
-            subtract_mean=True, fine="joint", fdr=0.05):
+            subtract_mean=True, fine="joint", fdr=0.05, sources=("audio embeddings", "face embeddings")):
     """Run both steps. utts: utterance ids; utt2spk: {utt: speaker}; audio/face: {utt: 1-D vector}, or
     (rows, X) from `utterance_matrix` (X float32, rows positions in utts; X is centred and normalised in
-    place), audio for every utterance, face for those that have one; fine: "joint" or "synthetic".
-    Returns a `Result`."""
+    place), audio for every utterance, face for those that have one; fine: "joint" or "synthetic";
+    sources: the names of the audio and face tables in errors. An embedding that the mean subtraction
+    reduces to zero (identical embeddings) is an AvtkError naming its table and utterance
+    (`avtk.scoring.check_centred`, the rule of `avtk score --subtract-mean`). Returns a `Result`."""
     utts = list(utts)
     if not utts:
         raise AvtkError("cleanse: no utterances")
@@ -407,11 +415,12 @@ def cleanse(utts, utt2spk, audio, face=None, seed=0, peculiar_z=2.0, threshold=0
     spk = np.array([spk_index[s] for s in labels], dtype=np.int64)
     n, S = len(utts), len(speakers)
 
-    def prepare(X):
+    def prepare(X, rows, source):
         """Centre and normalise float32 rows in place, a block at a time (no full-size temporaries)."""
         mean = X.mean(axis=0, dtype=np.float64) if subtract_mean else np.zeros(X.shape[1])
         for a in range(0, len(X), CHUNK):
             x = X[a:a + CHUNK].astype(np.float64) - mean
+            check_centred(X[a:a + CHUNK], x, [utts[i] for i in rows[a:a + CHUNK]], source)
             X[a:a + CHUNK] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return X
 
@@ -419,9 +428,9 @@ def cleanse(utts, utt2spk, audio, face=None, seed=0, peculiar_z=2.0, threshold=0
     if len(audio_rows) < n:
         first = np.setdiff1d(np.arange(n), audio_rows)[0]
         raise AvtkError(f"cleanse: no audio embedding for utterance {utts[first]!r}")
-    A = Modality("audio", prepare(XA), spk, S)
+    A = Modality("audio", prepare(XA, audio_rows, sources[0]), spk, S)
     face_rows, XV = _as_rows(face, utts)
-    V = Modality("visual", prepare(XV), spk[face_rows], S) if len(face_rows) else None
+    V = Modality("visual", prepare(XV, face_rows, sources[1]), spk[face_rows], S) if len(face_rows) else None
     vrow = np.full(n, -1, dtype=np.int64)  # utterance index -> row of V
     vrow[face_rows] = np.arange(len(face_rows))
 

@@ -3,7 +3,8 @@
 Everything is vectorised; nothing loops over trials in Python.
 
 Embeddings that are scored must be finite and not all zeros (`check_embeddings`, the one rule for score,
-cleanse and verify). Cosine. Each embedding may first have a mean vector subtracted (`mean`: of the scored
+cleanse and verify), nor all zeros once the mean is subtracted (`check_centred`: identical embeddings).
+Cosine. Each embedding may first have a mean vector subtracted (`mean`: of the scored
 table, or of another table such as the training embeddings), then is L2-normalised; a trial's score is the dot
 product of its two unit vectors. An embedding may also be a (1+N, dim) matrix from
 `extract-embeddings --seed-crops N`: whole utterance first, then N crops; such trials score
@@ -239,13 +240,34 @@ def table_mean(table, source="embeddings"):
     return _rows(table, source)[1].mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def _center_unit(x, mean, source):
+# a centred row shorter than this fraction of its norm before centring is zero up to float32 rounding
+CENTRED_ZERO = 1e-6
+
+
+def check_centred(x, centred, keys, source):
+    """Raise AvtkError naming the first key of `keys` whose row of `x` (n, dim) or (n, 1+N, dim), once the mean
+    is subtracted (`centred`, same shape), has a norm below CENTRED_ZERO of its norm before: the mean removed
+    it (identical embeddings), and a zero vector has no cosine, as in `check_embeddings`."""
+    before = np.linalg.norm(x, axis=-1)  # in the arrays' own dtype: no float64 copy of a large table
+    after = np.linalg.norm(centred, axis=-1)
+    gone = (after < CENTRED_ZERO * before).reshape(len(before), -1).any(axis=1)
+    if gone.any():
+        raise _bad_rows_error([keys[i] for i in np.flatnonzero(gone)], source,
+                              "is all zeros once the mean is subtracted (the mean removed it: identical "
+                              "embeddings; no direction, so no cosine)")
+
+
+def _center_unit(x, mean, source, keys):
+    """Subtract `mean` (dim,) or nothing from the rows of `x` and L2-normalise them; a row that centring
+    reduces to zero is an AvtkError naming its key (`check_centred`)."""
     if mean is None:
         return unit(x)
     mean = np.asarray(mean, np.float32).reshape(-1)
     if mean.shape[0] != x.shape[-1]:
         raise AvtkError(f"{source}: embeddings have dimension {x.shape[-1]} but the mean has {mean.shape[0]}")
-    return unit(x - mean)
+    centred = x - mean
+    check_centred(x, centred, keys, source)
+    return unit(centred)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,7 +298,7 @@ def make_cohort(table, mean=None, utt2spk=None, source="cohort", utt2spk_path="u
     the table's keys.
     """
     keys, matrix = _rows(table, source, whole_only=True)
-    matrix = _center_unit(matrix, mean, source)
+    matrix = _center_unit(matrix, mean, source, keys)
     if utt2spk is None:
         return keys, matrix
     use = [i for i, k in enumerate(keys) if k in utt2spk]
@@ -440,7 +462,7 @@ def score_trials(table, trials, mean=None, cohort=None, top_n=DEFAULT_TOP_N, whe
     cohort).
     """
     keys, ei, ti = key_index(trials)
-    emb = _center_unit(embedding_matrix(table, keys, where, source), mean, source)
+    emb = _center_unit(embedding_matrix(table, keys, where, source), mean, source, keys)
     workers = workers or _workers()
     raw = pair_scores(emb, ei, ti, workers)
     if cohort is None:

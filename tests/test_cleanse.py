@@ -198,6 +198,40 @@ def test_missing_audio_embedding_is_an_error_naming_it(corpus, tmp_path):
     assert not (tmp_path / "list.txt").exists() and not (tmp_path / "report.json").exists()
 
 
+def _cleanse_error(corpus, tmp_path, table):
+    """Run cleanse with `table` ({utt: array}) as --audio-emb; (rspecifier, its one ERROR line after the tag)."""
+    kaldiio.save_ark(str(tmp_path / "a.ark"), table, scp=str(tmp_path / "a.scp"))
+    spec = f"scp:{tmp_path / 'a.scp'}"
+    proc = avtk("cleanse", "--audio-emb", spec, "--out-list", tmp_path / "list.txt",
+                "--report", tmp_path / "report.json", corpus["data"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "list.txt").exists() and not (tmp_path / "report.json").exists()
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    return spec, errors[0].split(" ERROR [avtk cleanse] ")[1]
+
+
+def test_identical_embeddings_are_an_error_naming_the_table(corpus, tmp_path):
+    """Identical embeddings are zero vectors once the mean is subtracted: no cosine (every audio_sim was 0.0000
+    and robust_sd fell back to 1.0, exit 0); the rule of `avtk score --subtract-mean`."""
+    order = corpus["order"]
+    spec, error = _cleanse_error(corpus, tmp_path, {u: np.arange(1, 9, dtype=np.float32) for u in order})
+    assert error.startswith(f"{spec}: embedding of utterance '{order[0]}' is all zeros once the mean is subtracted "
+                            f"(the mean removed it: identical embeddings; no direction, so no cosine) "
+                            f"({len(order)} utterances in all: '{order[0]}', '{order[1]}', ")
+
+
+def test_feature_matrices_given_as_audio_embeddings_are_an_error(corpus, tmp_path):
+    """A feature table (frame matrices) as --audio-emb gave a list computed from them, exit 0; the audio
+    table holds one vector per utterance (face tables may hold per-frame rows)."""
+    order = corpus["order"]
+    rng = np.random.default_rng(0)
+    spec, error = _cleanse_error(corpus, tmp_path, {u: rng.normal(size=(20 + i % 3, 8)).astype(np.float32)
+                                                    for i, u in enumerate(order)})
+    assert error == (f"{spec}: utterance '{order[0]}': a matrix of shape (20, 8) where an embedding vector is "
+                     "expected (a feature table given as embeddings?)")
+
+
 def test_wav_outside_corpus_root_is_an_error(corpus, tmp_path):
     proc = avtk("cleanse", "--audio-emb", f"scp:{corpus['emb'] / 'audio.scp'}", "--corpus-root", tmp_path,
                 "--out-list", tmp_path / "list.txt", corpus["data"], check=False)
@@ -301,10 +335,10 @@ def test_bulk_table_gives_the_same_rows_and_result_as_the_dict(corpus, tmp_path)
     rows_d, X_d = utterance_matrix(load_table(audio_scp), utts, "a", True)
     assert rows.tolist() == rows_d.tolist() == list(range(len(utts))) and X.dtype == X_d.dtype == np.float32
     np.testing.assert_allclose(X, X_d, atol=1e-7)
-    face = utterance_matrix(load_vectors(face_scp), utts, "f", False)
+    face = utterance_matrix(load_vectors(face_scp), utts, "f", False, frames=True)
     from_matrices = cleanse(utts, spk, (rows, X), face, seed=3)
     from_dicts = cleanse(utts, spk, utterance_vectors(load_table(audio_scp), utts, "a", True),
-                         utterance_vectors(load_table(face_scp), utts, "f", False), seed=3)
+                         utterance_vectors(load_table(face_scp), utts, "f", False, frames=True), seed=3)
     assert from_matrices.noisy.tolist() == from_dicts.noisy.tolist()
     assert from_matrices.peculiar.tolist() == from_dicts.peculiar.tolist()
     np.testing.assert_allclose(from_matrices.audio_sim, from_dicts.audio_sim, atol=1e-6, equal_nan=True)

@@ -287,6 +287,30 @@ def test_cli_zero_embedding_and_flat_cohort_are_errors(tmp_path):
         "(standard deviation 0 < 1e-05)" in error and "utterances in all)" in error and "duplicate cohort" in error
 
 
+def test_cli_identical_embeddings_subtract_mean_is_an_error(tmp_path):
+    """Identical embeddings become zero vectors once their mean is subtracted: no cosine (it scored 0.000000,
+    exit 0); the error names the table and the first utterance of the trials that the mean removed."""
+    table, trials, _ = random_problem(10, n_trials=10)
+    same = {k: table["u000"] for k in table}
+    out = tmp_path / "scores"
+    proc = avtk("score", "--trials", write_trials(tmp_path / "trials", trials), "--subtract-mean",
+                write_table(tmp_path / "same", same), out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    first = trials.enroll[0]
+    n = len(set(trials.enroll) | set(trials.test))
+    assert len(errors) == 1 and errors[0].split(" ERROR ")[1].startswith(
+        f"[avtk score] scp:{tmp_path}/same.scp: embedding of utterance '{first}' is all zeros once the "
+        "mean is subtracted (the mean removed it: identical embeddings; no direction, so no cosine) "
+        f"({n} utterances in all: '{first}', ")
+    # embeddings that differ keep their direction: only a row the mean removed is refused
+    from avtk.scoring import check_centred
+
+    check_centred(np.ones((2, 4)), np.ones((2, 4)) * 1e-5, ["a", "b"], "t")
+    with pytest.raises(AvtkError, match=r"^t: embedding of utterance 'b' is all zeros once the mean is subtracted"):
+        check_centred(np.ones((2, 4)), np.array([[1, 0, 0, 0], [1e-9, 0, 0, 0]]), ["a", "b"], "t")
+
+
 def test_check_embeddings_is_the_one_rule():
     from avtk.scoring import check_embeddings, embedding_matrix, make_cohort
 
@@ -305,7 +329,7 @@ def test_check_embeddings_is_the_one_rule():
     from avtk.cleanse import utterance_vectors
 
     with pytest.raises(AvtkError, match=r"^emb\.scp: embedding of utterance 'z' is all zeros \(no direction"):
-        utterance_vectors({"a": np.ones(4), "z": np.zeros((2, 4))}, ["a", "z"], "emb.scp", True)
+        utterance_vectors({"a": np.ones(4), "z": np.zeros((2, 4))}, ["a", "z"], "emb.scp", True, frames=True)
 
 
 def test_cli_unlabeled_trials_and_read_trials_roundtrip(tmp_path):

@@ -167,7 +167,7 @@ def main(args):
     face = None
     if args.face_emb:
         face_table = load_vectors(args.face_emb)
-        face = utterance_matrix(face_table, utts, args.face_emb, required=False)
+        face = utterance_matrix(face_table, utts, args.face_emb, required=False, frames=True)
         extra = sum(1 for k in face_table if k not in utt2spk)
         if extra:
             log.info("%s: %d embeddings of utterances not in %s ignored", args.face_emb, extra, args.data_dir)
@@ -175,7 +175,7 @@ def main(args):
 
     result = cleanse(utts, utt2spk, audio, face, seed=args.seed, peculiar_z=args.peculiar_z,
                      threshold=args.threshold, num_synthetic=args.num_synthetic, fine=args.fine, fdr=args.fdr,
-                     subtract_mean=args.subtract_mean)
+                     subtract_mean=args.subtract_mean, sources=(args.audio_emb, args.face_emb))
     stats = dict(result.stats)
     stats["data_dir"] = args.data_dir
     st = stats
