@@ -210,6 +210,32 @@ def test_copy_feats_failure_leaves_nothing(tmp_path):
     assert not os.path.exists(out) or os.listdir(out) == []
 
 
+def test_scp_ranges_inside_the_matrix_or_an_error_naming_the_line(tmp_path):
+    """Kaldi scp ranges `[r1:r2]` / `[r1:r2,c1:c2]` (ends inclusive) cut the matrix; one reaching past it was
+    clamped by kaldiio (a silently shortened input): now an error naming the scp line, key and shape."""
+    m = np.arange(15, dtype=np.float32).reshape(5, 3)
+    kaldiio.save_ark(str(tmp_path / "m.ark"), {"a": m, "v": np.ones(3, np.float32)}, scp=str(tmp_path / "m.scp"))
+    loc = dict(line.split() for line in (tmp_path / "m.scp").read_text().splitlines())
+    (tmp_path / "ok.scp").write_text(f"r {loc['a']}[1:3]\nc {loc['a']}[0:4,1:2]\nw {loc['a']}[,0:0]\n")
+    got = load_table(f"scp:{tmp_path / 'ok.scp'}")
+    _assert_same(got, {"r": m[1:4], "c": m[:, 1:3], "w": m[:, :1]})
+    cases = [
+        (f"{loc['a']}[0:99999]", "range [0:99999] is outside the matrix of shape (5, 3) (rows 0..99999 of 0..4)"),
+        (f"{loc['a']}[3:2]", "range [3:2] is outside the matrix of shape (5, 3) (rows 3..2 of 0..4)"),
+        (f"{loc['a']}[0:4,1:3]", "range [0:4,1:3] is outside the matrix of shape (5, 3) (columns 1..3 of 0..2)"),
+        (f"{loc['a']}[x:2]", "malformed range [x:2] (expected [first:last] or [first:last,first:last])"),
+        (f"{loc['v']}[0:1]", "range [0:1] on a value of shape (3,); ranges apply to matrices only"),
+    ]
+    for value, why in cases:
+        (tmp_path / "r.scp").write_text(f"r {loc['a']}[0:1]\nbad {value}\n")
+        out = tmp_path / "o.txt"
+        proc = avtk("copy-feats", f"scp:{tmp_path / 'r.scp'}", f"ark,t:{out}", check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists(), proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and errors[0].endswith(
+            f"ERROR [avtk copy-feats] scp:{tmp_path / 'r.scp'}: key 'bad' ({tmp_path / 'r.scp'}:2): {why}"), errors
+
+
 # ---------------------------------------------------------------------------------------------- audio
 
 

@@ -229,6 +229,54 @@ def test_flat_config_rejects_nested_mappings_and_bad_text(tmp_path):
     assert f"{cfg}:2: not UTF-8 text (byte 0xe9 at column 10)" in err
 
 
+@pytest.mark.parametrize("key, why", [
+    (f"enc{ZWSP}oder", "invisible character U+200B (ZERO WIDTH SPACE) at column 6"),
+    (f"enc{NBSP}oder", "white space other than space or tab, U+00A0 (NO-BREAK SPACE), at column 6"),
+])
+def test_both_yaml_readers_hold_keys_to_the_text_rule(tmp_path, key, why):
+    from avtk.data.table import read_yaml
+
+    train = write_bytes(tmp_path / "c.yaml", f"model:\n  {key}: resnet\n".encode())
+    err = fails("train", "--config", train, "--train-data", tmp_path / "d", "--exp", tmp_path / "exp")
+    assert error_line(err, "train") == f"{train}:2: {why}"
+    assert not any((tmp_path / "exp").rglob("*"))  # an empty experiment directory at most
+    flat = write_bytes(tmp_path / "f.yaml", f"top_n: 5\n{key}: 3\n".encode())
+    err = fails("score", "--config", flat, "--trials", "t", "scp:e.scp", tmp_path / "s")
+    assert error_line(err, "score") == f"{flat}:2: {why.replace('column 6', 'column 4')}"
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(AvtkError) as caught:  # the same rule where a free-text line is checked by its key
+        list(text_lines(write_bytes(tmp_path / "text", f"u1{NBSP}hello world\n".encode()), keys_only=True))
+    assert str(caught.value).endswith(":1: white space other than space or tab, U+00A0 (NO-BREAK SPACE), at column 3")
+    bad = write_bytes(tmp_path / "b.yaml", b"model:\n  encoder: r\xe9snet\n")
+    with pytest.raises(AvtkError) as caught:
+        read_yaml(bad)
+    assert str(caught.value) == f"{bad}:2: not UTF-8 text (byte 0xe9 at column 13)"
+
+
+def test_a_repeated_yaml_key_is_an_error_at_any_level(tmp_path):
+    train = write_bytes(tmp_path / "c.yaml", b"optim:\n  lr: 0.1\nmodel:\n  encoder: resnet\noptim:\n  lr: 0.2\n")
+    err = fails("train", "--config", train, "--train-data", tmp_path / "d", "--exp", tmp_path / "exp")
+    assert error_line(err, "train") == f"{train}:5: duplicate key 'optim' (first on line 1)"
+    write_bytes(train, b"optim:\n  lr: 0.1\n  weight_decay: 0.0\n  lr: 0.2\n")
+    err = fails("train", "--config", train, "--train-data", tmp_path / "d", "--exp", tmp_path / "exp")
+    assert error_line(err, "train") == f"{train}:4: duplicate key 'lr' (first on line 2)"
+    assert not any((tmp_path / "exp").rglob("*"))  # an empty experiment directory at most
+    flat = write_bytes(tmp_path / "f.yaml", b"top_n: 5\ntop_n: 6\n")
+    err = fails("score", "--config", flat, "--trials", "t", "scp:e.scp", tmp_path / "s")
+    assert error_line(err, "score") == f"{flat}:2: duplicate key 'top_n' (first on line 1)"
+
+
+def test_flat_config_errors_name_the_file(tmp_path):
+    flat = write_bytes(tmp_path / "f.yaml", b"top_n: 5\ntop_m: 6\n")
+    err = fails("score", "--config", flat, "--trials", "t", "scp:e.scp", tmp_path / "s")
+    assert error_line(err, "score") == (f"{flat}:2: unknown option 'top_m' (known: allow-missing, cohort, "
+                                        "cohort-utt2spk, map-paths, mean-from, subtract-mean, top-n, trials, verbose)")
+    write_bytes(flat, b"- top_n: 5\n")
+    err = fails("score", "--config", flat, "--trials", "t", "scp:e.scp", tmp_path / "s")
+    assert error_line(err, "score") == f"{flat}: a --config file holds a mapping of option: value lines, not a list"
+    assert not (tmp_path / "s").exists()
+
+
 def test_model_with_unknown_encoder_names_the_file(tmp_path):
     model = tmp_path / "model.pt"
     torch.save({"model": {}, "config": {"model": {"encoder": "nope"}}}, model)

@@ -134,7 +134,7 @@ def test_config_text_bom_accepted_non_utf8_named(capsys, data, tmp_path):
     conf.write_bytes(yaml.safe_dump(TINY).encode() + b"# caf\xe9\n")
     line = yaml.safe_dump(TINY).count("\n") + 1
     rc, err = train(capsys, data, tmp_path / "exp", conf)
-    assert rc == 1 and error_line(err) == f"{conf}:{line}: not UTF-8 text (byte 0xe9)"
+    assert rc == 1 and error_line(err) == f"{conf}:{line}: not UTF-8 text (byte 0xe9 at column 6)"
 
 
 def test_float_keys_take_yaml_exponents():

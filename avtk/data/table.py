@@ -17,12 +17,15 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import yaml
+
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
 
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _BOM = "\ufeff"
+_FIELD_SEP = re.compile(r"[ \t]")
 
 
 def _char_name(c):
@@ -44,7 +47,7 @@ def line_problem(text, keys_only=False):
     end = len(text)
     if keys_only:
         stripped = text.lstrip(" \t")
-        key = stripped.split(None, 1)[0] if stripped.strip() else ""
+        key = _FIELD_SEP.split(stripped, 1)[0]  # fields end at ASCII space or tab only, as awk's do
         end = len(text) - len(stripped) + len(key)
     for m in _NON_ASCII.finditer(text):
         c = m.group()
@@ -111,6 +114,53 @@ def read_text(path, what="", keys_only=False):
     """The whole file as one str read by the module's rule (each line ending in "\n"): for YAML and
     JSON files. Errors as for `text_lines`."""
     return "".join(text + "\n" for _, text in text_lines(path, what, keys_only))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last one silently)."""
+
+    source = "YAML"
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise AvtkError(f"{self.source}:{line}: duplicate key {key!r} (first on line {first[key]})")
+                first[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def yaml_problem(err):
+    """A yaml.YAMLError in one line: its problem and, when known, `at line L, column C`."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def parse_yaml(text, source):
+    """The document of YAML `text` (read by the module's rule, `read_text`) by yaml.SafeLoader, with
+    a key repeated in any mapping an AvtkError "{source}:{line}: duplicate key 'k' (first on line L)" (the
+    message of `read_dict`), and invalid YAML one "{source}: not valid YAML: {problem} at line L, column C"."""
+    loader = _UniqueKeyLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise AvtkError(f"{source}: not valid YAML: {yaml_problem(err)}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path, what=""):
+    """The YAML document of a file: every YAML file of avtk (training config, flat `--config`) is read here.
+    The text is read by the module's rule with keys held to it (`read_text(keys_only=True)`: errors name
+    file:line and column), then parsed by `parse_yaml` (duplicate keys and invalid YAML name file:line)."""
+    return parse_yaml(read_text(path, what, keys_only=True), path)
 
 
 def numbered_fields(path, what="", keys_only=False):

@@ -471,6 +471,33 @@ def _open_input(name, where):
 _SCP_VALUE = re.compile(r"^(?P<path>.*?):(?P<offset>\d+)(?P<range>\[[^\]]*\])?$")
 
 
+_RANGE_PART = re.compile(r"^\s*(?:(\d+)\s*:\s*(\d+))?\s*$")
+
+
+def _range_slices(span, shape, where):
+    """Slices of a Kaldi scp range `span` (`[r1:r2]` rows, or `[r1:r2,c1:c2]` rows and columns; ends
+    inclusive; an empty part is the whole axis) over a matrix of `shape`. A malformed range, a range on a
+    value that is not a matrix, or one reaching outside the matrix is an AvtkError `where: ...` naming the
+    range and the shape: never a silently shortened value."""
+    parts = span[1:-1].split(",")
+    found = [_RANGE_PART.match(p) for p in parts]
+    if len(parts) > 2 or not all(found) or not any(m.group(1) for m in found):
+        raise AvtkError(f"{where}: malformed range {span} (expected [first:last] or [first:last,first:last])")
+    if len(shape) != 2:
+        raise AvtkError(f"{where}: range {span} on a value of shape {shape}; ranges apply to matrices only")
+    slices = []
+    for m, size, axis in zip(found, shape, ("rows", "columns")):
+        if not m.group(1):
+            slices.append(slice(None))
+            continue
+        a, b = int(m.group(1)), int(m.group(2))
+        if not a <= b < size:
+            raise AvtkError(f"{where}: range {span} is outside the matrix of shape {tuple(shape)} ({axis} "
+                            f"{a}..{b} of 0..{size - 1})")
+        slices.append(slice(a, b + 1))
+    return tuple(slices)
+
+
 def check_finite_value(array, where):
     """`array` itself when it holds no NaN or infinity; else an AvtkError `where: NaN or infinite value at
     row R (of N), column C` (vectors: `at index I`). Every table value read here passes this check (module
@@ -606,6 +633,8 @@ class TableReader:
                 except Exception as err:
                     self._fail(f"{where}: key {key!r} ({self.scp}:{lineno}): cannot read {value}: {_describe(err)}")
                     break
+                if span:
+                    array = array[_range_slices(span, np.shape(array), f"{where}: key {key!r} ({self.scp}:{lineno})")]
                 yield key, check_finite_value(self._writable(array), f"{where}: key {key!r} ({self.scp}:{lineno})")
             ok = True
         finally:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import yaml
 
+from avtk.data import table
 from avtk.errors import AvtkError
 
 
@@ -253,29 +254,13 @@ def parse_override(text):
     return tree
 
 
-def _yaml_problem(err):
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+_yaml_problem = table.yaml_problem
 
 
 def read_yaml(path):
-    """The YAML document of a file. UTF-8, with or without a byte-order mark; an unreadable file, bytes
-    that are not UTF-8 (file:line named) or invalid YAML are an AvtkError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise AvtkError(f"cannot read config {path}: {err.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise AvtkError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise AvtkError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+    """The YAML document of a file, read by `avtk.data.table.read_yaml` (the one reader of YAML files:
+    UTF-8 by the text rule, a key repeated in a mapping an error; every error an AvtkError naming file:line)."""
+    return table.read_yaml(path, "config ")
 
 
 def load_config(path=None, overrides=()):
