@@ -628,8 +628,9 @@ class TableReader:
                         self._fail(f"{where}: key {key!r} ({self.scp}:{lineno}): cannot read {path}: "
                                    f"{err.strerror or err}")
                         break
-                try:
-                    array = _quiet(kaldiio.load_mat, value, fd_dict=fds)
+                span = match.group("range") if match else None
+                try:  # a range is cut here, after its check (kaldiio clamps one past the end)
+                    array = _quiet(kaldiio.load_mat, value[:-len(span)] if span else value, fd_dict=fds)
                 except Exception as err:
                     self._fail(f"{where}: key {key!r} ({self.scp}:{lineno}): cannot read {value}: {_describe(err)}")
                     break
