@@ -176,6 +176,26 @@ def test_landmarks_that_cannot_make_a_face_count_as_no_face(tmp_path):
     assert sorted(os.listdir(tmp_path / "align/u1")) == ["0010.jpg"]
 
 
+def test_a_frame_listed_twice_in_landmarks_is_an_error_naming_both_lines(tmp_path):
+    """landmarks.txt follows the duplicate-key rule of every table (the second line silently won)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    picture = RNG.integers(0, 256, (160, 160, 3)).astype(np.uint8)
+    for name in ("0010.jpg", "0020.jpg"):
+        Image.fromarray(picture).save(raw / name)
+    good = TEMPLATE_112 + 20
+    (raw / "landmarks.txt").write_text(_landmark_line("0010.jpg", good) + _landmark_line("0020.jpg", good)
+                                       + _landmark_line("0010.jpg", good + 1))
+    (tmp_path / "raw.scp").write_text(f"u1 {raw}\n")
+    proc = avtk("extract-face-frames", "--detector", "landmarks", tmp_path / "raw.scp", tmp_path / "align",
+                tmp_path / "frames.scp", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"ERROR [avtk extract-face-frames] {raw / 'landmarks.txt'}:3: duplicate key '0010.jpg' (first on line 1)")
+    assert not (tmp_path / "frames.scp").exists() and not (tmp_path / "align" / "u1").exists()
+
+
 def test_two_images_of_one_name_are_an_error(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -31,9 +31,12 @@ LANDMARKS = "landmarks.txt"
 def read_landmarks(utt, path):
     """{frame name: (5, 2) float array} from a landmarks.txt, read by the text rule of avtk.data.table (a BOM
     or CRLF is accepted; bad bytes or invisible characters are errors naming file:line, as are malformed
-    lines)."""
-    table = {}
+    lines, and a frame listed twice, by the duplicate-key rule of `avtk.data.table.read_dict`)."""
+    table, first = {}, {}
     for n, fields, line in numbered_fields(path, f"landmarks of utterance {utt}: "):
+        if fields[0] in first:
+            raise AvtkError(f"{path}:{n}: duplicate key {fields[0]!r} (first on line {first[fields[0]]})")
+        first[fields[0]] = n
         try:
             points = np.array([float(v) for v in fields[1:]], dtype=np.float64)
         except ValueError:
