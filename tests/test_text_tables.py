@@ -159,6 +159,32 @@ def test_shell_helpers_give_the_same_verdict(tmp_path):
         assert proc.stderr.strip() == f"{bad}:2: invisible character U+200B (ZERO WIDTH SPACE) at column 2"
 
 
+def test_shell_helpers_and_split_scp_reject_duplicate_keys_and_name_the_file(tmp_path):
+    utt2spk = write_bytes(tmp_path / "utt2spk", b"a s1\nb s1\nb s1\n")
+    spk2utt = write_bytes(tmp_path / "spk2utt", b"s1 a b\ns2 c\ns1 d\n")
+    for cmd, why in ((["utt2spk_to_spk2utt", utt2spk], f"{utt2spk}:3: duplicate key 'b' (first on line 2)"),
+                     (["spk2utt_to_utt2spk", spk2utt], f"{spk2utt}:3: duplicate key 's1' (first on line 1)")):
+        proc = run(cmd, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", why + "\n")
+    proc = run(["utt2spk_to_spk2utt"], check=False, input="a s1\nb s1\nb s1\n")
+    assert (proc.returncode, proc.stdout) == (1, "") and proc.stderr == "standard input:3: duplicate key 'b' (first on line 2)\n"
+    write_bytes(spk2utt, b"s1 a b\ns2 b\n")
+    proc = run(["spk2utt_to_utt2spk", spk2utt], check=False)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == f"{spk2utt}:2: utterance 'b' is listed twice (first on line 1)\n"
+    write_bytes(utt2spk, b"a s1\nb s1 x\nc s2\n")
+    proc = run(["utt2spk_to_spk2utt", utt2spk], check=False)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == f"{utt2spk}:2: malformed line (expected 2 fields): 'b s1 x'\n"
+    scp = write_bytes(tmp_path / "wav.scp", b"a x.wav\nb y.wav\nb z.wav\n")
+    outs = [tmp_path / "1.scp", tmp_path / "2.scp"]
+    err = fails("split-scp", scp, *outs)
+    assert error_line(err, "split-scp") == f"{scp}:3: duplicate key 'b' (first on line 2)"
+    proc = run(["split_scp", scp, *outs], check=False)
+    assert proc.returncode == 1 and f"ERROR [avtk split-scp] {scp}:3: duplicate key 'b' (first on line 2)" in proc.stderr
+    assert not any(o.exists() for o in outs)
+
+
 def test_landmarks_with_a_bom_keep_their_first_frame(tmp_path):
     from avtk.face.extract import read_landmarks
 

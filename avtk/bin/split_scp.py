@@ -4,7 +4,8 @@ The number of output files is the number of parts (Kaldi's split_scp.pl form). W
 --utt2spk, the lines are cut into consecutive runs whose sizes differ by at most one. With
 --utt2spk, each speaker's lines all go to one part, parts balanced by line count (largest
 speakers placed first). Every part keeps the input's line order, so sorted input gives sorted
-parts. More parts than lines (or speakers) is an error. For a data directory split N ways, e.g.:
+parts. More parts than lines (or speakers), or a key on two lines, is an error. For a data
+directory split N ways, e.g.:
 `avtk split-scp data/train/wav.scp data/train/split4/{1,2,3,4}/wav.scp`.
 """
 import logging

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from avtk.errors import AvtkError
-from avtk.data.table import decode_lines, open_binary, read_dict, text_lines, utt2spk_to_spk2utt, write_dict
+from avtk.data.table import decode_lines, duplicate_key, open_binary, read_dict, text_lines, utt2spk_to_spk2utt, write_dict
 from avtk.io.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -788,16 +788,19 @@ def split_scp(scp, outputs, utt2spk=None):
     Without utt2spk, consecutive runs of lines, sizes differing by at most one. With utt2spk (a
     path), whole speakers: each speaker's lines go to one part, larger speakers placed first into
     the part with the fewest lines so far. Each part keeps the input's line order, so sorted input
-    gives sorted parts. Fewer lines (or speakers) than parts is an error.
+    gives sorted parts. Fewer lines (or speakers) than parts, or a key on two lines, is an error.
     """
     scp = os.fspath(scp)
     outputs = [os.fspath(o) for o in outputs]
     if not outputs:
         raise AvtkError("split-scp: no output files")
-    lines = []
+    lines, first = [], {}
     for lineno, text in text_lines(scp):
         fields = text.split()
         if fields:
+            if fields[0] in first:  # a key twice is an error in every reader of tables
+                raise duplicate_key(scp, lineno, fields[0], first[fields[0]])
+            first[fields[0]] = lineno
             lines.append((fields[0], text, lineno))
     n = len(outputs)
     parts = [[] for _ in range(n)]

@@ -183,12 +183,17 @@ def read_lines(path, min_fields=2):
     return lines
 
 
+def duplicate_key(path, lineno, key, first):
+    """The AvtkError of a key seen twice in one table: "{path}:{lineno}: duplicate key 'k' (first on line N)"."""
+    return AvtkError(f"{path}:{lineno}: duplicate key {key!r} (first on line {first})")
+
+
 def read_dict(path, min_fields=2):
-    """A table as {key: value}; a duplicate key is an error naming file:line."""
+    """A table as {key: value}; a duplicate key is an error naming file:line (`duplicate_key`)."""
     table, first = {}, {}
     for line in read_lines(path, min_fields):
         if line.key in table:
-            raise AvtkError(f"{path}:{line.lineno}: duplicate key {line.key!r} (first on line {first[line.key]})")
+            raise duplicate_key(path, line.lineno, line.key, first[line.key])
         table[line.key] = line.value
         first[line.key] = line.lineno
     return table
@@ -216,26 +221,55 @@ def utt2spk_to_spk2utt(utt2spk):
 
 
 def main(argv=None):
-    """`python -m avtk.data.table [FILE]`: print FILE (default: standard input) as read by the module's rule
-    (BOM and CRs dropped), for shell helpers (utils/*) that read tables with awk; a rejected line is one
-    message naming file:line on standard error and exit status 1."""
+    """`python -m avtk.data.table [--unique] [--fields N|N+] [FILE]`: print FILE (default: standard input)
+    as read by the module's rule (BOM and CRs dropped), for shell helpers (utils/*) that read tables with
+    awk. --unique: a key (first field) seen twice is an error (`duplicate_key`, as `read_dict`); --fields: a
+    non-blank line of other than N (or fewer than N) fields is "FILE:LINE: malformed line (expected N
+    fields): 'text'". A rejected line is one message naming file:line on standard error and exit status 1;
+    the output is then incomplete, so callers write it to a temporary file, not to their output."""
     import sys
 
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    unique = "--unique" in args
+    args = [a for a in args if a != "--unique"]
+    fields = None
+    if "--fields" in args:
+        i = args.index("--fields")
+        fields = args[i + 1]
+        del args[i:i + 2]
     path = args[0] if args else "-"
+    name = "standard input" if path == "-" else path
+    first = {}
     try:
         if path == "-":
-            for lineno, text, problem in decode_lines(sys.stdin.buffer):
-                if problem:
-                    raise AvtkError(f"standard input:{lineno}: {problem}")
-                sys.stdout.write(text + "\n")
+            lines = _stdin_lines(decode_lines(sys.stdin.buffer))
         else:
-            for _, text in text_lines(path):
-                sys.stdout.write(text + "\n")
+            lines = text_lines(path)
+        for lineno, text in lines:
+            parts = text.split()
+            if parts and fields is not None:
+                least = fields.endswith("+")
+                want = int(fields.rstrip("+"))
+                if len(parts) < want or (not least and len(parts) != want):
+                    raise AvtkError(f"{name}:{lineno}: malformed line (expected {'at least ' if least else ''}{want} "
+                                    f"fields): {text.strip()!r}")
+            if parts and unique:
+                if parts[0] in first:
+                    raise duplicate_key(name, lineno, parts[0], first[parts[0]])
+                first[parts[0]] = lineno
+            sys.stdout.write(text + "\n")
     except AvtkError as err:
         print(err, file=sys.stderr)
         return 1
     return 0
+
+
+def _stdin_lines(decoded):
+    """(lineno, text) of `decode_lines` output, a rejected line an AvtkError naming standard input."""
+    for lineno, text, problem in decoded:
+        if problem:
+            raise AvtkError(f"standard input:{lineno}: {problem}")
+        yield lineno, text
 
 
 if __name__ == "__main__":
