@@ -63,3 +63,43 @@ def test_import_model_refuses_a_nan_weight(capsys, tmp_path):
     assert rc == 1 and message == (f"{tmp_path / 'backbone.pth'}: the weights hold NaN or infinite values (1 of the "
                                    f"{n} values of encoder.layer2.0.conv1.weight): the model is unusable")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+@pytest.mark.parametrize("option, message", [
+    (["--num-mel-bins", "100000"], "num_mel_bins (--num-mel-bins) = 100000: too many for a 512-point FFT at 16000 Hz "
+     "between 20 and 8000 Hz: 99490 mel bins cover no FFT bin (the first: 1); use fewer bins or a longer frame"),
+    (["--frame-length-ms", "1e9"], "frame_length_ms (--frame-length-ms) = 1e+09: must be > 0 and <= 1000 (ms)"),
+    (["--frame-shift-ms", "2000"], "frame_shift_ms (--frame-shift-ms) = 2000: must be > 0 and <= 1000 (ms)"),
+    (["--device", "cuda:x"], "argument --device: 'cuda:x' is not a device (cpu, cuda, cuda:N or auto) "
+     "(usage: avtk compute-fbank --help)"),
+])
+def test_compute_fbank_options_out_of_range(capsys, tmp_path, option, message):
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    (tmp_path / "wav.scp").write_text(f"u1 {tmp_path / 'a.wav'}\n")
+    out = tmp_path / "x.ark"
+    rc, line = run(capsys, "compute-fbank", *option, f"scp:{tmp_path / 'wav.scp'}", f"ark:{out}")
+    assert rc == 1 and line == message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["extract-embeddings", "verify", "extract-face-frames"])
+def test_every_device_option_takes_the_one_device_type(capsys, command):
+    rc, line = run(capsys, command, "--device", "gpu0", "a", "b", "c")
+    assert rc == 1 and line.startswith("argument --device: 'gpu0' is not a device (cpu, cuda, cuda:N or auto)")
+
+
+def test_device_type():
+    import argparse
+
+    from avtk.command import device
+
+    assert [device(d) for d in ("cpu", "cuda", "cuda:1")] == ["cpu", "cuda", "cuda:1"]
+    assert device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("cuda:", "cuda:x", "cuda:-1", "CPU", "cuda:١"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            device(bad)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from avtk.command import count, make_parser, number
+from avtk.command import count, device, make_parser, number
 from avtk.errors import AvtkError
 from avtk.features.fbank import WINDOW_TYPES
 
@@ -85,7 +85,7 @@ def get_parser():
     p.add_argument("--write-num-frames", metavar="FILE",
                    help="also write `utt frames` lines to FILE (or ark,t:FILE), as Kaldi's utt2num_frames")
     p.add_argument("--batch-size", type=count(1), default=16, help="utterances per batch")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute")
+    p.add_argument("--device", default="cpu", type=device, help="where to compute: cpu, cuda, cuda:N or auto")
     p.add_argument("--num-threads", type=count(1), default=1,
                    help="torch CPU threads (recipes run several jobs at once, hence 1)")
     p.add_argument("--seed", type=count(0), default=0, help="seed of the random dither")
@@ -157,8 +157,8 @@ def main(args):
     if args.segments is not None and not os.path.isfile(args.segments):
         raise AvtkError(f"--segments {args.segments}: no such file")
     num_frames_file = _num_frames_path(args.write_num_frames) if args.write_num_frames else None
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise AvtkError("--device cuda: no CUDA device is available")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise AvtkError(f"--device {args.device}: no CUDA device is available")
     device = torch.device(args.device)
     frontend = build_frontend(args.frontend, **_frontend_options(args)).to(device).eval()
     generator = torch.Generator(device=device)

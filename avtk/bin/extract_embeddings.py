@@ -2,7 +2,7 @@
 import logging
 import os
 
-from avtk.command import count, make_parser, number
+from avtk.command import count, device, make_parser, number
 
 
 def get_parser():
@@ -25,7 +25,7 @@ def get_parser():
                         "feats. A given type must agree with the content")
     p.add_argument("--segments", help="segments file for a wav.scp input")
     p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--max-frames", type=count(1), default=20000,
                    help="padded frames per batch (on a GPU, larger batches are faster)")
     p.add_argument("--num-threads", type=count(1), default=1, help="torch CPU threads")

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from avtk.command import count, make_parser, number
+from avtk.command import count, device, make_parser, number
 
 
 def get_parser():
@@ -27,7 +27,7 @@ def get_parser():
                    help="seconds between frames taken from a video")
     p.add_argument("--size", type=count(1), default=112, help="side of the aligned square image")
     p.add_argument("--min-face", type=count(1), default=20, help="mtcnn: smallest face side in pixels")
-    p.add_argument("--device", default="cpu", help="mtcnn: cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", type=device, help="mtcnn: cpu, cuda, cuda:N or auto")
     p.add_argument("--num-threads", type=count(1), default=1, help="torch CPU threads")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) utterances whose video or frames cannot be read instead of failing")

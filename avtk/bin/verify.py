@@ -1,5 +1,5 @@
 """Verify two recordings (and optionally two faces): scores, calibrated LLRs and a same/different decision."""
-from avtk.command import count, make_parser, number
+from avtk.command import count, device, make_parser, number
 from avtk.errors import AvtkError
 
 
@@ -35,7 +35,7 @@ def get_parser():
     p.add_argument("--face-frames", type=count(1), default=5, help="evenly spaced frames embedded per face input")
     p.add_argument("--interval", type=number(0, low_open=True), default=0.4,
                    help="seconds between the frames taken from a video")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto")
     store = p.add_mutually_exclusive_group()
     store.add_argument("--set-threshold", type=number(), metavar="T",
                        help="store decision threshold T in --model (atomically) and exit; takes no recordings")

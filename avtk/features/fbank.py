@@ -53,6 +53,9 @@ def _samples(sample_rate, ms):
     return int(float(np.float32(sample_rate)) * 0.001 * float(np.float32(ms)))
 
 
+MAX_FRAME_MS = 1000  # the longest frame length and shift a front end takes, in ms
+
+
 def frame_geometry(sample_rate=16000, frame_length_ms=25.0, frame_shift_ms=10.0, round_to_power_of_two=True):
     """(window samples, shift samples, FFT size) as Kaldi computes them."""
     length = _samples(sample_rate, frame_length_ms)
@@ -106,6 +109,12 @@ def kaldi_mel_banks(num_bins, n_fft, sample_rate, low_freq=20.0, high_freq=0.0):
     weights = torch.where((mel > left) & (mel < right), torch.minimum(up, down), torch.zeros(()))
     weights = weights.clamp_min(0.0)
     weights[n_fft // 2:] = 0.0  # Kaldi's banks cover bins 0 .. n_fft/2 - 1
+    empty = (weights.sum(0) == 0).nonzero().flatten().tolist()
+    if empty:  # its log energy would be the floor in every frame, a constant column (Kaldi refuses it too)
+        raise AvtkError(f"num_mel_bins (--num-mel-bins) = {num_bins}: too many for a {n_fft}-point FFT at "
+                        f"{sample_rate:g} Hz between {low_freq:g} and {high_freq:g} Hz: {len(empty)} mel bin"
+                        f"{'s cover' if len(empty) > 1 else ' covers'} no FFT bin (the first: {empty[0] + 1}); use fewer "
+                        "bins or a longer frame")
     return weights
 
 
@@ -183,6 +192,10 @@ class KaldiFbank(nn.Module):
             raise AvtkError(f"unknown window_type {window_type!r} (one of {', '.join(WINDOW_TYPES)})")
         if sample_rate <= 0:
             raise AvtkError(f"sample_rate must be positive, got {sample_rate}")
+        for name, value in (("frame_length_ms", frame_length_ms), ("frame_shift_ms", frame_shift_ms)):
+            if not 0 < value <= MAX_FRAME_MS:
+                raise AvtkError(f"{name} (--{name.replace('_', '-')}) = {value:g}: must be > 0 and <= "
+                                f"{MAX_FRAME_MS} (ms)")
         length, shift, n_fft = frame_geometry(sample_rate, frame_length_ms, frame_shift_ms, round_to_power_of_two)
         if length < 2 or shift < 1:
             raise AvtkError(f"frame of {length} samples with shift {shift} at {sample_rate} Hz is too small "
