@@ -203,3 +203,65 @@ def test_stale_temporaries_of_dead_jobs_are_removed_live_ones_kept(inputs, tmp_p
     with arkio.open_writer(f"ark,scp:{tmp_path}/e.ark,{tmp_path}/e.scp") as writer:
         writer["u1"] = np.zeros(3, np.float32)
     assert leftovers(tmp_path) == [f".other.txt.{dead}.tmp", f".scores.txt.{live}.tmp"]
+
+
+# --------------------------------------------------------------------------------------------------
+# several outputs of one command: all appear, or none (atomic_group), and skipped ids in a side file
+
+
+def write_wavs(root, lengths):
+    """A wav.scp of 16 kHz 16-bit wavs of `lengths` samples (utterances u0, u1, ...)."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, n in enumerate(lengths):
+        path = root / f"u{i}.wav"
+        soundfile.write(path, (rng.standard_normal(n) * 3000).astype(np.int16), 16000, subtype="PCM_16")
+        lines.append(f"u{i} {path}\n")
+    (root / "wav.scp").write_text("".join(lines))
+    return root / "wav.scp"
+
+
+def test_atomic_group_renames_all_or_none(tmp_path):
+    with pytest.raises(AvtkError, match="^cannot write /dev/full: No space left on device$"):
+        with atomic.atomic_group():
+            with arkio.open_writer(f"ark,scp:{tmp_path}/o.ark,{tmp_path}/o.scp") as writer:
+                writer["a"] = np.zeros(3, np.float32)
+            with atomic.atomic_open(tmp_path / "t.txt") as f:
+                f.write("x")
+            with atomic.atomic_open("/dev/full") as f:
+                f.write("x" * 100000)
+    assert os.listdir(tmp_path) == []
+    with atomic.atomic_group():
+        with arkio.open_writer(f"ark,scp:{tmp_path}/o.ark,{tmp_path}/o.scp") as writer:
+            writer["a"] = np.zeros(3, np.float32)
+        with atomic.atomic_open(tmp_path / "t.txt") as f:
+            f.write("x")
+        assert sorted(p for p in os.listdir(tmp_path) if not p.endswith(".tmp")) == []
+    assert sorted(os.listdir(tmp_path)) == ["o.ark", "o.scp", "t.txt"]
+
+
+@pytest.mark.parametrize("where", ["/dev/full", "blk/n"])
+def test_compute_fbank_num_frames_unwritable_leaves_no_table(tmp_path, where):
+    write_wavs(tmp_path, [8000, 8000])
+    (tmp_path / "blk").write_text("a file\n")
+    proc = avtk("compute-fbank", "--write-num-frames", where, "scp:wav.scp", "ark,scp:o.ark,o.scp", cwd=tmp_path,
+                check=False)
+    reason = "No space left on device" if where == "/dev/full" else "blk is not a directory"
+    assert the_error(proc, "compute-fbank") == f"cannot write {where}: {reason}"
+    assert not (tmp_path / "o.ark").exists() and not (tmp_path / "o.scp").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_compute_fbank_lists_skipped_utterances(tmp_path):
+    write_wavs(tmp_path, [8000, 160, 8000])  # u1: 10 ms, too short for one 25 ms frame
+    (tmp_path / "o.skipped").write_text("stale 1\n")
+    proc = avtk("compute-fbank", "scp:wav.scp", "ark,scp:o.ark,o.scp", cwd=tmp_path)
+    warnings = [line for line in proc.stderr.splitlines() if " WARNING " in line]
+    assert warnings[-1].endswith("skipped 1 of 3 utterances too short for one frame (ids in o.skipped)"), proc.stderr
+    assert (tmp_path / "o.skipped").read_text() == "u1 too_short\n"
+    assert [line.split()[0] for line in (tmp_path / "o.scp").read_text().splitlines()] == ["u0", "u2"]
+    write_wavs(tmp_path, [8000])  # nothing skipped: the old list goes
+    avtk("compute-fbank", "scp:wav.scp", "ark,scp:o.ark,o.scp", cwd=tmp_path)
+    assert not (tmp_path / "o.skipped").exists()

@@ -11,7 +11,9 @@ front end's sample rate (another rate is an error unless --resample). The defaul
 equals Kaldi's compute-fbank-feats on the same 16-bit wav files (see avtk.features.fbank); `seed` is the
 seed system's front end (avtk.features.seed_frontend). Utterances are computed in batches of similar
 length, on the CPU or a GPU, and written as float32 matrices (frames x bins) in input order. An utterance
-too short for one frame is skipped with a warning. Outputs are atomic.
+too short for one frame is skipped: a WARNING with the count, and its id in the --skipped file
+(`o.scp` -> `o.skipped`). Outputs are atomic and written as a group: the table, --write-num-frames and the
+skip list all appear, or none does.
 """
 import argparse
 import logging
@@ -84,6 +86,9 @@ def get_parser():
     p.add_argument("--resample", action="store_true", help="resample audio at another rate instead of failing")
     p.add_argument("--write-num-frames", metavar="FILE",
                    help="also write `utt frames` lines to FILE (or ark,t:FILE), as Kaldi's utt2num_frames")
+    p.add_argument("--skipped", metavar="FILE",
+                   help="list the skipped utterances (`utt too_short`) here (default: the output scp, or ark, with "
+                        "its extension replaced by .skipped; a stream output lists none unless this is given)")
     p.add_argument("--batch-size", type=count(1), default=16, help="utterances per batch")
     p.add_argument("--device", default="cpu", type=device, help="where to compute: cpu, cuda, cuda:N or auto")
     p.add_argument("--num-threads", type=count(1), default=1,
@@ -149,8 +154,7 @@ def main(args):
     import torch
 
     from avtk.features import build_frontend
-    from avtk.io.ark import open_writer
-    from avtk.io.atomic import atomic_open
+    from avtk.io.atomic import atomic_group
 
     torch.set_num_threads(args.num_threads)
     wav_scp = _wav_scp_path(args.rspecifier)
@@ -163,17 +167,32 @@ def main(args):
     frontend = build_frontend(args.frontend, **_frontend_options(args)).to(device).eval()
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed)
-    sample_rate = frontend.sample_rate
 
     from avtk.io.audio import AudioReader
 
-    audio = AudioReader(wav_scp, args.resample, segments=args.segments, sample_rate=sample_rate, max_cached=4, sort=False)
+    audio = AudioReader(wav_scp, args.resample, segments=args.segments, sample_rate=frontend.sample_rate, max_cached=4,
+                        sort=False)
+    with atomic_group(args.skipped, num_frames_file):  # the features, the frame counts and the skip list, or none
+        _compute(args, wav_scp, audio, frontend, generator, device, num_frames_file)
+    return 0
+
+
+def _compute(args, wav_scp, audio, frontend, generator, device, num_frames_file):
+    """Write the features of `audio` (an AudioReader of `wav_scp`) to args.wspecifier, the --write-num-frames
+    file and the list of skipped utterances."""
+    import torch
+
+    from avtk.io.ark import open_writer
+    from avtk.io.atomic import atomic_open, write_skipped
+
+    sample_rate = frontend.sample_rate
     log.info("computing %s features of %d utterances of %s on %s", args.frontend, len(audio), wav_scp, device)
     start = time.time()
     counts = {}  # utt -> frames, in input order
     skipped, total_samples, total_frames = [], 0, 0
     window_size = args.batch_size * 8  # utterances read ahead and sorted by length into batches
     with open_writer(args.wspecifier) as writer:
+        skipped_file = args.skipped or writer.side_path(".skipped")
         for window in _windows(audio, window_size):
             feats_of = {}
             order = sorted(range(len(window)), key=lambda i: len(window[i][1]))
@@ -195,7 +214,7 @@ def main(args):
                 if mat.shape[0] == 0:
                     log.warning("utterance %s: %d samples (%.3f s) is too short for one frame; skipped",
                                 utt, len(wave), len(wave) / sample_rate)
-                    skipped.append(utt)
+                    skipped.append((utt, "too_short"))
                     continue
                 writer[utt] = np.ascontiguousarray(mat, dtype=np.float32)
                 counts[utt] = mat.shape[0]
@@ -205,13 +224,10 @@ def main(args):
             for utt, n in counts.items():
                 f.write(f"{utt} {n}\n")
     elapsed = time.time() - start
-    if skipped:
-        log.warning("skipped %d of %d utterances too short for one frame (e.g. %s)", len(skipped), len(audio),
-                    skipped[0])
+    write_skipped(skipped_file, skipped, len(audio), "utterances too short for one frame", log)
     if not counts:
         log.warning("wrote no features: %s has no usable utterances", wav_scp)
     audio_s = total_samples / sample_rate
     log.info("wrote %d utterances (%d frames of %d dims) to %s in %.2f s (%.4f s per second of audio)",
              len(counts), total_frames, frontend.out_dim, args.wspecifier, elapsed,
              elapsed / audio_s if audio_s else 0.0)
-    return 0

@@ -242,6 +242,11 @@ class TableWriter:
         atomic.prepare(path)
         return temp_name(path)
 
+    def side_path(self, ext):
+        """The side file of this output (`avtk.io.atomic.side_path` of the scp, else the ark), or None when
+        the output is standard output or a pipe."""
+        return atomic.side_path(self.scp_path or self.ark_path, ext) if self._owns_files else None
+
     def _write_error(self, err, key=None):
         """AvtkError naming the output file (the scp if `err` is about it, else the ark) and the reason."""
         scp_names = {self.scp_path, self._scp_tmp} - {None}
@@ -291,6 +296,7 @@ class TableWriter:
         if self._closed:
             return
         self._closed = True
+        deferred = False
         try:
             if not self._owns_files:  # stdout or a pipe
                 self._finish_stream()
@@ -298,6 +304,21 @@ class TableWriter:
             self._ark.close()
             if self._scp is not None:
                 self._scp.close()
+            # inside an atomic_group, the group renames the files when all its outputs are complete
+            deferred = atomic.defer(self.scp_path or self.ark_path, self._publish, self._discard)
+            if not deferred:
+                self._publish()
+        except OSError as err:
+            error = self._write_error(err)
+            self._discard()
+            raise error from None
+        finally:
+            if not deferred:
+                self._discard()
+
+    def _publish(self):
+        """Rename the temporary files over the final names, the ark first (errors as `close`)."""
+        try:
             if self.scp_path is not None and os.path.isfile(self.scp_path) and self._scp_tmp != self.scp_path:
                 os.remove(self.scp_path)  # an old scp must never describe the new ark
             if self._ark_tmp != self.ark_path:
@@ -311,8 +332,6 @@ class TableWriter:
             error = self._write_error(err)
             self._discard()
             raise error from None
-        finally:
-            self._discard()
 
     def _finish_stream(self):
         try:

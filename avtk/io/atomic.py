@@ -7,6 +7,12 @@ by a killed job are removed by the next writer of NAME when their PID is no long
 (`remove_stale`), so parallel jobs writing the same directory keep theirs. A target that exists and is not a
 regular file or directory (``/dev/null``, ``/dev/full``, a FIFO) is written in place: it cannot be renamed
 over, and must never be replaced.
+
+The outputs of one command are written as a group (`atomic_group`): every path is checked and prepared before
+the work, and inside the group each writer here (and `avtk.io.ark.TableWriter`) leaves its temporary file in
+place when it closes; the group renames them all only when the whole block succeeded, and removes them all
+otherwise, so a failure on the last output leaves none of the others looking complete. Side files listing
+skipped ids are written by `write_skipped`.
 """
 import contextlib
 import errno
@@ -114,6 +120,88 @@ def make_dirs(path, what=None):
         raise write_error(what, err) from None
 
 
+_GROUPS = []  # the open atomic_group()s of this process, innermost last
+
+
+class _Group:
+    """The renames deferred by an `atomic_group`: path -> (commit, discard), in the order written."""
+
+    def __init__(self):
+        self.pending = {}
+
+    def defer(self, path, commit, discard):
+        self.pending[os.fspath(path)] = (commit, discard)
+
+
+def defer(path, commit, discard):
+    """Inside an `atomic_group`: run `commit()` (the renames that publish `path`) when the group succeeds, and
+    `discard()` (remove the temporary files) when it fails; returns True. Outside one: returns False."""
+    if not _GROUPS:
+        return False
+    _GROUPS[-1].defer(path, commit, discard)
+    return True
+
+
+@contextlib.contextmanager
+def atomic_group(*paths):
+    """Write the outputs of one command as a group: all of them appear, or none does.
+
+    `paths` (files; None entries are ignored) are checked and prepared first (`prepare`: a parent that is a
+    file or a directory where a file goes is an AvtkError before any work). Inside the block, the writers of
+    this module and `TableWriter` keep their temporary files when they close; on a clean exit the group renames
+    them over their final names in the order written, on an error (an AvtkError, a KeyboardInterrupt, any
+    exception) it removes them. Special files (``/dev/full``) are written in place as always, so a full disk
+    there fails the block before anything is renamed. Groups nest: an inner group defers to the outer one.
+    """
+    for path in paths:
+        if path is not None and not is_special(path):
+            prepare(path)
+    group = _Group()
+    _GROUPS.append(group)
+    try:
+        yield group
+    except BaseException:
+        _GROUPS.remove(group)
+        for _, discard in group.pending.values():
+            with contextlib.suppress(OSError):
+                discard()
+        raise
+    _GROUPS.remove(group)
+    if _GROUPS:  # nested: the outer group decides
+        _GROUPS[-1].pending.update(group.pending)
+        return
+    items, i = list(group.pending.items()), 0
+    try:
+        for i, (_, (commit, _)) in enumerate(items):
+            commit()
+    except BaseException:
+        for _, (_, discard) in items[i:]:
+            with contextlib.suppress(OSError):
+                discard()
+        raise
+
+
+def _remove(tmp):
+    """Remove temporary file or directory `tmp` if it is there."""
+    with contextlib.suppress(OSError):
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp)
+        elif os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def _rename(tmp, path, replace_dir=False):
+    """os.replace(tmp, path) (after removing directory `path` if `replace_dir`), errors as `atomic_path`."""
+    try:
+        if replace_dir and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as err:
+        if is_write_error(err, tmp, path):
+            raise write_error(path, err) from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path to write; it replaces `path` on success and is removed on failure.
@@ -132,19 +220,19 @@ def atomic_path(path):
         return
     prepare(path)
     tmp = temp_name(path)
+    deferred = False
     try:
         yield tmp
-        os.replace(tmp, path)
+        deferred = defer(path, lambda: _rename(tmp, path), lambda: _remove(tmp))
+        if not deferred:
+            os.replace(tmp, path)
     except OSError as err:
         if is_write_error(err, tmp, path):
             raise write_error(path, err) from None
         raise
     finally:
-        with contextlib.suppress(OSError):
-            if os.path.isdir(tmp) and not os.path.islink(tmp):
-                shutil.rmtree(tmp)
-            elif os.path.lexists(tmp):
-                os.remove(tmp)
+        if not deferred:
+            _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -156,6 +244,38 @@ def atomic_open(path, mode="w", **kwargs):
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
+
+
+def side_path(target, ext):
+    """The side file of output file `target`: its name with the extension replaced by `ext` (``emb.1.scp``,
+    ``.skipped`` -> ``emb.1.skipped``), as the ``.no_face`` lists of extract-embeddings are named."""
+    return os.path.splitext(os.fspath(target))[0] + ext
+
+
+def write_skipped(path, skipped, total, what, log):
+    """List the items a command skipped in side file `path` and say so in one WARNING.
+
+    `skipped`: (id, reason) pairs, written one ``id reason`` line each (the reason without spaces, e.g.
+    ``too_short``), atomically (inside the command's `atomic_group`, with its other outputs). The WARNING is
+    ``skipped N of TOTAL WHAT (ids in PATH)``. Nothing skipped: no WARNING, and a list of a previous run at
+    `path` is removed. `path` None (the output is a stream and no --skipped FILE was given): the WARNING
+    names the first id and says the ids are not listed.
+    """
+    if path is None:
+        if skipped:
+            log.warning("skipped %d of %d %s, e.g. %s (ids not listed: give --skipped FILE)", len(skipped), total,
+                        what, skipped[0][0])
+        return
+    if not skipped:
+        if os.path.isfile(path):
+            try:
+                os.remove(path)
+            except OSError as err:
+                raise write_error(path, err) from None
+        return
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{key} {reason}\n" for key, reason in skipped)
+    log.warning("skipped %d of %d %s (ids in %s)", len(skipped), total, what, path)
 
 
 def torch_save(obj, path):
@@ -177,18 +297,19 @@ def atomic_dir(path):
     path = os.fspath(path).rstrip("/")
     prepare(path, is_dir=True)
     tmp = temp_name(path)
+    deferred = False
     try:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
         os.makedirs(tmp)
         yield tmp
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        deferred = defer(path, lambda: _rename(tmp, path, replace_dir=True), lambda: _remove(tmp))
+        if not deferred:
+            _rename(tmp, path, replace_dir=True)
     except OSError as err:
         if is_write_error(err, tmp, path):
             raise write_error(path, err) from None
         raise
     finally:
-        if os.path.exists(tmp):
+        if not deferred and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
