@@ -283,6 +283,30 @@ def test_wav_scp_paths_and_pipes(data_dir):
     np.testing.assert_allclose(got["r2"], _pcm16(waves["r2"]), atol=1e-6)
 
 
+def test_a_feature_entry_in_a_wav_scp_is_an_error_naming_the_line(tmp_path):
+    """A wav.scp line `utt file.ark:offset` (a feats.scp line) gave 'audio file ...ark:N does not exist', though
+    the ark exists and the scp line went unnamed; every command reading audio goes through read_wav_scp."""
+    write_wav(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
+    kaldiio.save_ark(str(tmp_path / "f.ark"), {"u2": np.ones((4, 3), np.float32)}, scp=str(tmp_path / "f.scp"))
+    entry = (tmp_path / "f.scp").read_text().split()[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text(f"u1 {tmp_path / 'a.wav'}\nu2 {entry}\n")
+    (data / "utt2spk").write_text("u1 s\nu2 s\n")
+    out = tmp_path / "o"
+    proc = avtk("compute-fbank", f"scp:{data / 'wav.scp'}", f"ark,scp:{out}.ark,{out}.scp", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"ERROR [avtk compute-fbank] {data / 'wav.scp'}:2: utterance u2: {entry} is a feature (Kaldi ark) entry in "
+        "an audio table; avtk reads audio from files or pipes (a feats.scp line in a wav.scp?)"), errors
+    assert not os.path.exists(f"{out}.ark") and not os.path.exists(f"{out}.scp")
+    # a missing file with a colon in its name is still a missing audio file
+    (data / "wav.scp").write_text(f"u1 {tmp_path / 'gone.wav:3'}\n")
+    with pytest.raises(AvtkError, match="gone.wav:3 does not exist"):
+        load_audio("u1", read_wav_scp(data)["u1"])
+
+
 def test_segments_and_recording_cache(tmp_path, data_dir):
     d, waves = data_dir
     log = tmp_path / "runs.log"

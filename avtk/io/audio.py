@@ -62,6 +62,7 @@ _STDERR_TAIL = 800
 MAX_AMPLITUDE = 32768.0  # the largest |float sample| accepted: the full scale of 16-bit PCM (module doc)
 UNKNOWN_SIZE = 0x7FFF0000  # declared data sizes from here up are streaming placeholders (0x7FFFF000, 0xFFFFFFFF)
 # libsndfile's log line for an audio data chunk whose declared size differs from what the file holds
+_ARK_ENTRY = re.compile(r"(?P<path>.+):\d+(?:\[[^\]]*\])?")  # Kaldi `file:offset[range]`
 _DECLARED = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
@@ -88,7 +89,8 @@ def read_wav_scp(data_dir_or_wav_scp, segments=None):
     (plus the `segments` file given).
 
     Order: that of the segments file when present, else of wav.scp. A segment naming a recording absent from
-    wav.scp, a malformed segments line and duplicate ids are errors naming the file and line.
+    wav.scp, a malformed segments line and duplicate ids are errors naming the file and line, and so is a
+    Kaldi ark entry (`file:offset` whose file exists, as in a feats.scp) among the audio locations.
     """
     path = os.fspath(data_dir_or_wav_scp)
     if os.path.isdir(path):
@@ -102,6 +104,11 @@ def read_wav_scp(data_dir_or_wav_scp, segments=None):
     for line in read_lines(wav_scp):
         if line.key in recos:
             raise AvtkError(f"{wav_scp}:{line.lineno}: duplicate recording id {line.key!r}")
+        ark = _ARK_ENTRY.fullmatch(line.value)  # only such values cost a stat
+        if ark and not os.path.exists(line.value) and os.path.isfile(ark["path"]):
+            raise AvtkError(f"{wav_scp}:{line.lineno}: utterance {line.key}: {line.value} is a feature (Kaldi ark) "
+                            f"entry in an audio table; avtk reads audio from files or pipes (a feats.scp line "
+                            f"in a wav.scp?)")
         recos[line.key] = line.value
     if segments is None:
         return {reco: AudioSource(location, reco) for reco, location in recos.items()}
