@@ -57,6 +57,8 @@ def test_stops_at_first_non_option_and_double_dash(tmp_path):
     (["--help-message", "x"], "unknown option --help-message"),
     (["--use-gpu", "yes"], "option --use-gpu takes true or false, not 'yes'"),
     (["--nj"], "option --nj needs a value"),
+    (["--stage", "abc"], "option --stage takes an integer, not 'abc'"),
+    (["--nj=2.5"], "option --nj takes an integer, not '2.5'"),
 ])
 def test_errors(tmp_path, args, message):
     proc = demo(tmp_path, *args, check=False)
@@ -77,3 +79,18 @@ def test_help(tmp_path):
 
     proc = demo(tmp_path, "-h", help_message="")
     assert proc.stdout.startswith("Usage: ") and "  --nj 4" in proc.stdout
+
+
+@pytest.mark.parametrize("recipe", ["mini", "voxceleb"])
+@pytest.mark.parametrize("args, message", [
+    (["--nj", "0"], "./run.sh: option --nj must be >= 1, not 0"),
+    (["--nj", "-3"], "./run.sh: option --nj must be >= 1, not -3"),
+    (["--stage", "abc"], "./run.sh: option --stage takes an integer, not 'abc'"),
+])
+def test_recipes_check_integer_options_before_any_stage(tmp_path, recipe, args, message):
+    from conftest import REPO
+
+    proc = run(["./run.sh", *args, "--data", tmp_path / "nodata"] if recipe == "mini" else ["./run.sh", *args],
+               cwd=REPO / "egs" / recipe, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == message, proc.stderr
+    assert not (tmp_path / "nodata").exists()

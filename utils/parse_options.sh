@@ -7,7 +7,7 @@
 #
 # --stop-stage 5 sets stop_stage (dashes become underscores). Only variables that are already
 # defined (lower-case names) can be set; anything else is an error. A variable whose value is
-# true or false only accepts true or false. Parsing stops at the first argument that is not an
+# true or false only accepts true or false; one whose value is an integer only accepts an integer. Parsing stops at the first argument that is not an
 # option (or after `--`); the remaining arguments are left in "$@". --help / -h prints
 # $help_message and every settable variable with its current value, then exits 0.
 
@@ -48,6 +48,10 @@ while [ $# -gt 0 ]; do
         true|false) ;;
         *) echo "$0: option $_po_name takes true or false, not '$_po_value'" >&2; exit 1 ;;
       esac ;;
+    *)
+      if [[ ${!_po_var} =~ ^-?[0-9]+$ && ! $_po_value =~ ^-?[0-9]+$ ]]; then
+        echo "$0: option $_po_name takes an integer, not '$_po_value'" >&2; exit 1
+      fi ;;
   esac
   printf -v "$_po_var" '%s' "$_po_value"
 done

@@ -30,6 +30,7 @@ help_message="Usage: $0 [options]
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
+[ "$nj" -ge 1 ] || { echo "$0: option --nj must be >= 1, not $nj" >&2; exit 1; }
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*" >&2; }
 # The lines of a parallel stage's output must add up to its input's.

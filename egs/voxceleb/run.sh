@@ -23,8 +23,8 @@ nnodes=1             # torchrun multi-node: run this script on every node with i
 node_rank=0
 master_addr=localhost
 master_port=29500
-sync_timeout=172800  # multi-node: seconds a node > 0 waits for node 0's stages before it gives up
-sync_poll=10         # multi-node: seconds between its looks at exp/sync/
+sync_timeout=172800.0  # multi-node: seconds a node > 0 waits for node 0's stages before it gives up
+sync_poll=10.0       # multi-node: seconds between its looks at exp/sync/ (both numbers: .0, not an integer)
 nj=32                # parallel jobs of fbank, face frames and extraction ($cmd JOB=1:$nj)
 device=cpu           # extraction and face detection device: cpu, or cuda (each job gets its own GPU:
                      # \$cmd --gpu 1, see utils/run.pl); cuda:N pins every job to GPU N
@@ -64,6 +64,7 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
+[ "$nj" -ge 1 ] || { echo "$0: option --nj must be >= 1, not $nj" >&2; exit 1; }
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
