@@ -46,6 +46,7 @@ from avtk.io.atomic import atomic_open, make_dirs, write_error
 PROGS = {"local": "run.pl", "slurm": "slurm.pl"}
 OPTIONS = {"--max-jobs-run": int, "--num-threads": int, "--mem": str, "--gpu": int,
            "--time": str, "--slurm-opts": str}
+MINIMUM = {"--max-jobs-run": 1, "--num-threads": 1, "--gpu": 0}  # the least value of each numeric option
 RANGE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(\d+):(\d+)")
 
 
@@ -97,6 +98,8 @@ def parse_args(argv):
             options[name[2:].replace("-", "_")] = OPTIONS[name](value)
         except ValueError:
             raise AvtkError(f"option {name} takes a whole number, not {value!r}") from None
+        if name in MINIMUM and options[name[2:].replace("-", "_")] < MINIMUM[name]:
+            raise AvtkError(f"option {name} must be >= {MINIMUM[name]}, not {value}")
         i += 1
     rest, var, first, last = argv[i:], None, 1, 1
     match = RANGE.fullmatch(rest[0]) if rest else None

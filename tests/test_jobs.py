@@ -81,6 +81,19 @@ def test_usage_errors(tmp_path, args, message):
     assert proc.returncode != 0 and message in proc.stderr
 
 
+@pytest.mark.parametrize("prog", ["run.pl", "slurm.pl"])
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-jobs-run", "0", "option --max-jobs-run must be >= 1, not 0"),
+    ("--max-jobs-run", "-3", "option --max-jobs-run must be >= 1, not -3"),
+    ("--num-threads", "0", "option --num-threads must be >= 1, not 0"),
+    ("--gpu", "-1", "option --gpu must be >= 0, not -1"),
+])
+def test_numeric_options_out_of_range(tmp_path, prog, option, value, message):
+    proc = run([prog, option, value, "JOB=1:2", "log/x.JOB.log", "touch", "ran.JOB"], cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr == f"{prog}: {message}\n"
+    assert not (tmp_path / "log").exists() and not list(tmp_path.glob("ran.*"))
+
+
 # ---- run.pl --gpu: one CUDA_VISIBLE_DEVICES per job ------------------------------------------
 
 FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
