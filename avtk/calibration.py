@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
-from avtk.data.table import read_text
+from avtk.data.table import read_yaml
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
 
@@ -161,10 +161,7 @@ class FusionModel:
     def load(cls, path):
         """Read a model written by `save` (YAML or JSON); anything malformed is an AvtkError naming the
         file and the key."""
-        try:
-            d = yaml.safe_load(read_text(path, "model ", keys_only=True))  # the text rule of avtk.data.table
-        except yaml.YAMLError as err:
-            raise AvtkError(f"{path}: not a YAML/JSON model file: {err}") from None
+        d = read_yaml(path, "model ")  # the one YAML reader: text rule, repeated keys, errors naming file:line
         return cls.from_dict(d, where=os.fspath(path))
 
     @classmethod

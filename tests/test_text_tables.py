@@ -290,6 +290,12 @@ def test_a_repeated_yaml_key_is_an_error_at_any_level(tmp_path):
     flat = write_bytes(tmp_path / "f.yaml", b"top_n: 5\ntop_n: 6\n")
     err = fails("score", "--config", flat, "--trials", "t", "scp:e.scp", tmp_path / "s")
     assert error_line(err, "score") == f"{flat}:2: duplicate key 'top_n' (first on line 1)"
+    from avtk.calibration import FusionModel
+
+    model = write_bytes(tmp_path / "m.yaml", b"method: mean\nbias: 0.0\nbias: 1.0\n")
+    with pytest.raises(AvtkError) as caught:
+        FusionModel.load(model)
+    assert str(caught.value) == f"{model}:3: duplicate key 'bias' (first on line 2)"
 
 
 def test_flat_config_errors_name_the_file(tmp_path):

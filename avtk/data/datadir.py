@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from avtk.errors import AvtkError
-from avtk.data.table import decode_lines, duplicate_key, open_binary, read_dict, text_lines, utt2spk_to_spk2utt, write_dict
+from avtk.data.table import (decode_lines, duplicate_key, open_binary, read_dict, text_lines, utt2spk_to_spk2utt,
+                              write_dict)
 from avtk.io.atomic import atomic_open
 
 log = logging.getLogger(__name__)
