@@ -22,8 +22,9 @@ and runs the avtk commands and utils/ helpers as a user would, one process each:
                (550,894 trials, 137,476 utterances) lists; then avtk compute-metrics on the scores
 The trial lists do not grow with the fraction; the cohort does.
 
-Prints one table: seconds and peak MiB per step and fraction, and the growth of time from each fraction to the
-next, as (time ratio) / (size ratio): about 1 is linear, above 1.3 is flagged as super-linear. Peak memory is
+Prints one table: wall seconds, CPU seconds (user + system of the command and its children, which do not depend
+on what else the machine runs) and peak MiB per step and fraction, and the growth of CPU time from each fraction
+to the next, as (time ratio) / (size ratio): about 1 is linear, above 1.3 is flagged as super-linear. Peak memory is
 the process's high-water mark (VmHWM / ru_maxrss, of the largest process of a shell helper's tree).
 Full size needs about 12 GB of disk for the embedding arks and an hour on 2 cores; --fractions 64,16 takes
 minutes.
@@ -75,7 +76,7 @@ runtime: {epochs: 1, seed: 0, log_interval: 1}
 WRAP = ("import os, subprocess, sys\n"
         "p = subprocess.Popen(sys.argv[2:])\n"
         "_, status, usage = os.wait4(p.pid, 0)\n"
-        "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+        "open(sys.argv[1], 'w').write(f'{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}')\n"
         "sys.exit(os.waitstatus_to_exitcode(status))\n")
 
 def _hwm_kib(pid):
@@ -89,6 +90,16 @@ def _hwm_kib(pid):
     return 0
 
 
+def _cpu_seconds(pid):
+    """User + system CPU seconds of a live process (its own threads; /proc/PID/stat fields 14 and 15)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -98,8 +109,10 @@ def _children(pid):
 
 
 def measure(cmd, cwd, stop_at=None, timeout=7200):
-    """Run cmd; (seconds, peak MiB of the main process, peak MiB of its largest child). With stop_at (a regex),
-    the run ends (the process group killed) at the first stderr line matching it, and the time is up to it."""
+    """Run cmd; (wall seconds, CPU seconds, peak MiB of the main process, peak MiB of its largest child). CPU
+    seconds (user + system, the command and its children) do not depend on what else the machine runs, so the
+    growth ratios use them. With stop_at (a regex), the run ends (the process group killed) at the first stderr
+    line matching it, and both times are up to it."""
     start = time.perf_counter()
     peak_file = None
     if stop_at is None:  # via WRAP: a child forked from this big process would count its memory (ru_maxrss)
@@ -128,6 +141,7 @@ def measure(cmd, cwd, stop_at=None, timeout=7200):
             if re.search(stop_at, line):
                 break
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds(proc.pid) + sum(_cpu_seconds(c) for c in _children(proc.pid))
         main_peak = max(main_peak, _hwm_kib(proc.pid))
         for child in _children(proc.pid):
             child_peak = max(child_peak, _hwm_kib(child))
@@ -136,16 +150,16 @@ def measure(cmd, cwd, stop_at=None, timeout=7200):
         proc.wait()
         if not re.search(stop_at, "".join(tail[-1:])):
             raise SystemExit(f"{' '.join(map(str, cmd))}: ended before {stop_at!r}:\n{''.join(tail)}")
-        return seconds, main_peak / 1024, child_peak / 1024
+        return seconds, cpu, main_peak / 1024, child_peak / 1024
     stderr = proc.stderr.read()
     proc.wait()
     seconds = time.perf_counter() - start
     with open(peak_file) as f:
-        peak = f.read()
+        peak, cpu = f.read().split()
     os.remove(peak_file)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd[4:]))} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return seconds, int(peak) / 1024, 0.0
+    return seconds, float(cpu), int(peak) / 1024, 0.0
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -228,10 +242,10 @@ def run_fraction(fraction, steps, work, real_wav, feats_ark, results):
     data = os.path.join(base, "data")
 
     def record(step, cmd, **kwargs):
-        seconds, main_mib, child_mib = measure(cmd, base, **kwargs)
-        results.setdefault(step, {})[fraction] = (seconds, main_mib, child_mib)
+        seconds, cpu, main_mib, child_mib = measure(cmd, base, **kwargs)
+        results.setdefault(step, {})[fraction] = (seconds, cpu, main_mib, child_mib)
         extra = f", largest child {child_mib:.0f} MiB" if child_mib else ""
-        print(f"  {step:<22} {seconds:8.1f} s {main_mib:8.0f} MiB{extra}", flush=True)
+        print(f"  {step:<22} {seconds:8.1f} s {cpu:8.1f} CPU s {main_mib:8.0f} MiB{extra}", flush=True)
 
     record("prepare-voxceleb", ["avtk", "prepare-voxceleb", "seed", "--vox2", vox2, data])
     train = os.path.join(data, "vox2_train")
@@ -297,21 +311,23 @@ def make_inputs(work):
 
 
 def table(results, fractions):
-    head = f"{'step':<24}" + "".join(f"{f'1/{f}':>18}" for f in fractions) + "   growth: time ratio / size ratio"
+    """Wall s, CPU s and peak MiB (main+largest child) per step and fraction; growth of CPU time per growth of
+    data between consecutive fractions (CPU time, not wall time: the machine may be shared)."""
+    head = f"{'step':<24}" + "".join(f"{f'1/{f}':>27}" for f in fractions) + "   growth: CPU time ratio / size ratio"
     print("\n" + head)
-    print(f"{'':<24}" + "".join(f"{'s':>9}{'MiB':>9}" for _ in fractions))
+    print(f"{'':<24}" + "".join(f"{'s':>9}{'CPU s':>9}{'MiB':>9}" for _ in fractions))
     for step, by in results.items():
         row = f"{step:<24}"
         for f in fractions:
             if f in by:
-                s, mib, child = by[f]
-                row += f"{s:9.1f}{mib:9.0f}" if not child else f"{s:9.1f}{mib:5.0f}+{child:3.0f}"
+                s, cpu, mib, child = by[f]
+                row += f"{s:9.1f}{cpu:9.1f}" + (f"{mib:9.0f}" if not child else f"{mib:5.0f}+{child:3.0f}")
             else:
-                row += f"{'-':>18}"
+                row += f"{'-':>27}"
         growth = []
         for a, b in zip(fractions, fractions[1:]):
-            if a in by and b in by and by[a][0] > 0.5:
-                g = (by[b][0] / by[a][0]) / (a / b)
+            if a in by and b in by and by[a][1] > 0.5:
+                g = (by[b][1] / by[a][1]) / (a / b)
                 growth.append(f"{g:.2f}x{' SUPER-LINEAR' if g > 1.3 else ''}")
         print(row + "   " + ", ".join(growth))
 
