@@ -87,6 +87,18 @@ def fft_convolve(x, h):
     return y[:n]
 
 
+def check_audible(blocks, kind, location, where=""):
+    """The one rule for silent augmentation sources (here and `avtk prepare-augment`): AvtkError
+    `{where}{kind} source {location} is silent (all samples zero) ...` when every sample of `blocks` (an
+    iterable of arrays: a whole wave, or a file read in chunks) is zero. Stops at the first block with a
+    non-zero sample, so an audible file is rarely read past its first chunk."""
+    for block in blocks:
+        if np.any(block):
+            return
+    raise AvtkError(f"{where}{kind} source {location} is silent (all samples zero): it cannot augment anything; "
+                    "remove it from the source dir")
+
+
 class _Source:
     """The recordings of one source data dir, read through avtk.io.audio; cached while the budget allows."""
 
@@ -117,10 +129,8 @@ class _Source:
         wave = self.cache.get(utt)
         if wave is None:
             wave = load_audio(utt, self.sources[utt])
-            if not np.any(wave):  # finite samples are checked by the reader; silence would add nothing
-                raise AvtkError(f"utterance {utt}: {self.kind} source {self.sources[utt].location} of "
-                                f"{self.data_dir} is silent (all samples zero): it cannot augment anything; "
-                                "remove it from the source dir")
+            # finite samples are checked by the reader; silence would add nothing
+            check_audible((wave,), self.kind, f"{self.sources[utt].location} of {self.data_dir}", f"utterance {utt}: ")
             if keep and self.budget.take(wave.nbytes):
                 self.cache[utt] = wave
         return utt, wave

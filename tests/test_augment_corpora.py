@@ -103,7 +103,7 @@ def test_bad_file_is_named_and_nothing_is_written(corpora, fault, message):
     assert len(error) == 1 and f"{bad}: {message}" in error[0]
     assert "Traceback" not in proc.stderr
     assert not (data / "musan_music").exists()
-    assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no temporary dir left
+    assert not data.exists() or not [p for p in data.iterdir() if p.name.startswith(".")]  # no temporary dir
 
 
 def test_wrong_tree_and_duplicate_keys(corpora):
@@ -118,3 +118,28 @@ def test_wrong_tree_and_duplicate_keys(corpora):
     proc = avtk("prepare-augment", "--musan", corpora / "musan", corpora / "d", check=False)
     assert proc.returncode == 1
     assert "give the same key 'noise-free-sound-0000'" in proc.stderr
+
+
+@pytest.mark.parametrize("which", ["musan", "rirs"])
+def test_silent_source_is_refused_as_training_would_and_nothing_is_written(corpora, which):
+    """A silent file (every sample zero) passed prepare-augment and failed `avtk train` hours later: the same
+    rule (avtk.augment.check_audible), checked for every set before any data dir is written."""
+    if which == "musan":
+        bad = corpora / "musan" / "speech" / "us-gov" / "speech-us-gov-0001.wav"  # the last set written
+        args, kind = ("--musan", corpora / "musan"), "speech"
+    else:
+        bad = corpora / "RIRS_NOISES" / "simulated_rirs" / "largeroom" / "Room002" / "Room002-00001.wav"
+        args, kind = ("--rirs", corpora / "RIRS_NOISES"), "rir"
+    sf.write(bad, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    quiet = corpora / "musan" / "noise" / "free-sound" / "noise-free-sound-0000.wav"
+    sf.write(quiet, np.r_[np.zeros(16000 * 70), 1e-6].astype(np.float32), 16000, subtype="FLOAT")  # audible
+    data = corpora / "data"
+    proc = avtk("prepare-augment", *args, data, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(error) == 1 and error[0].endswith(
+        f"ERROR [avtk prepare-augment] {kind} source {bad} is silent (all samples zero): it cannot augment "
+        "anything; remove it from the source dir"), error
+    assert not data.exists() or not list(data.iterdir())
+    sf.write(bad, np.r_[np.zeros(100), 0.5].astype(np.float32), 16000, subtype="PCM_16")
+    avtk("prepare-augment", *args, data)

@@ -14,7 +14,9 @@ make_musan.sh does), spk2utt and utt2dur (from the wav header). Keys: a MUSAN fi
 (multi-channel RIRs mixed with noise recordings) are not used, as in Kaldi's and WeSpeaker's VoxCeleb recipes.
 
 Every file's header is read: a file that is not a 16 kHz mono wav, is unreadable, or has no samples is an
-AvtkError naming it (training would fail on it hours later). Each data dir is written atomically (a
+AvtkError naming it (training would fail on it hours later). So is a silent file (every sample zero), by
+training's own rule (`avtk.augment.check_audible`): each file is read in chunks up to its first non-zero
+chunk, which for an audible file is its first (a silent one is read whole: ~1 GB/s from the page cache). Each data dir is written atomically (a
 temporary directory renamed when complete) and then validated.
 """
 import logging
@@ -55,6 +57,17 @@ def _duration(path):
     if info.frames <= 0:
         raise AvtkError(f"{path}: no samples")
     return info.frames / info.samplerate
+
+
+def _check_audible(path, kind):
+    """AvtkError naming `path` when every sample is zero (`avtk.augment.check_audible`, read in 1 M-sample chunks)."""
+    from avtk.augment import check_audible
+
+    try:
+        with sf.SoundFile(path) as f:
+            check_audible(f.blocks(blocksize=1 << 20, dtype="float32"), kind, path)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise AvtkError(f"{path}: cannot read the audio ({err})") from None
 
 
 def _write(data_dir, files):
@@ -104,7 +117,7 @@ def prepare_musan(musan_root, data_root):
     musan_root = os.fspath(musan_root)
     if not os.path.isdir(musan_root):
         raise AvtkError(f"{musan_root}: no such MUSAN directory")
-    counts = {}
+    sets = {}
     for part, name in MUSAN_SETS.items():
         src = os.path.join(musan_root, part)
         if not os.path.isdir(src):
@@ -112,8 +125,11 @@ def prepare_musan(musan_root, data_root):
         files = _keyed(_wavs(src), _stem, f"MUSAN {part}")
         if not files:
             raise AvtkError(f"{src}: no .wav files")
-        counts[name] = _write(os.path.join(data_root, name), files)
-    return counts
+        for path in files.values():  # every set checked before any is written
+            _duration(path)
+            _check_audible(path, part)
+        sets[name] = files
+    return {name: _write(os.path.join(data_root, name), files) for name, files in sets.items()}
 
 
 def prepare_rirs(rirs_root, data_root, rooms=RIR_ROOMS):
@@ -139,4 +155,7 @@ def prepare_rirs(rirs_root, data_root, rooms=RIR_ROOMS):
             raise AvtkError(f"{src}: no .wav files")
         paths += found
     files = _keyed(paths, lambda p: f"{os.path.relpath(p, sim).split(os.sep)[0]}-{_stem(p)}", "RIR")
+    for path in files.values():
+        _duration(path)
+        _check_audible(path, "rir")
     return {"rirs": _write(os.path.join(data_root, "rirs"), files)}
