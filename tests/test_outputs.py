@@ -265,3 +265,31 @@ def test_compute_fbank_lists_skipped_utterances(tmp_path):
     write_wavs(tmp_path, [8000])  # nothing skipped: the old list goes
     avtk("compute-fbank", "scp:wav.scp", "ark,scp:o.ark,o.scp", cwd=tmp_path)
     assert not (tmp_path / "o.skipped").exists()
+
+
+@pytest.mark.parametrize("crops", [[], ["--seed-crops", "2"]])
+def test_extract_embeddings_lists_skipped_utterances(inputs, tmp_path, crops):
+    write_wavs(tmp_path, [8000, 160, 8000])  # u1: 10 ms, no frame
+    proc = avtk("extract-embeddings", "--model", inputs / "model.pt", *crops, "scp:wav.scp", "ark,scp:e.ark,e.scp",
+                cwd=tmp_path)
+    warnings = [line for line in proc.stderr.splitlines() if " WARNING " in line]
+    assert warnings[-1].endswith("skipped 1 of 3 utterances that give no frames (ids in e.skipped)"), proc.stderr
+    assert (tmp_path / "e.skipped").read_text() == "u1 no_frames\n"
+    assert [line.split()[0] for line in (tmp_path / "e.scp").read_text().splitlines()] == ["u0", "u2"]
+
+
+def test_extract_embeddings_empty_table_warns(inputs, tmp_path):
+    (tmp_path / "feats.scp").write_text("")
+    proc = avtk("extract-embeddings", "--model", inputs / "model.pt", "--input-type", "feats", "scp:feats.scp",
+                "ark,scp:e.ark,e.scp", cwd=tmp_path)
+    warnings = [line for line in proc.stderr.splitlines() if " WARNING " in line]
+    assert warnings[-1].endswith("wrote no embeddings: scp:feats.scp is empty"), proc.stderr
+    assert (tmp_path / "e.scp").read_text() == ""
+
+
+def test_extract_embeddings_skipped_file_unwritable_leaves_no_table(inputs, tmp_path):
+    write_wavs(tmp_path, [8000, 160])
+    proc = avtk("extract-embeddings", "--model", inputs / "model.pt", "--skipped", "/dev/full", "scp:wav.scp",
+                "ark,scp:e.ark,e.scp", cwd=tmp_path, check=False)
+    assert the_error(proc, "extract-embeddings") == "cannot write /dev/full: No space left on device"
+    assert sorted(os.listdir(tmp_path)) == ["u0.wav", "u1.wav", "wav.scp"]

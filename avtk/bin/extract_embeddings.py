@@ -11,7 +11,8 @@ def get_parser():
         "The input is features (`scp:data/x/feats.scp`) or audio (`scp:data/x/wav.scp`, the model's own front "
         "end computes the features). Each embedding covers the whole utterance; batches group utterances of "
         "similar length and the networks mask the padding, so the result equals one-at-a-time extraction. "
-        "Utterances that give no frames are skipped with a warning and counted. Finally the number of "
+        "Utterances that give no frames are skipped: a WARNING with the count, and their ids in the --skipped "
+        "file. An empty input table writes an empty table with a WARNING. Finally the number of "
         "embeddings is checked against the input. A face model (iresnet) reads `scp:data/x/frames.scp` (utterance "
         "-> directory of aligned frames) and embeds --num-frames evenly spaced frames per utterance: the mean "
         "of their L2-normalised embeddings. Utterances without face frames get no embedding; they are counted "
@@ -48,7 +49,12 @@ def get_parser():
                    help="face models: write the utterances without face frames here (default: the output scp "
                         "(or ark) with its extension replaced by .no_face)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="face models: skip (and count) utterances with an unreadable frame instead of failing")
+                   help="face models: skip utterances with an unreadable frame instead of failing (a WARNING with "
+                        "the count; ids in the --skipped file)")
+    p.add_argument("--skipped", metavar="FILE",
+                   help="list the skipped utterances (`utt no_frames` or `utt unreadable_frame`) here (default: the "
+                        "output scp, or ark, with its extension replaced by .skipped; a stream output lists none "
+                        "unless this is given). All outputs appear together, or none does")
     p.add_argument("rspecifier", help="scp:feats.scp, scp:wav.scp or scp:frames.scp (a Kaldi rspecifier)")
     p.add_argument("wspecifier", help="output table, e.g. ark,scp:exp/x/emb.1.ark,exp/x/emb.1.scp")
     return p
@@ -57,12 +63,9 @@ def get_parser():
 def main(args):
     import torch
 
-    import numpy as np
-
-    from avtk.embed import check_feature_dim, embed, embed_with_crops, input_type as decide_input, load_model, \
-        read_ahead, read_audio
+    from avtk.embed import input_type as decide_input, load_model
     from avtk.errors import AvtkError
-    from avtk.io.ark import open_reader, open_writer, parse_specifier
+    from avtk.io.ark import parse_specifier
 
     log = logging.getLogger(__name__)
     torch.set_num_threads(args.num_threads)
@@ -73,8 +76,22 @@ def main(args):
     if args.segments and input_type != "wav":
         raise AvtkError(f"--segments applies to a wav.scp, but {args.rspecifier} holds {input_type}")
     log.info("input: %s (%s)", input_type, args.rspecifier)
-    if input_type == "frames":
-        return _faces(args, net, kind, path, log)
+    from avtk.io.atomic import atomic_group
+
+    with atomic_group(args.skipped, args.no_face if input_type == "frames" else None):  # all outputs, or none
+        if input_type == "frames":
+            return _faces(args, net, kind, path, log)
+        _speech(args, net, input_type, kind, path, log)
+
+
+def _speech(args, net, input_type, kind, path, log):
+    import numpy as np
+
+    from avtk.embed import check_feature_dim, embed, embed_with_crops, read_ahead, read_audio
+    from avtk.errors import AvtkError
+    from avtk.io.ark import open_reader, open_writer
+    from avtk.io.atomic import write_skipped
+
     skipped, order = [], []
 
     def counted(items):  # remember the input order; check the feature dimension of non-empty inputs
@@ -102,13 +119,16 @@ def main(args):
                                     args.seed_crops, crop_len))
     else:
         out = dict(embed(net, counted(items), input_type, args.device, args.max_frames, skipped))
+    skipped = list(dict.fromkeys(k[0] if isinstance(k, tuple) else k for k in skipped))  # crops: (key, crop)
     with open_writer(args.wspecifier) as writer:
         for key in order:
             if key in out:
                 writer[key] = out[key]
+        skipped_file = args.skipped or writer.side_path(".skipped")
     total = len(order)
-    if skipped:
-        log.warning("skipped %d of %d utterances that give no frames, e.g. %s", len(skipped), total, skipped[0])
+    write_skipped(skipped_file, [(k, "no_frames") for k in skipped], total, "utterances that give no frames", log)
+    if not total:
+        log.warning("wrote no embeddings: %s is empty", args.rspecifier)
     if len(out) + len(skipped) != total:
         raise AvtkError(f"wrote {len(out)} embeddings and skipped {len(skipped)} for {total} inputs")
     log.info("wrote %d embeddings (%s) to %s", len(out), input_type, args.wspecifier)
@@ -132,6 +152,7 @@ def _faces(args, net, kind, path, log):
     from avtk.embed import embed_faces
     from avtk.errors import AvtkError
     from avtk.io.ark import open_writer
+    from avtk.io.atomic import write_skipped
 
     if kind != "scp":
         raise AvtkError(f"{args.rspecifier}: face input must be an scp of frame directories (frames.scp)")
@@ -142,13 +163,17 @@ def _faces(args, net, kind, path, log):
         for utt, emb in embed_faces(net, dirs.items(), args.device, args.num_frames, args.batch_frames, no_face, bad):
             writer[utt] = emb
             n += 1
+        skipped_file = args.skipped or writer.side_path(".skipped")
     write_dict(_no_face_path(args), {u: "no_face" for u in no_face})
     if no_face:
         log.warning("%d of %d utterances have no face frames and got no embedding (listed in %s), e.g. %s",
                     len(no_face), len(dirs), _no_face_path(args), no_face[0])
-    if bad:
-        log.warning("skipped %d of %d utterances with unreadable frames (--skip-bad), e.g. %s", len(bad), len(dirs),
-                    bad[0][1])
+    for utt, reason in bad or []:
+        log.warning("skipped: %s", reason)
+    write_skipped(skipped_file, [(u, "unreadable_frame") for u, _ in bad or []], len(dirs),
+                  "utterances with unreadable frames (--skip-bad)", log)
+    if not dirs:
+        log.warning("wrote no embeddings: %s is empty", args.rspecifier)
     if n + len(no_face) + len(bad or []) != len(dirs):
         raise AvtkError(f"wrote {n} embeddings, {len(no_face)} without faces, {len(bad or [])} skipped, for {len(dirs)} inputs")
     log.info("wrote %d face embeddings (%d frames each) to %s", n, args.num_frames, args.wspecifier)
