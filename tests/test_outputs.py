@@ -293,3 +293,30 @@ def test_extract_embeddings_skipped_file_unwritable_leaves_no_table(inputs, tmp_
                 "ark,scp:e.ark,e.scp", cwd=tmp_path, check=False)
     assert the_error(proc, "extract-embeddings") == "cannot write /dev/full: No space left on device"
     assert sorted(os.listdir(tmp_path)) == ["u0.wav", "u1.wav", "wav.scp"]
+
+
+def test_split_scp_second_part_unwritable_leaves_no_first(inputs, tmp_path):
+    (tmp_path / "blk").write_text("a file\n")
+    for second, reason in (("blk/o2", "blk is not a directory"), ("/dev/full", "No space left on device")):
+        proc = run(["split_scp", inputs / "emb.scp", "o1", second], cwd=tmp_path, check=False)
+        assert the_error(proc, "split-scp") == f"cannot write {second}: {reason}"
+        assert sorted(os.listdir(tmp_path)) == ["blk"]
+
+
+def test_compute_metrics_plot_unwritable_leaves_no_json(inputs, tmp_path):
+    (tmp_path / "blk").write_text("a file\n")
+    proc = avtk("compute-metrics", "--json", "m.json", "--det-plot", "blk/d.png", inputs / "scores.txt",
+                cwd=tmp_path, check=False)
+    assert the_error(proc, "compute-metrics") == "cannot write blk/d.png: blk is not a directory"
+    assert sorted(os.listdir(tmp_path)) == ["blk"]
+    proc = avtk("compute-metrics", "--json", "m.json", "--det-plot", "/dev/full", inputs / "scores.txt",
+                cwd=tmp_path, check=False)
+    assert "No space left on device" in the_error(proc, "compute-metrics")
+    assert sorted(os.listdir(tmp_path)) == ["blk"]
+
+
+def test_atomic_group_checks_directories_first(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(AvtkError, match=f"^cannot write {tmp_path}/afile: {tmp_path}/afile is not a directory$"):
+        with atomic.atomic_group(tmp_path / "l.txt", dirs=[tmp_path / "afile"]):
+            raise AssertionError("the work must not start")

@@ -29,7 +29,7 @@ from avtk.data.datadir import load, subset
 from avtk.data.table import read_lines
 from avtk.errors import AvtkError
 from avtk.io.ark import load_vectors
-from avtk.io.atomic import atomic_dir, atomic_open, atomic_path
+from avtk.io.atomic import atomic_dir, atomic_group, atomic_open, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,12 @@ def _hist_plot(path, result):
 
 
 def main(args):
+    """All outputs are written as one atomic group: all appear, or none (their paths are checked first)."""
+    with atomic_group(args.out_list, args.report, args.hist_plot, dirs=[args.out_dir]):
+        return _main(args)
+
+
+def _main(args):
     dd = load(args.data_dir)
     utt2spk = dd.utt2spk
     utts = dd.utts

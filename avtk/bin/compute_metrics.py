@@ -8,7 +8,7 @@ from avtk.command import make_parser, number
 from avtk.data.trials import read_trials
 from avtk.errors import AvtkError
 from avtk.fusion import align, read_scores
-from avtk.io.atomic import atomic_open, atomic_path
+from avtk.io.atomic import atomic_group, atomic_open, atomic_path
 from avtk.metrics import act_dcf, cllr, eer, error_rates, min_cllr, min_dcf
 
 
@@ -165,6 +165,12 @@ def _finite(value):
 
 
 def main(args):
+    """All outputs (--json, --det-plot, --hist-plot) are written as one atomic group: all appear, or none."""
+    with atomic_group(args.json, args.det_plot, args.hist_plot):
+        return _main(args)
+
+
+def _main(args):
     for p in args.p_target:
         if not 0 < p < 1:
             raise AvtkError(f"--p-target {p:g}: must be in (0, 1)")

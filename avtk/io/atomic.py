@@ -94,10 +94,13 @@ def remove_stale(path):
 
 def prepare(path, is_dir=False):
     """Make the parent directory of `path` and clear its stale temporary files; AvtkError if that fails, or if
-    `path` is a directory where a file is to be written (`is_dir` False), so a long job fails before it starts."""
+    `path` is a directory where a file is to be written (`is_dir` False) or something else where a directory is
+    to be written (`is_dir` True), so a long job fails before it starts."""
     path = os.fspath(path)
     if not is_dir and os.path.isdir(path):
         raise AvtkError(f"cannot write {path}: Is a directory")
+    if is_dir and os.path.lexists(path) and not os.path.isdir(path):
+        raise AvtkError(f"cannot write {path}: {path} is not a directory")
     make_dirs(os.path.dirname(path) or ".", what=path)
     remove_stale(path)
 
@@ -143,11 +146,12 @@ def defer(path, commit, discard):
 
 
 @contextlib.contextmanager
-def atomic_group(*paths):
+def atomic_group(*paths, dirs=()):
     """Write the outputs of one command as a group: all of them appear, or none does.
 
     `paths` (files; None entries are ignored) are checked and prepared first (`prepare`: a parent that is a
-    file or a directory where a file goes is an AvtkError before any work). Inside the block, the writers of
+    file or a directory where a file goes is an AvtkError before any work); so are the directories `dirs`
+    (written by `atomic_dir`). Inside the block, the writers of
     this module and `TableWriter` keep their temporary files when they close; on a clean exit the group renames
     them over their final names in the order written, on an error (an AvtkError, a KeyboardInterrupt, any
     exception) it removes them. Special files (``/dev/full``) are written in place as always, so a full disk
@@ -156,6 +160,9 @@ def atomic_group(*paths):
     for path in paths:
         if path is not None and not is_special(path):
             prepare(path)
+    for path in dirs:
+        if path is not None:
+            prepare(os.fspath(path).rstrip("/"), is_dir=True)
     group = _Group()
     _GROUPS.append(group)
     try:
