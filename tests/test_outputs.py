@@ -320,3 +320,25 @@ def test_atomic_group_checks_directories_first(tmp_path):
     with pytest.raises(AvtkError, match=f"^cannot write {tmp_path}/afile: {tmp_path}/afile is not a directory$"):
         with atomic.atomic_group(tmp_path / "l.txt", dirs=[tmp_path / "afile"]):
             raise AssertionError("the work must not start")
+
+
+def small_data_dir(root):
+    """A data dir of 2 utterances of 2 speakers (wav.scp, utt2spk, spk2utt) over short wavs."""
+    data = root / "data"
+    data.mkdir()
+    write_wavs(data, [8000, 8000])
+    (data / "utt2spk").write_text("u0 s0\nu1 s1\n")
+    (data / "spk2utt").write_text("s0 u0\ns1 u1\n")
+    return data
+
+
+@pytest.mark.parametrize("argv, out, error", [
+    (["subset-data-dir", "--first", "1", "data", "blk"], "blk", "cannot write blk: blk is not a directory"),
+    (["combine-data", "blk/out", "data"], "blk/out", "cannot write blk/out: blk is not a directory"),
+])
+def test_data_dir_output_under_a_file(tmp_path, argv, out, error):
+    small_data_dir(tmp_path)
+    (tmp_path / "blk").write_text("a file\n")
+    proc = avtk(*argv, cwd=tmp_path, check=False)
+    assert the_error(proc, argv[0]) == error
+    assert (tmp_path / "blk").read_text() == "a file\n"

@@ -36,7 +36,7 @@ from typing import Callable, Optional
 from avtk.errors import AvtkError
 from avtk.data.table import (decode_lines, duplicate_key, open_binary, read_dict, text_lines, utt2spk_to_spk2utt,
                               write_dict)
-from avtk.io.atomic import atomic_open
+from avtk.io.atomic import atomic_open, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -621,8 +621,9 @@ def _select(dd, utts, names=None):
 
 
 def _write_dir(dst, tables, src_desc):
-    """Write the tables into dst; remove known data files there that are not being written (stale)."""
-    os.makedirs(dst, exist_ok=True)
+    """Write the tables into dst; remove known data files there that are not being written (stale). A file
+    where dst (or a parent) should be is an AvtkError naming it (`make_dirs`)."""
+    make_dirs(dst)
     for name in KNOWN:
         path = os.path.join(dst, name)
         if name not in tables and os.path.isfile(path):

@@ -47,6 +47,7 @@ from avtk.data.datadir import KNOWN
 from avtk.data.table import numbered_fields, utt2spk_to_spk2utt, write_dict
 from avtk.data.trials import Trials, path_to_utt, read_trials, write_trials
 from avtk.errors import AvtkError
+from avtk.io.atomic import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def write_data_dir(path, utts, *, utt2dur=True, frames=None, videos=None, trials
     not empty), video.scp (videos: a Found of video files, likewise) and trials (Kaldi style). Data files
     of an earlier run that are not written now are removed. Returns a Summary."""
     path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
+    make_dirs(path)  # a file in the way is an AvtkError naming it
     spk2utt = utt2spk_to_spk2utt({u.utt: u.spk for u in utts})
     tables = {  # name -> a function giving the (key, value) lines, in sorted order (utts are sorted)
         "wav.scp": lambda: ((u.utt, u.audio) for u in utts),

@@ -10,7 +10,7 @@ import torch
 
 from avtk.embed import nonfinite
 from avtk.errors import AvtkError
-from avtk.io.atomic import atomic_open, torch_save
+from avtk.io.atomic import atomic_open, make_dirs, torch_save
 
 log = logging.getLogger(__name__)
 REQUIRED = ("epoch", "model", "loss", "optimizer", "rng", "config", "speakers")
@@ -57,7 +57,7 @@ def set_rng_state(state, device=None):
 
 
 def save(path, **state):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_dirs(os.path.dirname(path) or ".", what=path)  # a file in the way is an AvtkError naming it
     torch_save(state, path)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from avtk.errors import AvtkError
+from avtk.io.atomic import make_dirs
 from avtk.train import checkpoint as ckpt
 from avtk.train.config import RESUME_MAY_CHANGE, flatten, save_config
 from avtk.train.data import Failed, ShardedBatches, collate, make_dataset
@@ -386,7 +387,8 @@ class Trainer:
         if state is not None:
             self._restore(path, state)
         if self.dist.main:
-            os.makedirs(self.exp, exist_ok=True)
+            make_dirs(self.exp)  # a file in the way is an AvtkError naming it
+            make_dirs(os.path.join(self.exp, "checkpoints"))  # before the first epoch, not after it
             if state is None:
                 save_config(self.cfg, os.path.join(self.exp, "config.yaml"))
                 gone = ckpt.clear_previous_run(self.exp)
