@@ -160,10 +160,13 @@ def _pad(arrays, pin=False):
     """(float32 (n, longest, ...) tensor of `arrays` zero-padded, int64 (n,) lengths); pin: in pinned memory
     (for a CUDA device: its copy to the device is then one asynchronous DMA, no staging copy)."""
     lengths = torch.tensor([len(a) for a in arrays])
-    out = torch.zeros((len(arrays), int(lengths.max())) + arrays[0].shape[1:], dtype=torch.float32, pin_memory=pin)
+    # An empty item (Kaldi's empty matrix is 0 x 0) takes the others' trailing shape; it stays all padding.
+    tail = next((a.shape[1:] for a in arrays if len(a)), arrays[0].shape[1:])
+    out = torch.zeros((len(arrays), int(lengths.max())) + tail, dtype=torch.float32, pin_memory=pin)
     view = out.numpy()
     for i, a in enumerate(arrays):
-        view[i, :len(a)] = a
+        if len(a):
+            view[i, :len(a)] = a
     return out, lengths
 
 

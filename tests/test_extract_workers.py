@@ -210,3 +210,18 @@ def test_validation_names_a_bad_utterance_read_by_a_worker(data, tmp_path):
         with pytest.raises(AvtkError) as err:
             validation_eer(net, tmp_path, tmp_path / "trials", "wav", "cpu", 20000, num_workers=workers)
         assert str(err.value) == f"utterance u09: {message}"
+
+
+def test_an_empty_matrix_batched_with_others_is_skipped_not_a_traceback(data):
+    """Kaldi's empty matrix is 0 x 0: batched with 80-dim features it is padding only, and skipped."""
+    from avtk.embed import embed, load_network
+
+    net = load_network(data / "m.pt")[0]
+    rng = np.random.default_rng(0)
+    items = [("a", rng.normal(size=(120, 80)).astype(np.float32)), ("b", np.zeros((0, 0), np.float32)),
+             ("c", rng.normal(size=(90, 80)).astype(np.float32))]
+    skipped = []
+    out = dict(embed(net, items, "feats", skipped=skipped))
+    assert sorted(out) == ["a", "c"] and skipped == ["b"]
+    alone = dict(embed(net, items[:1], "feats"))
+    assert np.allclose(out["a"], alone["a"], atol=1e-5)
