@@ -194,12 +194,12 @@ def _merge(cfg, update, where, schema=SCHEMA, path=""):
             value = _checked(schema[key], value)
         except ValueError as err:
             raise AvtkError(f"{where}: {name} = {value!r}: {err}") from None
-        if schema[key].kind == "mapping" and isinstance(cfg.get(key), dict):
-            _deep_update(cfg[key], value, where, name)
+        if schema[key].kind == "mapping" and isinstance(cfg.get(key), dict) and value:
+            _deep_update(cfg[key], value, where, name)  # an empty mapping ({}) replaces: it clears the key
         else:
             cfg[key] = value
     if schema is SCHEMA:
-        _check_encoder_args(cfg, where)
+        _check_encoder_args(cfg, where, unknown=False)
     return cfg
 
 
@@ -217,9 +217,11 @@ def _deep_update(mapping, update, where, path):
             mapping[key] = copy.deepcopy(value)
 
 
-def _check_encoder_args(cfg, where):
+def _check_encoder_args(cfg, where, unknown=True):
     """model.encoder_args checked against the arguments of model.encoder (its signature, ENCODER_ARGS' kinds and
-    ranges); an unknown encoder is left to _check. Errors name `where` and the key."""
+    ranges); an unknown encoder is left to _check. Errors name `where` and the key. unknown=False: only the
+    kinds and ranges of the arguments the encoder takes (as each source enters: a later override may still
+    change the encoder); the arguments it does not take are checked once every source is in."""
     import inspect
 
     from avtk.models import ENCODERS
@@ -231,6 +233,8 @@ def _check_encoder_args(cfg, where):
     for arg, value in model["encoder_args"].items():
         name = f"model.encoder_args.{arg}"
         if arg not in params:
+            if not unknown:
+                continue
             raise AvtkError(f"{where}: unknown config key '{name}' for encoder {model['encoder']} "
                             f"(known: {', '.join(sorted(params))})")
         try:
@@ -273,7 +277,9 @@ def load_config(path=None, overrides=()):
         _merge(cfg, {} if user is None else user, path)
     for text in overrides:
         _merge(cfg, parse_override(text), f"override {text!r}")
-    _check(cfg, f"{path or 'config'}{' with overrides' if overrides else ''}")
+    where = f"{path or 'config'}{' with overrides' if overrides else ''}"
+    _check(cfg, where)
+    _check_encoder_args(cfg, where)
     return cfg
 
 
