@@ -15,7 +15,7 @@ SMOKE = {  # script: (arguments, a line every table prints, its ratios)
     # its ratio: the DataLoader workers per GPU (consumer rate / one worker's rate)
     "train_input.py": (["--quick"], r"workers per GPU to keep up", r"H100, bf16 \(estimate\): 1500 samples/s\s+(\d+)"),
     # its ratios: growth of each step's time over growth of the data (about 1: linear)
-    "scale.py": (["--quick"], r"growth: time ratio / size ratio", RATIO),
+    "scale.py": (["--quick"], r"growth: CPU time ratio / size ratio", RATIO),
     "audio_decode.py": (["--num-files", "6", "--seconds", "2"], r"conversion pays for itself", RATIO),
     "vox1o.py": (["--quick", "--channels", "128", "--threads", "2"], r"vs peer: max \|difference\| \S+ \(ok at 0\.0001\)",
                  RATIO),
