@@ -95,3 +95,15 @@ def write_model(path, overrides, seed=0):
             m.running_var.uniform_(0.5, 1.5)
     save_model(path, net.state_dict(), cfg, ["s1", "s2"])
     return path
+
+
+def write_conf(path, base, **changes):
+    """Write the training config `base` (a dict) to path with `section__key=value` changes; returns path."""
+    import yaml
+
+    conf = yaml.safe_load(yaml.safe_dump(base))
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        conf.setdefault(section, {})[key] = value
+    path.write_text(yaml.safe_dump(conf))
+    return path

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import conftest
 from conftest import _env, avtk, run
 
 TINY = {
@@ -37,12 +38,7 @@ def corpus(tmp_path_factory):
 
 
 def write_conf(path, **changes):
-    conf = yaml.safe_load(yaml.safe_dump(TINY))
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        conf.setdefault(section, {})[key] = value
-    path.write_text(yaml.safe_dump(conf))
-    return path
+    return conftest.write_conf(path, TINY, **changes)
 
 
 def train(corpus, exp, conf, *extra, check=True):

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 import yaml
 
+import conftest
 from avtk.cli import main as avtk_main
 
 TINY = {
@@ -52,12 +53,7 @@ def make_data(root, frames=None, dims=None):
 
 
 def write_conf(path, **changes):
-    conf = yaml.safe_load(yaml.safe_dump(TINY))
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        conf.setdefault(section, {})[key] = value
-    path.write_text(yaml.safe_dump(conf))
-    return path
+    return conftest.write_conf(path, TINY, **changes)
 
 
 def train(capsys, data, exp, conf, *extra):

@@ -228,15 +228,20 @@ def _check_declared(path, log_text, frames, rate, where):
                     f"holds {frames / rate:.3f} s ({frames} samples)")
 
 
-def _open_file(path, where):
-    """The open soundfile.SoundFile of `path` after the checks that need no decoding (exists, not empty,
-    readable header, not truncated); the caller closes it. Media files are not for this (read_file)."""
+def _check_exists(path, where):
+    """A missing path, a directory or an empty file is an AvtkError naming it (after `where`)."""
     if not os.path.exists(path):
         raise AvtkError(f"{where}audio file {path} does not exist")
     if os.path.isdir(path):
         raise AvtkError(f"{where}audio file {path} is a directory")
     if os.path.getsize(path) == 0:
         raise AvtkError(f"{where}audio file {path} is empty (0 bytes)")
+
+
+def _open_file(path, where):
+    """The open soundfile.SoundFile of `path` after the checks that need no decoding (exists, not empty,
+    readable header, not truncated); the caller closes it. Media files are not for this (read_file)."""
+    _check_exists(path, where)
     try:
         f = sf.SoundFile(path)
     except (RuntimeError, TypeError, ValueError, OSError) as err:
@@ -271,12 +276,7 @@ def read_file(path, utt=None):
     non-finite or absurd samples (`check_samples`)."""
     where = "" if utt is None else f"utterance {utt}: "
     if is_media(path):
-        if not os.path.exists(path):
-            raise AvtkError(f"{where}audio file {path} does not exist")
-        if os.path.isdir(path):
-            raise AvtkError(f"{where}audio file {path} is a directory")
-        if os.path.getsize(path) == 0:
-            raise AvtkError(f"{where}audio file {path} is empty (0 bytes)")
+        _check_exists(path, where)
         try:
             data, rate = media.read_audio(path)
         except AvtkError as err:
