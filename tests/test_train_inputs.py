@@ -2,7 +2,6 @@
 or utterance, exit status 1, nothing that looks finished; resume rules. A tiny feature corpus written here keeps
 each run to a few seconds; the commands run in process through avtk.cli.main, as the console script does."""
 import os
-import shutil
 
 import kaldiio
 import numpy as np

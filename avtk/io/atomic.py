@@ -232,7 +232,7 @@ def atomic_path(path):
         yield tmp
         deferred = defer(path, lambda: _rename(tmp, path), lambda: _remove(tmp))
         if not deferred:
-            os.replace(tmp, path)
+            _rename(tmp, path)
     except OSError as err:
         if is_write_error(err, tmp, path):
             raise write_error(path, err) from None
@@ -306,8 +306,7 @@ def atomic_dir(path):
     tmp = temp_name(path)
     deferred = False
     try:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
+        _remove(tmp)
         os.makedirs(tmp)
         yield tmp
         deferred = defer(path, lambda: _rename(tmp, path, replace_dir=True), lambda: _remove(tmp))
@@ -318,5 +317,5 @@ def atomic_dir(path):
             raise write_error(path, err) from None
         raise
     finally:
-        if not deferred and os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not deferred:
+            _remove(tmp)
