@@ -23,6 +23,7 @@ the page cache (written just before). The scores of `avtk --seed-crops` must equ
 10 s on one H100.
 """
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -44,22 +45,30 @@ RATE = 16000
 TOL = 1e-4
 
 
+def _write_wav(job):
+    """One synthetic utterance: harmonics of the speaker's f0 in noise, from its own seed (picklable for Pool)."""
+    path, n_samples, f0, seed = job
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_samples) / RATE
+    wave = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 6))
+    wave = 0.1 * wave + 0.02 * rng.standard_normal(len(t))
+    sf.write(path, wave.astype(np.float32), RATE, subtype="PCM_16")
+
+
 def write_test_set(work, n_utts, n_trials, speakers, seed):
-    """wav files, wav.scp and trials under `work`."""
+    """wav files (written by one process per CPU), wav.scp and trials under `work`."""
     rng = np.random.default_rng(seed)
     seconds = np.minimum(4.0 + rng.gamma(1.5, (8.2 - 4.0) / 1.5, n_utts), 60.0)
     owner = rng.integers(0, speakers, n_utts)
     f0 = rng.uniform(90, 250, speakers)
     os.makedirs(os.path.join(work, "wav"), exist_ok=True)
     utts = [f"id{owner[i]:05d}-{i:05d}" for i in range(n_utts)]
+    paths = [os.path.join(work, "wav", f"{utt}.wav") for utt in utts]
+    jobs = [(paths[i], int(seconds[i] * RATE), f0[owner[i]], (seed, i)) for i in range(n_utts)]
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        pool.map(_write_wav, jobs, chunksize=16)
     with open(os.path.join(work, "wav.scp"), "w") as scp:
-        for i, utt in enumerate(utts):
-            t = np.arange(int(seconds[i] * RATE)) / RATE
-            wave = sum(np.sin(2 * np.pi * f0[owner[i]] * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 6))
-            wave = 0.1 * wave + 0.02 * rng.standard_normal(len(t))
-            path = os.path.join(work, "wav", f"{utt}.wav")
-            sf.write(path, wave.astype(np.float32), RATE, subtype="PCM_16")
-            scp.write(f"{utt} {path}\n")
+        scp.writelines(f"{utt} {path}\n" for utt, path in zip(utts, paths))
     by_speaker = {}
     for i, s in enumerate(owner):
         by_speaker.setdefault(int(s), []).append(i)
