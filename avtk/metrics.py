@@ -167,3 +167,63 @@ def act_dcf(llrs, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
     p_fa = np.count_nonzero(accept & ~labels) / n_non
     cost = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
     return float(cost / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Identification metrics. Closed set: the rank-r accuracy (identification rate at rank r) of the probes
+# whose speaker is enrolled. Open set, the watch-list measures of FRVT 2002 (P. Grother, R. Micheals,
+# P. J. Phillips, "Face Recognition Vendor Test 2002 performance metrics", AVBPA 2003; P. J. Phillips et al.,
+# "Face Recognition Vendor Test 2002: Evaluation Report", NISTIR 6965, 2003): at threshold t and rank 1,
+#   detection and identification rate  P_DI(t) = |{genuine probes: the top-1 speaker is the true one and its
+#                                                  score >= t}| / |genuine probes|
+#   false alarm rate                   P_FA(t) = |{impostor probes: the top-1 score >= t}| / |impostor probes|
+# where a genuine probe's speaker is enrolled and an impostor's is not. (ISO/IEC 19795-1 calls 1 - P_DI the
+# false-negative and P_FA the false-positive identification-error rate, FNIR and FPIR.)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def rank_accuracy(true_ranks, rank):
+    """Closed-set identification rate at rank `rank`: the fraction of genuine probes whose true speaker is
+    among their `rank` best-scoring speakers. `true_ranks` (G,) int: each probe's rank of its true speaker
+    (1 = best), 0 where it is not among the listed candidates. ValueError for no probes or rank < 1."""
+    true_ranks = np.asarray(true_ranks)
+    if len(true_ranks) == 0:
+        raise ValueError("need genuine probes (whose speaker is enrolled) for an identification rate")
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    return float(np.count_nonzero((true_ranks >= 1) & (true_ranks <= rank)) / len(true_ranks))
+
+
+def open_set_rates(genuine, impostor):
+    """Open-set identification curve at rank 1 (definitions above): (dir, far, thresholds), float64 arrays,
+    from reject-all to accept-all. At point k a probe is accepted when its top-1 score >= thresholds[k]; point
+    0 (threshold +inf) accepts nothing.
+
+    `genuine` (G,): each genuine probe's top-1 score when the top-1 speaker is its true speaker, -inf when it
+    is not (no threshold detects it correctly); `impostor` (I,): each impostor probe's top-1 score. ValueError
+    for no probes of either kind, a NaN, or an infinite impostor score or +inf genuine score.
+    """
+    genuine = _finite(genuine, "genuine top-1 scores", allow_inf=True)
+    impostor = _finite(impostor, "impostor top-1 scores")
+    if len(genuine) == 0 or len(impostor) == 0:
+        raise ValueError(f"need both genuine and impostor probes (got {len(genuine)} genuine, "
+                         f"{len(impostor)} impostor)")
+    if np.isposinf(genuine).any():
+        raise ValueError("genuine top-1 scores must be finite or -inf (not identified)")
+    found = genuine[np.isfinite(genuine)]
+    thresholds = np.r_[np.inf, np.unique(np.r_[found, impostor])[::-1]]
+    g, i = np.sort(found), np.sort(impostor)
+    dir_ = (len(g) - np.searchsorted(g, thresholds, side="left")) / len(genuine)
+    far = (len(i) - np.searchsorted(i, thresholds, side="left")) / len(i)
+    return dir_, far, thresholds
+
+
+def dir_at_far(genuine, impostor, far):
+    """(P_DI, threshold): the highest detection-and-identification rate at rank 1 whose false alarm rate is
+    <= `far`, and the lowest threshold that gives it (accept a top-1 score >= threshold; +inf: accept
+    nothing). Arguments as `open_set_rates`."""
+    if not 0 <= far <= 1:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    dir_, fars, thresholds = open_set_rates(genuine, impostor)
+    k = int(np.flatnonzero(fars <= far)[-1])  # FAR and DIR rise as the threshold falls
+    return float(dir_[k]), float(thresholds[k])
