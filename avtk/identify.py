@@ -156,18 +156,17 @@ class Gallery:
         """A gallery from {speaker: embeddings} (Python API).
 
         Each value is one embedding (dim,), a list of them, or an (n, dim) array: float, any dtype. With
-        `model`, an `avtk.load_model` speaker model, the values are instead lists of its `embed_batch` inputs
-        (paths, 1-D or (channels, samples) waveforms at 16 kHz), embedded here. `mean` (dim,) is subtracted
-        from every embedding first. A NaN, infinite or all-zero embedding, or a speaker with none, is an
-        AvtkError naming the speaker.
+        `model` (from `avtk.load_model`), the values are instead the model's inputs, one or a list, embedded
+        here (`embed_inputs`): recordings for a speaker model, face inputs for a face model. `mean` (dim,) is
+        subtracted from every embedding first. A NaN, infinite or all-zero embedding, or a speaker with none,
+        is an AvtkError naming the speaker.
         """
         if not isinstance(enrollment, Mapping) or not enrollment:
             raise AvtkError(f"{source}: give a non-empty mapping of speaker -> embeddings")
         speakers, rows, owner = [], [], []
         for spk, value in enrollment.items():
             if model is not None:
-                items = [value] if isinstance(value, (str, os.PathLike)) else list(value)
-                value = model.embed_batch(items) if items else []
+                value = embed_inputs(model, value, f"{source}: speaker {spk!r}")
             x = np.asarray(value, np.float32)
             x = x.reshape(1, -1) if x.ndim == 1 else x
             if x.ndim != 2 or len(x) == 0 or x.shape[1] == 0:
@@ -286,11 +285,12 @@ class Gallery:
 
     def identify(self, test, top_k=5, *, cohort=None, top_n=DEFAULT_TOP_N, face_gallery=None, face=None,
                  face_cohort=None, calibration=None, modalities=None, threshold=None, prior=None,
-                 source="test embeddings", face_source="face embeddings"):
+                 source="test embeddings", face_source="face embeddings", model=None, face_model=None):
         """The top-k speakers of every test embedding, and a decision (module doc), as an `Identification`.
 
         test         {utt: embedding} (a table from `load_vectors`), an (n, dim) array or one (dim,) vector
-                     (utterances then named "0", "1", ...)
+                     (utterances then named "0", "1", ...); with `model` (`avtk.load_model`'s), the model's
+                     inputs instead: {utt: input}, a list of inputs or one (`embed_inputs`)
         cohort       AS-Norm cohort, unit rows (K, dim) from `avtk.scoring.make_cohort` with this gallery's
                      mean; top_n its statistics' size
         face_gallery, face, face_cohort
@@ -299,7 +299,12 @@ class Gallery:
         calibration  an `avtk.calibration.FusionModel` (logreg) or its file: scores become LLRs
         modalities   the calibration's names for (audio[, face]); default: its modalities in order
         threshold    open-set threshold on the output scores; prior: the Bayes threshold's prior (calibrated)
+        face_model   a face model: `face` holds its inputs ({utt: input}) instead of embeddings
         """
+        if model is not None:
+            test = _embedded(model, test, source)
+        if face_model is not None and face is not None:
+            face = _embedded(face_model, face, face_source)
         if not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise AvtkError(f"top_k must be an integer >= 1, got {top_k!r}")
         if (face_gallery is None) != (face is None):
@@ -364,6 +369,30 @@ class Gallery:
             decisions = [s if v >= threshold else UNKNOWN for s, v in zip(speakers[:, 0], top[:, 0])]
         calibrated = calibration is not None
         return Identification(keys, speakers.tolist(), top, decisions, calibrated, threshold)
+
+
+def embed_inputs(model, inputs, label="inputs"):
+    """float32 (n, dim) embeddings of a list (or tuple) of model inputs, or of one input (anything else), by an
+    `avtk.load_model` model: a speaker model's `embed_batch` (each a path, or a waveform at 16 kHz, 1-D or
+    (channels, samples)), or a face model's `embed_faces` of each (a frames directory, a video, or an array of
+    aligned uint8 RGB images (n, 112, 112, 3)). Their errors are the models' (AvtkError naming the input);
+    `label` names the inputs."""
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if not items:
+        raise AvtkError(f"{label}: nothing to embed")
+    if hasattr(model, "embed_batch"):
+        return np.asarray(model.embed_batch(items), np.float32)
+    if hasattr(model, "embed_faces"):
+        return np.stack([model.embed_faces(x, label=f"{label} item {i + 1}") for i, x in enumerate(items)])
+    raise AvtkError(f"{label}: {model!r} is neither a speaker model (embed_batch) nor a face model (embed_faces)")
+
+
+def _embedded(model, inputs, label):
+    """Test inputs embedded by `model`: {utt: input} -> {utt: embedding}; a list or one input -> (n, dim)."""
+    if isinstance(inputs, Mapping):
+        keys = list(inputs)
+        return dict(zip(keys, embed_inputs(model, [inputs[k] for k in keys], label))) if keys else {}
+    return embed_inputs(model, inputs, label)
 
 
 def _speaker_means(matrix, owner, speakers, mean, keys, source):

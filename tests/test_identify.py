@@ -199,6 +199,36 @@ def test_fused_identification_is_the_mean_of_cosines_with_missing_faces_left_to_
             assert value == pytest.approx(a, abs=2e-6), (key, spk)
 
 
+def test_gallery_with_api_models_equals_the_gallery_of_their_embeddings(tmp_path, one_thread):
+    api = pytest.importorskip("avtk.api")  # avtk.load_model's speaker and face models
+    import soundfile
+
+    from conftest import SMALL_FACE, SMALL_SPEAKER, write_model
+
+    speaker = api.load_model(write_model(tmp_path / "speaker.pt", SMALL_SPEAKER))
+    face = api.load_model(write_model(tmp_path / "face.pt", SMALL_FACE))
+    rng = np.random.default_rng(4)
+    wavs = {}
+    for name in ("a1", "a2", "b1", "t1", "t2"):
+        wavs[name] = tmp_path / f"{name}.wav"
+        soundfile.write(wavs[name], rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
+    faces = {name: rng.integers(0, 256, (1, 112, 112, 3), dtype=np.uint8) for name in ("a", "b", "t1")}
+
+    by_model = Gallery.enroll({"a": [wavs["a1"], wavs["a2"]], "b": wavs["b1"]}, model=speaker)
+    by_array = Gallery.enroll({"a": speaker.embed_batch([wavs["a1"], wavs["a2"]]), "b": speaker.embed(wavs["b1"])})
+    assert np.allclose(by_model.models, by_array.models, atol=1e-6)
+    face_gallery = Gallery.enroll({"a": faces["a"], "b": [faces["b"]]}, model=face)
+    assert np.allclose(face_gallery.models, Gallery.enroll(
+        {"a": face.embed_faces(faces["a"]), "b": face.embed_faces(faces["b"])}).models, atol=1e-6)
+
+    got = by_model.identify({"t1": wavs["t1"], "t2": wavs["t2"]}, top_k=2, model=speaker, face_gallery=face_gallery,
+                            face={"t1": faces["t1"]}, face_model=face)
+    want = by_array.identify({"t1": speaker.embed(wavs["t1"]), "t2": speaker.embed(wavs["t2"])}, top_k=2,
+                             face_gallery=face_gallery, face={"t1": face.embed_faces(faces["t1"])})
+    assert got.utts == want.utts == ["t1", "t2"] and got.speakers == want.speakers
+    assert np.allclose(got.scores, want.scores, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 
