@@ -60,25 +60,32 @@ def read_model_file(path):
 def load_network(path, device="cpu"):
     """(SpeakerNet or FaceNet in eval mode, config, the file's dict) of a model or checkpoint file written by
     avtk train, avtk import-model or avtk verify --set-threshold*."""
+    blob = read_model_file(path)
+    return network_of(blob["config"], blob["model"], path, device), blob["config"], blob
+
+
+def network_of(config, weights, path, device="cpu"):
+    """The SpeakerNet or FaceNet (eval mode, on `device`) of a resolved config dict whose `model` section names
+    the network, holding `weights` (a state_dict). A config that builds no network, weights that do not fit it
+    (weights_misfit) or hold NaN or infinite values (check_weights) are an AvtkError naming `path`."""
     from avtk.models import build_network
 
-    blob = read_model_file(path)
     try:
-        net = build_network(blob["config"]["model"])
+        net = build_network(config["model"])
     except AvtkError as err:  # e.g. an unknown encoder: name the file whose config says so
         raise AvtkError(f"{path}: {err}") from None
     except (KeyError, TypeError) as err:
         raise AvtkError(f"{path}: its config has no usable model section ({type(err).__name__}: {err})") from None
-    misfit = weights_misfit(net, blob["model"])
+    misfit = weights_misfit(net, weights)
     if misfit:
         raise AvtkError(f"{path}: the weights do not fit the network of its config: {misfit}")
     try:
-        net.load_state_dict(blob["model"])
+        net.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
         raise AvtkError(f"{path}: the weights do not fit the network of its config: {first}") from None
     check_weights(net, path)
-    return net.to(device).eval(), blob["config"], blob
+    return net.to(device).eval()
 
 
 def weights_misfit(net, weights, shown=3):
@@ -128,7 +135,8 @@ def check_outputs(emb, keys):
 
 
 def load_model(path, device="cpu"):
-    """(SpeakerNet or FaceNet in eval mode, config) of an avtk model file: load_network without the file's dict."""
+    """(SpeakerNet or FaceNet in eval mode, config) of an avtk model file: load_network without the file's dict.
+    (The Python API's avtk.load_model gives a SpeakerModel or FaceModel instead.)"""
     net, cfg, _ = load_network(path, device)
     return net, cfg
 
@@ -230,8 +238,6 @@ def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=N
     directory) raises AvtkError naming it, unless `bad` is a list: then the utterance is skipped and
     (utt, reason) appended there.
     """
-    import torch.nn.functional as F
-
     from avtk.face.frames import evenly_spaced, frame_paths, read_frame
 
     no_face = [] if no_face is None else no_face
@@ -240,14 +246,7 @@ def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=N
     pending = []
 
     def flush():
-        x = torch.from_numpy(np.concatenate([images for _, images in pending])).to(device)
-        raw = net(x).float()
-        check_outputs(raw.cpu().numpy(), [utt for utt, images in pending for _ in images])
-        emb = F.normalize(raw, dim=1).cpu().numpy()
-        start = 0
-        for utt, images in pending:
-            yield utt, emb[start:start + len(images)].mean(0)
-            start += len(images)
+        yield from face_means(net, pending, device)
         pending.clear()
 
     for utt, frames_dir in items:
@@ -267,6 +266,25 @@ def embed_faces(net, items, device="cpu", n_frames=5, batch_frames=64, no_face=N
             yield from flush()
     if pending:
         yield from flush()
+
+
+@torch.inference_mode()
+def face_means(net, groups, device="cpu"):
+    """[(label, embedding float32 (dim,))] of `groups`, a list of (label, uint8 RGB images (n, H, W, 3)) run
+    through a face network as one batch: each group's embedding is the mean of its images' L2-normalised
+    embeddings (the seed's test-time face embedding; the dot product of two is their mean frame cosine). An
+    image embedding that is not finite or all zeros is an AvtkError naming its label (`check_outputs`)."""
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.concatenate([np.ascontiguousarray(images) for _, images in groups])).to(device)
+    raw = net(x).float()
+    check_outputs(raw.cpu().numpy(), [label for label, images in groups for _ in images])
+    emb = F.normalize(raw, dim=1).cpu().numpy()
+    out, start = [], 0
+    for label, images in groups:
+        out.append((label, emb[start:start + len(images)].mean(0)))
+        start += len(images)
+    return out
 
 
 def crops(x, n, length):

@@ -1,5 +1,8 @@
 """Verify one pair of recordings (and optionally faces) with trained models, without a recipe or data dirs.
 
+The pair is verified by avtk.api.Verifier (the Python API; `verify_pair` is `avtk verify`'s use of it); this
+module holds its parts: reading audio and faces, the cosine, calibration, decisions and stored thresholds.
+
 Speaker score. Each recording is read whole (wav, flac, ... through libsndfile; m4a, mp4 and other media
 containers through PyAV), its channels averaged (`channel="mean"`, the default; or one channel by index),
 resampled to the model's rate (16 kHz) with `avtk.io.resample` when it differs, and embedded whole by the
@@ -41,7 +44,7 @@ import os
 import numpy as np
 import torch
 
-from avtk.embed import check_outputs, load_network, prepare_for_inference, read_model_file
+from avtk.embed import read_model_file
 from avtk.errors import AvtkError
 from avtk.io.atomic import torch_save
 
@@ -105,43 +108,61 @@ def eer_threshold(scores_path):
 
 
 def read_audio(path, sample_rate=16000, channel="mean"):
-    """(float32 mono samples at sample_rate, description) of an audio or media file.
+    """(float32 mono samples at sample_rate, description) of an audio or media file (avtk.io.audio.read_file:
+    its checks and errors), its channels mixed and its rate converted by `mono_at_rate`.
 
     channel: "mean" averages the channels, an int picks one (0 is the first).
     """
     from avtk.io.audio import read_file
-    from avtk.io.resample import resample
 
     path = os.fspath(path)
     data, rate = read_file(path)
+    wave, what = mono_at_rate(data, rate, sample_rate, channel, f"audio file {path}")
+    return wave, f"{path}: {what}"
+
+
+def mono_at_rate(data, rate, sample_rate=16000, channel="mean", name="audio"):
+    """(float32 (samples,) at sample_rate, description) of float32 audio `data` (samples, channels) at `rate`
+    Hz: the channels averaged (channel "mean") or one picked (an int, 0 = the first), then resampled with
+    avtk.io.resample when the rates differ (a windowed-sinc polyphase filter). Errors (AvtkError) name `name`:
+    no samples, a channel that does not exist, rates that cannot be converted."""
+    from avtk.io.resample import resample
+
     if data.shape[0] == 0:
-        raise AvtkError(f"audio file {path} has no samples")
+        raise AvtkError(f"{name} has no samples")
     channels = data.shape[1]
+    if channel != "mean" and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))):
+        raise AvtkError(f"channel {channel!r}: give 'mean' or a channel index (0, 1, ...)")
     if channel == "mean":
         wave = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
         how = "channels averaged" if channels > 1 else "mono"
     else:
         if not 0 <= int(channel) < channels:
-            raise AvtkError(f"audio file {path} has {channels} channel(s); channel {channel} does not exist")
+            raise AvtkError(f"{name} has {channels} channel(s); channel {channel} does not exist")
         wave, how = data[:, int(channel)], f"channel {channel}"
     wave = np.ascontiguousarray(wave, dtype=np.float32)
-    what = f"{path}: {len(wave) / rate:.2f} s at {rate} Hz, {channels} channel(s), {how}"
+    what = f"{len(wave) / rate:.2f} s at {rate} Hz, {channels} channel(s), {how}"
     if rate != sample_rate:
         try:
             wave = resample(torch.from_numpy(wave), int(rate), int(sample_rate)).numpy()
         except ValueError as err:
-            raise AvtkError(f"cannot resample audio file {path} from {rate} Hz: {err}") from None
+            raise AvtkError(f"cannot resample {name} from {rate} Hz: {err}") from None
         what += f", resampled to {sample_rate} Hz"
     return wave, what
 
 
-@torch.inference_mode()
 def speaker_embedding(net, wave, path, device="cpu"):
-    """The whole-recording embedding (numpy float32) of a SpeakerNet."""
-    if net.frontend.num_frames(len(wave)) < 1:
+    """The whole-recording embedding, float32 (dim,), of `wave` (float32 samples at the network's rate) by a
+    SpeakerNet already prepared for inference (avtk.embed.prepare_for_inference): avtk.embed.embed on one
+    item, extraction's own code. A recording too short for one feature frame, or an embedding that is not
+    finite or all zeros, is an AvtkError naming `path` (a file, or the label of an array)."""
+    from avtk.embed import embed
+
+    skipped = []
+    out = dict(embed(net, [(path, np.asarray(wave, np.float32))], "wav", device, skipped=skipped, fused=False))
+    if skipped:
         raise AvtkError(f"audio file {path} is too short: {len(wave)} samples give no feature frames")
-    x = torch.from_numpy(np.asarray(wave, np.float32))[None].to(device)
-    return check_outputs(net(x).float().cpu().numpy(), [path])[0]
+    return out[path]
 
 
 def cosine(a, b, names=("a", "b")):
@@ -170,10 +191,13 @@ class FaceReader:
             self._detector = build_detector("mtcnn", self.device)
         return self._detector
 
-    def images(self, label, source):
-        """(uint8 (n_frames, size, size, 3) RGB, description): evenly spaced aligned frames."""
+    def images(self, label, source, n_frames=None, interval=None):
+        """(uint8 (n_frames, size, size, 3) RGB, description): evenly spaced aligned frames (n_frames and
+        interval: this call's, instead of the reader's)."""
         from avtk.face.frames import evenly_spaced, frame_paths, read_frame
 
+        n_frames = self.n_frames if n_frames is None else n_frames
+        interval = self.interval if interval is None else interval
         source = os.fspath(source)
         if not os.path.exists(source):
             raise AvtkError(f"{label}: face input {source} does not exist")
@@ -181,47 +205,50 @@ class FaceReader:
             paths = frame_paths(label, source)
             if not paths:
                 raise AvtkError(f"{label}: {source} holds no frames (.jpg, .jpeg, .png)")
-            chosen = evenly_spaced(paths, self.n_frames)
+            chosen = evenly_spaced(paths, n_frames)
             images = [read_frame(label, p, self.size) for p in chosen]
             return np.stack(images), f"{source}: {len(paths)} aligned frames, {len(set(chosen))} used"
         from avtk.face.extract import align_frame, source_frames
 
         detector = self.detector()
         faces, frames = [], 0
-        for name, image in source_frames(label, source, self.interval):
+        for name, image in source_frames(label, source, interval):
             frames += 1
             aligned, _ = align_frame(detector, name, image, self.size)
             if aligned is not None:
                 faces.append(aligned)
         if not faces:
-            raise AvtkError(f"{label}: no face found in {source} ({frames} frames, one every {self.interval:g} s)")
-        chosen = evenly_spaced(list(range(len(faces))), self.n_frames)
-        what = (f"{source}: {frames} frames (one every {self.interval:g} s), {len(faces)} with a face, "
+            raise AvtkError(f"{label}: no face found in {source} ({frames} frames, one every {interval:g} s)")
+        chosen = evenly_spaced(list(range(len(faces))), n_frames)
+        what = (f"{source}: {frames} frames (one every {interval:g} s), {len(faces)} with a face, "
                 f"{len(set(chosen))} used")
         return np.stack([faces[i] for i in chosen]), what
 
 
-@torch.inference_mode()
 def face_embedding(net, images, device="cpu", label="face"):
-    """The mean of the L2-normalised embeddings of a stack of RGB uint8 images (as avtk.embed.embed_faces)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    raw = net(x).float()
-    check_outputs(raw.cpu().numpy(), [label] * len(raw))
-    return torch.nn.functional.normalize(raw, dim=1).mean(0).cpu().numpy()
+    """The mean of the L2-normalised embeddings of a stack of RGB uint8 images (n, H, W, 3), float32 (dim,):
+    avtk.embed.face_means, the computation extract-embeddings runs."""
+    from avtk.embed import face_means
+
+    return face_means(net, [(label, images)], device)[0][1]
 
 
 # ---------------------------------------------------------------------------------------------- calibration
 
 
 def load_calibration(path, names=None):
-    """(FusionModel, speaker modality name, face modality name or None) of a logreg model file.
+    """(FusionModel, speaker modality name, face modality name or None) of a logreg model file (or of a
+    FusionModel already loaded, named "calibration" in errors).
 
     names: the model's modality names for the speaker and the face score ("audio,face"); default: the model's
     modalities in order.
     """
     from avtk.calibration import FusionModel
 
-    model = FusionModel.load(path)
+    if isinstance(path, FusionModel):
+        model, path = path, "calibration"
+    else:
+        model = FusionModel.load(path)
     if model.method != "logreg":
         raise AvtkError(f"{path}: a {model.method} fusion model gives no log-likelihood ratios; calibrate with "
                         "avtk fuse --method logreg --model-out")
@@ -254,15 +281,16 @@ def decide(speaker_score, threshold=None, llr=None, fused_llr=None, prior=0.5):
         check_number(name, value)
     llr_threshold = math.log((1.0 - prior) / prior)
     if fused_llr is not None:
-        return [("decided_by", "fused_llr"), ("llr_threshold", _num(llr_threshold)),
+        return [("decided_by", "fused_llr"), ("llr_threshold", num_text(llr_threshold)),
                 ("decision", _same(fused_llr > llr_threshold))]
     if threshold is not None:
-        lines = [("threshold", _num(threshold["threshold"]))]
+        lines = [("threshold", num_text(threshold["threshold"]))]
         if threshold.get("source"):
             lines.append(("threshold_source", threshold["source"]))
         return lines + [("decided_by", "threshold"), ("decision", _same(speaker_score >= threshold["threshold"]))]
     if llr is not None:
-        return [("decided_by", "llr"), ("llr_threshold", _num(llr_threshold)), ("decision", _same(llr > llr_threshold))]
+        return [("decided_by", "llr"), ("llr_threshold", num_text(llr_threshold)),
+                ("decision", _same(llr > llr_threshold))]
     return [("note", NO_THRESHOLD)]
 
 
@@ -274,7 +302,8 @@ def check_number(name, value):
     return value
 
 
-def _num(x):
+def num_text(x):
+    """A score, LLR or threshold as `avtk verify` prints it: 4 decimals."""
     return f"{x:.4f}"
 
 
@@ -285,8 +314,11 @@ def _same(flag):
 def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, face_b=None, calibration=None,
                 modalities=None, prior=0.5, channel="mean", face_frames=FACE_FRAMES, interval=FACE_INTERVAL,
                 device="cpu"):
-    """Score a pair and decide; returns [(key, value)] lines: speaker_score, face_score, llr, face_llr,
+    """`avtk verify` of a pair: the options checked, the model files loaded (avtk.api.load_model) and the pair
+    verified by avtk.api.Verifier; returns its [(key, value)] lines: speaker_score, face_score, llr, face_llr,
     fused_llr, the decision lines, and face_threshold / face_decision when the face model stores one."""
+    from avtk.api import FaceModel, Verifier, load_model
+
     if not 0.0 < prior < 1.0:
         raise AvtkError(f"--prior {prior}: must be in (0, 1)")
     if (face_a is None) != (face_b is None):
@@ -301,50 +333,17 @@ def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, f
     for label, path in (("--face-a", face_a), ("--face-b", face_b)):
         if path is not None and not os.path.exists(path):
             raise AvtkError(f"{label}: face input {path} does not exist")
-    cal = load_calibration(calibration, modalities) if calibration else None
-    net, _, blob = load_network(model_path, device)
-    if is_face(net):
+    speaker = load_model(model_path, device)
+    if isinstance(speaker, FaceModel):
         raise AvtkError(f"{model_path} is a face model: give a speaker model as --model (and this one as "
                         "--face-model)")
-    net = prepare_for_inference(net)  # fused ECAPA-TDNN, as avtk.embed.embed
-    rate = int(net.frontend.sample_rate)
-    embeddings = []
-    for path in (audio_a, audio_b):
-        wave, what = read_audio(path, rate, channel)
-        log.info("%s", what)
-        embeddings.append(speaker_embedding(net, wave, path, device))
-    speaker_score = cosine(*embeddings, names=(audio_a, audio_b))
-    lines = [("speaker_score", _num(speaker_score))]
-    face_score, face_blob = None, None
+    face = None
     if face_a is not None:
-        fnet, _, face_blob = load_network(face_model, device)
-        fnet = prepare_for_inference(fnet)  # fused iresnet, as avtk.embed.embed_faces
-        if not is_face(fnet):
+        face = load_model(face_model, device)
+        if not isinstance(face, FaceModel):
             raise AvtkError(f"{face_model} is a speaker model, not a face model (--face-model)")
-        reader = FaceReader(int(fnet.input_size), face_frames, interval, device)
-        means = []
-        for label, source in (("--face-a", face_a), ("--face-b", face_b)):
-            images, what = reader.images(label, source)
-            log.info("%s", what)
-            means.append(face_embedding(fnet, images, device, f"{label} {source}"))
-        face_score = float(np.dot(means[0], means[1]))
-        lines.append(("face_score", _num(face_score)))
-    llr = fused_llr = None
-    if cal is not None:
-        model, speaker_name, face_name = cal
-        llr = calibrated_llr(model, {speaker_name: speaker_score})
-        lines.append(("llr", _num(llr)))
-        if face_score is not None and face_name is None:
-            log.warning("%s calibrates %s only: no fused LLR", calibration, speaker_name)
-        elif face_score is not None:
-            lines.append(("face_llr", _num(calibrated_llr(model, {face_name: face_score}))))
-            fused_llr = calibrated_llr(model, {speaker_name: speaker_score, face_name: face_score})
-            lines.append(("fused_llr", _num(fused_llr)))
-    lines += decide(speaker_score, stored_threshold(blob), llr, fused_llr, prior)
-    face_threshold = stored_threshold(face_blob) if face_blob is not None else None
-    if face_threshold is not None:
-        check_number("face score", face_score)
-        check_number("stored face threshold", face_threshold["threshold"])
-        lines += [("face_threshold", _num(face_threshold["threshold"])),
-                  ("face_decision", _same(face_score >= face_threshold["threshold"]))]
-    return lines
+    verifier = Verifier(speaker, face, calibration or None, modalities=modalities, prior=prior, channel=channel,
+                        face_frames=face_frames, interval=interval)
+    result = verifier.verify(os.fspath(audio_a), os.fspath(audio_b), face_a, face_b,
+                             face_labels=("--face-a", "--face-b"))
+    return list(result.lines)

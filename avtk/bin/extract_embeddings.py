@@ -63,16 +63,17 @@ def get_parser():
 def main(args):
     import torch
 
-    from avtk.embed import input_type as decide_input, load_model
+    from avtk.api import load_model
+    from avtk.embed import input_type as decide_input
     from avtk.errors import AvtkError
     from avtk.io.ark import parse_specifier
 
     log = logging.getLogger(__name__)
     torch.set_num_threads(args.num_threads)
-    net, cfg = load_model(args.model, args.device)
+    model = load_model(args.model, args.device)  # a SpeakerModel or a FaceModel: the Python API
     _, scp, _ = parse_specifier(args.rspecifier, "rspecifier")
     kind, path = ("scp", scp) if scp is not None else ("ark", None)
-    input_type = decide_input(args.rspecifier, cfg, args.model, args.input_type)
+    input_type = decide_input(args.rspecifier, model.config, args.model, args.input_type)
     if args.segments and input_type != "wav":
         raise AvtkError(f"--segments applies to a wav.scp, but {args.rspecifier} holds {input_type}")
     log.info("input: %s (%s)", input_type, args.rspecifier)
@@ -80,14 +81,14 @@ def main(args):
 
     with atomic_group(args.skipped, args.no_face if input_type == "frames" else None):  # all outputs, or none
         if input_type == "frames":
-            return _faces(args, net, kind, path, log)
-        _speech(args, net, input_type, kind, path, log)
+            return _faces(args, model, kind, path, log)
+        _speech(args, model, input_type, kind, path, log)
 
 
-def _speech(args, net, input_type, kind, path, log):
+def _speech(args, model, input_type, kind, path, log):
     import numpy as np
 
-    from avtk.embed import check_feature_dim, embed, embed_with_crops, read_ahead, read_audio
+    from avtk.embed import check_feature_dim, read_ahead, read_audio
     from avtk.errors import AvtkError
     from avtk.io.ark import open_reader, open_writer
     from avtk.io.atomic import write_skipped
@@ -100,7 +101,7 @@ def _speech(args, net, input_type, kind, path, log):
                 raise AvtkError(f"{args.rspecifier}: utterance {key}: expected a feature matrix (frames, dim), "
                                 f"got an array of shape {np.shape(x)}")
             if input_type == "feats" and len(x):
-                check_feature_dim(net, x.shape[1], args.rspecifier)
+                check_feature_dim(model.net, x.shape[1], args.rspecifier)
             order.append(key)
             yield key, x
 
@@ -112,13 +113,11 @@ def _speech(args, net, input_type, kind, path, log):
         items = read_audio(AudioReader(path, args.resample, segments=args.segments, sort=False), args.num_workers)
     else:
         items = read_ahead(open_reader(args.rspecifier)) if args.num_workers else open_reader(args.rspecifier)
+    crops = None
     if args.seed_crops:
         per_second = 16000 if input_type == "wav" else 100  # features at a 10 ms shift
-        crop_len = int(round(args.crop_seconds * per_second)) + (240 if input_type == "wav" else 0)
-        out = dict(embed_with_crops(net, counted(items), input_type, args.device, args.max_frames, skipped,
-                                    args.seed_crops, crop_len))
-    else:
-        out = dict(embed(net, counted(items), input_type, args.device, args.max_frames, skipped))
+        crops = (args.seed_crops, int(round(args.crop_seconds * per_second)) + (240 if input_type == "wav" else 0))
+    out = dict(model.embed_items(counted(items), input_type, args.max_frames, skipped, crops))
     skipped = list(dict.fromkeys(k[0] if isinstance(k, tuple) else k for k in skipped))  # crops: (key, crop)
     with open_writer(args.wspecifier) as writer:
         for key in order:
@@ -147,9 +146,8 @@ def _no_face_path(args):
     return os.path.splitext(target)[0] + ".no_face"
 
 
-def _faces(args, net, kind, path, log):
+def _faces(args, model, kind, path, log):
     from avtk.data.table import read_dict, write_dict
-    from avtk.embed import embed_faces
     from avtk.errors import AvtkError
     from avtk.io.ark import open_writer
     from avtk.io.atomic import write_skipped
@@ -160,7 +158,7 @@ def _faces(args, net, kind, path, log):
     no_face, bad = [], [] if args.skip_bad else None
     with open_writer(args.wspecifier) as writer:
         n = 0
-        for utt, emb in embed_faces(net, dirs.items(), args.device, args.num_frames, args.batch_frames, no_face, bad):
+        for utt, emb in model.embed_items(dirs.items(), args.num_frames, args.batch_frames, no_face, bad):
             writer[utt] = emb
             n += 1
         skipped_file = args.skipped or writer.side_path(".skipped")
