@@ -20,6 +20,21 @@ The model file (`FusionModel.save` / `load`) is small YAML (JSON when the name e
 atomically, holding the method, the modality names, the weights and bias (on raw scores), the prior, the
 per-modality normalisation statistics and, for logreg, one calibration per proper subset of the modalities
 (for two modalities: each single modality), used for trials where some modality is missing.
+
+Quality-measure functions (QMF; WeSpeaker's score calibration, wespeaker/bin/score_calibration.py). A logreg
+model may also take quality measures of the trial's two utterances (`avtk.quality`: duration, a modality's
+AS-Norm cohort mean, a face's number of frames). Each measure q, capped where it has a cap, adds two inputs,
+min(q_enroll, q_test) and max(q_enroll, q_test), so that
+
+    llr = w . s + v . [min q_1, max q_1, min q_2, max q_2, ...] + b
+
+is trained exactly as above on the scores and these features together (a linear logistic model minimising
+Cllr, as WeSpeaker's; WeSpeaker also adds max - min and max / min of each measure and the embedding norm as a
+measure, which avtk leaves out). A measure belongs to a modality (cohort_mean, face_frames) or to the
+recording (duration): the calibration for a subset of the modalities uses the recording's measures and those
+of its own modalities, so a trial missing its face falls back to the audio calibration with the audio's
+quality measures. The model file lists the measures (`quality`) and their weights (`quality_weights`, two
+per measure, min then max; each subset its own).
 """
 import itertools
 import json
@@ -34,6 +49,7 @@ from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
 
 METHODS = ("mean", "weighted", "zmean", "logreg")
+QUALITY_MEASURES = {"duration": False, "cohort_mean": True, "face_frames": True}  # measure -> of a modality?
 
 
 def _logit(p):
@@ -120,7 +136,12 @@ class FusionModel:
     norm        {modality: {"mean": m, "std": s}}: statistics of the scores the model was trained (or, for
                 zmean without development data, applied) on; zmean divides by them, logreg records them
     subsets     logreg only: {"audio": {"weights": [w], "bias": b}, ...}, a calibration for every proper
-                non-empty subset of the modalities (key: names joined by '+'), for trials missing some
+                non-empty subset of the modalities (key: names joined by '+'), for trials missing some; with
+                quality measures each also holds "quality_weights" for the measures it uses (`uses`)
+    quality     logreg only, QMF: [{"measure": duration|cohort_mean|face_frames, "modality": name or None,
+                "cap": number or None}, ...], the quality measures the model takes (module doc)
+    quality_weights
+                2 per quality measure (its min and max over the two sides) of the full calibration
     """
 
     method: str
@@ -130,6 +151,8 @@ class FusionModel:
     prior: "float | None" = None
     norm: dict = field(default_factory=dict)
     subsets: dict = field(default_factory=dict)
+    quality: list = field(default_factory=list)
+    quality_weights: list = field(default_factory=list)
 
     def to_dict(self):
         d = {
@@ -141,10 +164,10 @@ class FusionModel:
             "norm": {k: {"mean": float(v["mean"]), "std": float(v["std"])} for k, v in self.norm.items()},
         }
         if self.subsets:
-            d["subsets"] = {
-                k: {"weights": [float(w) for w in v["weights"]], "bias": float(v["bias"])}
-                for k, v in self.subsets.items()
-            }
+            d["subsets"] = {k: _calibration_dict(v) for k, v in self.subsets.items()}
+        if self.quality:
+            d["quality"] = [dict(q) for q in self.quality]
+            d["quality_weights"] = [float(w) for w in self.quality_weights]
         return d
 
     def save(self, path):
@@ -168,7 +191,8 @@ class FusionModel:
     def from_dict(cls, d, where="model"):
         if not isinstance(d, dict):
             raise AvtkError(f"{where}: not a model (expected a mapping of keys)")
-        unknown = set(d) - {"method", "modalities", "weights", "bias", "prior", "norm", "subsets"}
+        unknown = set(d) - {"method", "modalities", "weights", "bias", "prior", "norm", "subsets", "quality",
+                            "quality_weights"}
         if unknown:
             raise AvtkError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
 
@@ -200,32 +224,45 @@ class FusionModel:
                                 f"got {name!r}: {st!r}")
         if method == "zmean" and set(norm) != set(mods):
             raise AvtkError(f"{where}: a zmean model needs 'norm' statistics for every modality")
+        quality = _check_quality(d.get("quality") or [], mods, method, where)
+        qweights = d.get("quality_weights") or []
+        if not numbers(qweights) or len(qweights) != 2 * len(quality):
+            raise AvtkError(f"{where}: key 'quality_weights' must be {2 * len(quality)} numbers (a min and a max "
+                            f"weight per quality measure), got {qweights!r}")
         subsets = d.get("subsets") or {}
         if not isinstance(subsets, dict):
             raise AvtkError(f"{where}: key 'subsets' must be a mapping")
         for key, cal in subsets.items():
             names = str(key).split("+")
+            n_q = 2 * len(uses(quality, names))
             if not set(names) <= set(mods) or not isinstance(cal, dict) \
+                    or not set(cal) <= {"weights", "bias", "quality_weights"} \
                     or not numbers(cal.get("weights")) or len(cal["weights"]) != len(names) \
-                    or not numbers([cal.get("bias")]):
+                    or not numbers([cal.get("bias")]) or not numbers(cal.get("quality_weights", [])) \
+                    or len(cal.get("quality_weights", [])) != n_q:
                 raise AvtkError(f"{where}: subsets entry {key!r} must name modalities and hold "
-                                f"{len(names)} weights and a bias, got {cal!r}")
+                                f"{len(names)} weights, a bias" + (f" and {n_q} quality_weights" if n_q else "")
+                                + f", got {cal!r}")
         return cls(method, list(mods), [float(w) for w in weights], float(bias),
                    None if prior is None else float(prior),
                    {k: {"mean": float(v["mean"]), "std": float(v["std"])} for k, v in norm.items()},
-                   {k: {"weights": [float(w) for w in v["weights"]], "bias": float(v["bias"])}
-                    for k, v in subsets.items()})
+                   {k: _calibration_dict(v) for k, v in subsets.items()}, quality, [float(w) for w in qweights])
 
     # ------------------------------------------------------------------------------------------------
-    def apply(self, scores):
+    def apply(self, scores, quality=None):
         """Fuse a (n, m) array of raw scores, NaN where a modality is missing.
 
-        Returns (fused, available): fused[i] is NaN only where every modality is missing; available is
-        the (n, m) boolean mask of present scores. Missing modalities:
-          logreg      the calibration trained for exactly the available subset (`subsets`);
+        quality: for a QMF model, {quality_label(q): (n, 2) array of the enrollment and test sides' raw values}
+        for every measure q of `self.quality` (NaN allowed only on trials that do not use it); a model without
+        quality measures takes none. Returns (fused, available): fused[i] is NaN only where every modality is
+        missing; available is the (n, m) boolean mask of present scores. Missing modalities:
+          logreg      the calibration trained for exactly the available subset (`subsets`), with the quality
+                      measures of that subset;
           mean, weighted, zmean
                       the weighted mean of the available (normalised) scores times the sum of all weights,
                       i.e. a missing score is imputed by the weighted mean of the others.
+        A QMF model without its quality measures, or a quality value missing or not finite where a trial uses
+        it, is an AvtkError naming the measure and the trial (1-based).
         """
         s = check_scores(scores, self.modalities)
         if s.ndim != 2 or s.shape[1] != len(self.modalities):
@@ -233,11 +270,16 @@ class FusionModel:
                             f"({', '.join(self.modalities)}), got {s.shape[-1]} score inputs")
         avail = ~np.isnan(s)
         fused = np.full(len(s), np.nan)
+        check_quality_inputs(self.quality, quality, len(s))
         if self.method == "logreg":
             for key, idx in self._subset_items():
                 mask = np.all(avail[:, idx], 1) & (avail.sum(1) == len(idx))
                 w, b = self._calibration(key, idx)
-                fused[mask] = s[mask][:, idx] @ w + b
+                x = s[mask][:, idx]
+                if self.quality:
+                    x = np.hstack([x, quality_features(self.quality, quality, [self.modalities[i] for i in idx],
+                                                       mask)])
+                fused[mask] = x @ w + b
             return fused, avail
         x = s
         if self.method == "zmean":
@@ -266,11 +308,108 @@ class FusionModel:
                 yield "+".join(self.modalities[i] for i in idx), list(idx)
 
     def _calibration(self, key, idx):
+        """(weights on the subset's scores then its quality features, bias) of the calibration for `key`."""
         if len(idx) == len(self.modalities):
-            return np.asarray(self.weights), self.bias
+            return np.asarray(self.weights + self.quality_weights), self.bias
         if key not in self.subsets:
             raise AvtkError(f"logreg model has no calibration for trials with only {key}")
-        return np.asarray(self.subsets[key]["weights"]), self.subsets[key]["bias"]
+        cal = self.subsets[key]
+        return np.asarray(cal["weights"] + cal.get("quality_weights", [])), cal["bias"]
+
+
+def _calibration_dict(cal):
+    """A subset's calibration as plain floats: {weights, bias[, quality_weights]}."""
+    out = {"weights": [float(w) for w in cal["weights"]], "bias": float(cal["bias"])}
+    if cal.get("quality_weights"):
+        out["quality_weights"] = [float(w) for w in cal["quality_weights"]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- QMF
+
+
+def quality_spec(measure, modality=None):
+    """The model file's entry for a quality measure: {"measure", "modality", "cap"} (caps: avtk.quality.CAPS).
+    A measure of a modality (cohort_mean, face_frames) needs its name; duration takes none."""
+    from avtk.quality import CAPS
+
+    if measure not in QUALITY_MEASURES:
+        raise AvtkError(f"unknown quality measure {measure!r} (one of {', '.join(QUALITY_MEASURES)})")
+    if QUALITY_MEASURES[measure] != (modality is not None):
+        raise AvtkError(f"quality measure {measure} {'needs' if QUALITY_MEASURES[measure] else 'takes no'} "
+                        "modality")
+    return {"measure": measure, "modality": modality, "cap": CAPS[measure]}
+
+
+def quality_label(spec):
+    """The name of a quality measure in inputs and messages: `duration`, `cohort_mean(audio)`."""
+    return spec["measure"] if spec["modality"] is None else f"{spec['measure']}({spec['modality']})"
+
+
+def uses(specs, modalities):
+    """The quality measures (entries of `specs`) that a calibration of `modalities` (names) takes: the
+    recording's own (no modality) and those of the given modalities."""
+    return [q for q in specs if q["modality"] is None or q["modality"] in modalities]
+
+
+def _check_quality(specs, modalities, method, where):
+    """The model file's `quality` list checked (AvtkError naming the file otherwise) and normalised."""
+    if not isinstance(specs, list):
+        raise AvtkError(f"{where}: key 'quality' must be a list of quality measures, got {specs!r}")
+    if specs and method != "logreg":
+        raise AvtkError(f"{where}: quality measures belong to a logreg model, not {method}")
+    out = []
+    for q in specs:
+        ok = isinstance(q, dict) and set(q) == {"measure", "modality", "cap"} \
+            and q["measure"] in QUALITY_MEASURES and (q["modality"] is None or q["modality"] in modalities) \
+            and QUALITY_MEASURES[q["measure"]] == (q["modality"] is not None) \
+            and (q["cap"] is None or (isinstance(q["cap"], (int, float)) and np.isfinite(q["cap"])))
+        if not ok:
+            raise AvtkError(f"{where}: quality entry {q!r} must be {{measure: duration|cohort_mean|face_frames, "
+                            f"modality: one of {', '.join(modalities)} (null for duration), cap: number or null}}")
+        out.append({"measure": q["measure"], "modality": q["modality"],
+                    "cap": None if q["cap"] is None else float(q["cap"])})
+    labels = [quality_label(q) for q in out]
+    if len(set(labels)) != len(labels):
+        raise AvtkError(f"{where}: quality measures repeat: {', '.join(labels)}")
+    return out
+
+
+def check_quality_inputs(specs, quality, n):
+    """AvtkError unless `quality` ({label: (n, 2) sides}) gives exactly the measures of `specs` for n trials."""
+    want = [quality_label(q) for q in specs]
+    given = sorted(quality or {})
+    if specs and quality is None:
+        raise AvtkError(f"this calibration takes quality measures ({', '.join(want)}) that were not given "
+                        "(avtk fuse --quality-data, --cohort-stats, --face-frames)")
+    if sorted(want) != given:
+        raise AvtkError(f"quality measures given ({', '.join(given) or 'none'}) differ from the calibration's "
+                        f"({', '.join(want) or 'none'})")
+    for label, sides in (quality or {}).items():
+        if np.shape(sides) != (n, 2):
+            raise AvtkError(f"quality measure {label}: need ({n}, 2) values (the two sides of each trial), "
+                            f"got shape {np.shape(sides)}")
+
+
+def quality_features(specs, quality, modalities, rows):
+    """(r, 2k) float64 features [min, max of each measure's two capped sides] of the trials `rows` (a boolean
+    mask or indices) for the k measures of `specs` a calibration of `modalities` uses (`uses`). A value that is
+    NaN or infinite on one of those trials is an AvtkError naming the measure and the trial (1-based)."""
+    rows = np.asarray(rows)
+    rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+    cols = []
+    for q in uses(specs, modalities):
+        label = quality_label(q)
+        sides = np.asarray(quality[label], np.float64)[rows]
+        bad = ~np.isfinite(sides).all(1)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise AvtkError(f"quality measure {label} of trial {int(rows[k]) + 1} is {sides[k].tolist()}: quality "
+                            "measures must be finite numbers on every trial that uses them")
+        if q["cap"] is not None:
+            sides = np.minimum(sides, q["cap"])
+        cols += [sides.min(1), sides.max(1)]
+    return np.column_stack(cols) if cols else np.empty((len(rows), 0))
 
 
 def check_scores(scores, modalities):
@@ -298,7 +437,8 @@ def norm_stats(scores, modalities):
     return stats
 
 
-def train_model(method, modalities, scores, labels=None, weights=None, prior=0.5):
+def train_model(method, modalities, scores, labels=None, weights=None, prior=0.5, quality_specs=(),
+                quality=None):
     """Build a FusionModel. scores: (n, m) raw scores, NaN where missing (development scores for logreg
     and zmean-with-dev-data; for zmean without them, the scores to be fused themselves).
 
@@ -308,11 +448,19 @@ def train_model(method, modalities, scores, labels=None, weights=None, prior=0.5
     logreg    trained on `labels` at `prior`: the full fusion on trials with every modality, and each
               proper subset on trials having that subset (for two modalities: each single modality,
               trained on every trial that has it, the other missing or not)
+    With quality_specs (entries from `quality_spec`; logreg only) and quality ({quality_label: (n, 2) sides
+    of the development trials}), a QMF model: each calibration also weighs the min and max of the measures
+    it uses (module doc).
     """
     scores = check_scores(scores, modalities)
     m = len(modalities)
     if method not in METHODS:
         raise AvtkError(f"unknown fusion method {method!r} (one of {', '.join(METHODS)})")
+    if quality_specs and method != "logreg":
+        raise AvtkError(f"quality measures (QMF) calibrate a logreg model, not {method}")
+    quality_specs = [dict(q) for q in quality_specs]
+    if quality_specs or quality:
+        check_quality_inputs(quality_specs, quality, len(scores))
     if method == "mean":
         return FusionModel("mean", list(modalities), [1.0 / m] * m)
     if method == "weighted":
@@ -326,7 +474,7 @@ def train_model(method, modalities, scores, labels=None, weights=None, prior=0.5
         raise AvtkError("logreg needs labelled development scores")
     labels = np.asarray(labels).astype(bool)
     model = FusionModel("logreg", list(modalities), [0.0] * m, 0.0, float(prior),
-                        norm=norm_stats(scores, modalities))
+                        norm=norm_stats(scores, modalities), quality=quality_specs)
     avail = ~np.isnan(scores)
     for key, idx in model._subset_items():
         rows = np.all(avail[:, idx], 1)
@@ -334,9 +482,17 @@ def train_model(method, modalities, scores, labels=None, weights=None, prior=0.5
         if n_tar == 0 or n_non == 0:
             raise AvtkError(f"logreg: the development trials with {key} scores need both target and "
                             f"non-target trials (got {n_tar} target, {n_non} non-target)")
-        w, b = train_logreg(scores[rows][:, idx], labels[rows], prior)
+        x = scores[rows][:, idx]
+        if quality_specs:
+            x = np.hstack([x, quality_features(quality_specs, quality, [modalities[i] for i in idx], rows)])
+        w, b = train_logreg(x, labels[rows], prior)
+        w = [float(v) for v in w]
+        cal = {"weights": w[:len(idx)], "bias": float(b)}
+        if quality_specs:
+            cal["quality_weights"] = w[len(idx):]
         if len(idx) == m:
-            model.weights, model.bias = [float(v) for v in w], float(b)
+            model.weights, model.bias = cal["weights"], cal["bias"]
+            model.quality_weights = cal.get("quality_weights", [])
         else:
-            model.subsets[key] = {"weights": [float(v) for v in w], "bias": float(b)}
+            model.subsets[key] = cal
     return model

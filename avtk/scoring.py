@@ -450,7 +450,7 @@ def asnorm(raw, mu, sigma, ei, ti, keys=None, source="cohort"):
 
 
 def score_trials(table, trials, mean=None, cohort=None, top_n=DEFAULT_TOP_N, where="trials",
-                 source="embeddings", workers=None, cohort_source="cohort"):
+                 source="embeddings", workers=None, cohort_source="cohort", cohort_means=False):
     """Score every trial: cosine of mean-subtracted unit embeddings, AS-Norm when a cohort is given.
 
     `table` maps utterance -> embedding (vector or crop set); `mean` (dim,) or None; `cohort` is the unit
@@ -460,7 +460,13 @@ def score_trials(table, trials, mean=None, cohort=None, top_n=DEFAULT_TOP_N, whe
     embedding, mixed shapes, NaN/infinite values or an all-zero embedding are AvtkErrors (`where` names the
     trials, `source` the table), and so is a cohort std below MIN_SIGMA (`asnorm`; `cohort_source` names the
     cohort).
+
+    With cohort_means (AS-Norm only) returns (scores, keys, mu): also every distinct utterance of the trials
+    (`key_index` order) and the mean of its top-n cohort cosines (float64), the quality measure of QMF
+    calibration (`avtk.quality`).
     """
+    if cohort_means and cohort is None:
+        raise AvtkError("cohort statistics need an AS-Norm cohort")
     keys, ei, ti = key_index(trials)
     emb = _center_unit(embedding_matrix(table, keys, where, source), mean, source, keys)
     workers = workers or _workers()
@@ -472,7 +478,8 @@ def score_trials(table, trials, mean=None, cohort=None, top_n=DEFAULT_TOP_N, whe
                         f"but the cohort has {np.shape(cohort)[-1]}")
     whole = np.ascontiguousarray(emb if emb.ndim == 2 else emb[:, 0])
     mu, sigma = cohort_stats(whole, cohort, top_n, workers=workers)
-    return asnorm(raw, mu, sigma, ei, ti, keys, cohort_source)
+    normed = asnorm(raw, mu, sigma, ei, ti, keys, cohort_source)
+    return (normed, keys, mu) if cohort_means else normed
 
 
 def cosine_scores(table, trials, subtract_mean=None, where="trials"):

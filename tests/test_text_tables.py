@@ -302,7 +302,8 @@ def test_flat_config_errors_name_the_file(tmp_path):
     flat = write_bytes(tmp_path / "f.yaml", b"top_n: 5\ntop_m: 6\n")
     err = fails("score", "--config", flat, "--trials", "t", "scp:e.scp", tmp_path / "s")
     assert error_line(err, "score") == (f"{flat}:2: unknown option 'top_m' (known: allow-missing, cohort, "
-                                        "cohort-utt2spk, map-paths, mean-from, subtract-mean, top-n, trials, verbose)")
+                                        "cohort-utt2spk, map-paths, mean-from, subtract-mean, top-n, trials, verbose, "
+                                        "write-quality)")
     write_bytes(flat, b"- top_n: 5\n")
     err = fails("score", "--config", flat, "--trials", "t", "scp:e.scp", tmp_path / "s")
     assert error_line(err, "score") == f"{flat}: a --config file holds a mapping of option: value lines, not a list"

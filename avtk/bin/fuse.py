@@ -4,10 +4,11 @@ import os
 
 import numpy as np
 
-from avtk.calibration import METHODS, FusionModel, train_model
+from avtk.calibration import METHODS, FusionModel, quality_label, quality_spec, train_model
 from avtk.command import make_parser, number
 from avtk.errors import AvtkError
 from avtk.fusion import fallback_counts, read_aligned, write_scores
+from avtk.quality import DURATION_CAP, FRAMES_CAP
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,11 @@ def get_parser():
         "(--train-scores), whose output is a calibrated natural-log LLR. A trial missing a modality gets, for "
         "logreg, the calibration trained for the modalities it has (each single modality's own calibration), "
         "for the other methods the weighted mean of its available scores times the sum of the weights. "
+        "Quality-measure functions (QMF, logreg only): with --train-quality-data (durations), "
+        "--train-cohort-stats (AS-Norm cohort means from avtk score --write-quality) and --face-frames, each "
+        f"calibration also weighs the min and max over the trial's two sides of each measure (durations capped "
+        f"at {DURATION_CAP:g} s, face frames at {FRAMES_CAP:g}); the same measures of the trials fused come from "
+        "--quality-data and --cohort-stats. "
         "Writes the fused scores in trials order, with labels when known."
     )
     p.add_argument("scores", nargs="+", help="one scores file per modality")
@@ -49,6 +55,23 @@ def get_parser():
     model.add_argument("--model", help="apply a fusion model written by --model-out instead of training one")
     p.add_argument("--allow-missing", action="store_true",
                    help="leave out (with a warning) trials that no input scores, instead of failing")
+    q = p.add_argument_group("quality measures (QMF calibration; logreg)")
+    q.add_argument("--train-quality-data", metavar="DIR",
+                   help="data dir of the --train-scores trials' utterances: their durations (utt2dur, else "
+                        "utt2num_frames at 100 per second) become a quality measure of the model")
+    q.add_argument("--train-cohort-stats", nargs="+", metavar="FILE",
+                   help="per-utterance AS-Norm cohort means of the --train-scores trials (avtk score "
+                        "--write-quality), one file per modality in the order of the inputs ('-' for a modality "
+                        "without): a quality measure of each modality")
+    q.add_argument("--face-frames", metavar="MODALITY",
+                   help="count each utterance's face frames (frames.scp of --train-quality-data and "
+                        "--quality-data) as a quality measure of MODALITY (e.g. face)")
+    q.add_argument("--quality-data", metavar="DIR",
+                   help="data dir of the fused trials' utterances, for a model with durations or face frames")
+    q.add_argument("--cohort-stats", nargs="+", metavar="FILE",
+                   help="per-utterance AS-Norm cohort means of the fused trials (avtk score --write-quality), one "
+                        "file per modality in the order of the inputs ('-' for a modality without), for a model "
+                        "with cohort means")
     return p
 
 
@@ -72,11 +95,90 @@ def _weights(text, n):
     return weights
 
 
+def _quality_specs(args, names):
+    """The quality measures a model trained from the options takes (`quality_spec` entries), checked."""
+    m = len(names)
+    specs = []
+    if args.train_quality_data:
+        specs.append(quality_spec("duration"))
+    if args.train_cohort_stats:
+        if len(args.train_cohort_stats) != m:
+            raise AvtkError(f"--train-cohort-stats: got {len(args.train_cohort_stats)} files for {m} inputs (one "
+                            "per modality, in the same order)")
+        specs += [quality_spec("cohort_mean", name) for name, path in zip(names, args.train_cohort_stats)
+                  if path != "-"]
+    if args.face_frames:
+        if args.face_frames not in names:
+            raise AvtkError(f"--face-frames {args.face_frames}: not one of the modalities ({', '.join(names)})")
+        if not args.train_quality_data:
+            raise AvtkError("--face-frames counts the frames of --train-quality-data's frames.scp: give it")
+        specs.append(quality_spec("face_frames", args.face_frames))
+    if specs and args.method != "logreg":
+        raise AvtkError(f"quality measures (--train-quality-data, --train-cohort-stats, --face-frames) calibrate "
+                        f"--method logreg, not {args.method}")
+    return specs
+
+
+def read_quality(specs, data, names, data_dir, cohort_files, opts, where):
+    """{quality_label: (n, 2) sides} of the aligned trials `data` for the measures `specs`.
+
+    data_dir: the data dir of durations and face frames; cohort_files: one cohort-means file per modality;
+    opts: the names of the options giving them, for messages; where(i): the place of trial i. A measure of a
+    modality is needed on the trials that modality scored, the duration on every trial scored at all."""
+    from avtk.data import datadir
+    from avtk.quality import durations, face_frame_counts, read_cohort_means, trial_sides
+
+    if cohort_files and len(cohort_files) != len(names):
+        raise AvtkError(f"{opts[1]}: got {len(cohort_files)} files for {len(names)} inputs (one per modality, in "
+                        "the same order; '-' for one without)")
+    avail = ~np.isnan(data.scores)
+    dd = None
+    out = {}
+    for q in specs:
+        label = quality_label(q)
+        if q["measure"] in ("duration", "face_frames"):
+            if not data_dir:
+                raise AvtkError(f"the model takes the quality measure {label}: give {opts[0]}")
+            dd = dd or datadir.load(data_dir)
+        needed = avail.any(1) if q["modality"] is None else avail[:, names.index(q["modality"])]
+        if q["measure"] == "duration":
+            values, source = durations(dd)
+        elif q["measure"] == "face_frames":
+            utts = dict.fromkeys(u for i in np.flatnonzero(needed) for u in (data.enroll[i], data.test[i]))
+            values, source = face_frame_counts(dd, utts)
+        else:
+            if not cohort_files:
+                raise AvtkError(f"the model takes the quality measure {label}: give {opts[1]}")
+            source = cohort_files[names.index(q["modality"])]
+            if source == "-":
+                raise AvtkError(f"the model takes the quality measure {label}: {opts[1]} gives '-' (none) for "
+                                f"{q['modality']}")
+            values = read_cohort_means(source)
+        out[label] = trial_sides(values, data.enroll, data.test, needed, source, where)
+    used = {q["measure"] for q in specs}
+    if data_dir and not used & {"duration", "face_frames"}:
+        raise AvtkError(f"{opts[0]} {data_dir}: the model takes no durations or face frames")
+    for name, path in zip(names, cohort_files or []):
+        if path != "-" and quality_label(quality_spec("cohort_mean", name)) not in out:
+            raise AvtkError(f"{opts[1]}: {path} gives cohort means of {name}, which the model does not take "
+                            "(give '-' for it)")
+    if specs:
+        log.info("quality measures: %s", ", ".join(out))
+    return out
+
+
+def _trial_place(trials_path, data):
+    def where(i):
+        return f"{trials_path}:{data.lineno[i]}" if data.lineno else f"trial {i + 1}"
+    return where
+
+
 def _model(args, names):
     m = len(args.scores)
     if args.model:
         for given, opt in ((args.weights, "--weights"), (args.train_scores, "--train-scores"),
-                           (args.train_trials, "--train-trials")):
+                           (args.train_trials, "--train-trials"), (args.train_quality_data, "--train-quality-data"),
+                           (args.train_cohort_stats, "--train-cohort-stats"), (args.face_frames, "--face-frames")):
             if given:
                 raise AvtkError(f"{opt} builds a model; --model {args.model} applies a saved one: give one")
         model = FusionModel.load(args.model)
@@ -93,6 +195,7 @@ def _model(args, names):
         return model
     if not args.method:
         raise AvtkError("give --method (mean, weighted, zmean, logreg) or --model")
+    specs = _quality_specs(args, names)
     if not 0 < args.prior < 1:
         raise AvtkError(f"--prior {args.prior}: must be in (0, 1)")
     weights = _weights(args.weights, m) if args.weights else None
@@ -115,8 +218,13 @@ def _model(args, names):
     if args.method == "zmean" and dev is None:
         log.info("zmean: normalising each modality by the mean/std of the scores being fused")
         return None  # estimated on the inputs, once they are read
+    quality = None
+    if specs:
+        quality = read_quality(specs, dev, names, args.train_quality_data, args.train_cohort_stats,
+                               ("--train-quality-data", "--train-cohort-stats"),
+                               _trial_place(args.train_trials or args.train_scores[0], dev))
     return train_model(args.method, names, None if dev is None else dev.scores,
-                       None if dev is None else dev.labels, weights, args.prior)
+                       None if dev is None else dev.labels, weights, args.prior, specs, quality)
 
 
 def main(args):
@@ -125,10 +233,14 @@ def main(args):
     data = read_aligned(args.scores, args.trials, args.map_paths)
     if model is None:
         model = train_model("zmean", names, data.scores)
+    quality = None
+    if model.quality or args.quality_data or args.cohort_stats:
+        quality = read_quality(model.quality, data, model.modalities, args.quality_data, args.cohort_stats,
+                               ("--quality-data", "--cohort-stats"), _trial_place(args.trials or args.scores[0], data))
     if args.model_out:
         model.save(args.model_out)
-        log.info("wrote %s model to %s", model.method, args.model_out)
-    fused, avail = model.apply(data.scores)
+        log.info("wrote %s model to %s", model.method + (" (QMF)" if model.quality else ""), args.model_out)
+    fused, avail = model.apply(data.scores, quality)
     counts = fallback_counts(avail, model.modalities)
     keep = ~np.isnan(fused)
     if counts["none"]:

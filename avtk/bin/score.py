@@ -7,7 +7,8 @@ from avtk.command import count, make_parser
 from avtk.data.trials import read_trials
 from avtk.errors import AvtkError
 from avtk.io.ark import load_vectors
-from avtk.io.atomic import atomic_open
+from avtk.io.atomic import atomic_group, atomic_open
+from avtk.quality import write_cohort_means
 from avtk.scoring import (
     DEFAULT_TOP_N, check_duplicate_trials, make_cohort, missing_message, missing_utterances, read_utt2spk,
     score_trials, subset_trials, table_mean,
@@ -41,6 +42,9 @@ def get_parser():
     p.add_argument("--top-n", type=count(2), default=DEFAULT_TOP_N,
                    help="AS-Norm: the number of highest cohort scores of each side that give its mean and "
                         "standard deviation (the whole cohort when it is smaller)")
+    p.add_argument("--write-quality", metavar="FILE",
+                   help="AS-Norm only: also write each scored utterance's mean of its top-N cohort cosines, "
+                        "`<utt> <mean>` lines sorted by key: a quality measure for avtk fuse --cohort-stats (QMF)")
     p.add_argument("--allow-missing", action="store_true",
                    help="skip trials whose utterances have no embedding (with a warning) and list them, "
                         "`enroll test` per line, in SCORES.missing")
@@ -56,6 +60,8 @@ def main(args):
         raise AvtkError("--subtract-mean and --mean-from are alternatives: give one")
     if args.cohort_utt2spk and not args.cohort:
         raise AvtkError("--cohort-utt2spk needs --cohort")
+    if args.write_quality and not args.cohort:
+        raise AvtkError("--write-quality writes AS-Norm cohort statistics: it needs --cohort")
     trials = read_trials(args.trials, map_paths=args.map_paths)
     check_duplicate_trials(trials, args.trials)
     start = time.perf_counter()
@@ -92,12 +98,18 @@ def main(args):
                  args.cohort, min(args.top_n, len(names)))
     start = time.perf_counter()
     scores = score_trials(table, trials, mean, cohort, args.top_n, where=args.trials, source=args.rspecifier,
-                          cohort_source=args.cohort)
+                          cohort_source=args.cohort, cohort_means=bool(args.write_quality))
+    if args.write_quality:
+        scores, utts, means = scores
     log.debug("scored in %.2f s", time.perf_counter() - start)
 
     names = {1: " target", 0: " nontarget"}
     labels = [""] * len(trials) if trials.labels is None else [names[int(x)] for x in trials.labels]
-    with atomic_open(args.scores) as f:
-        f.writelines(f"{e} {t} {s:.6f}{lab}\n"
-                     for e, t, s, lab in zip(trials.enroll, trials.test, scores.tolist(), labels))
-    log.info("scored %d trials into %s", len(scores), args.scores)
+    with atomic_group(args.scores, args.write_quality):
+        with atomic_open(args.scores) as f:
+            f.writelines(f"{e} {t} {s:.6f}{lab}\n"
+                         for e, t, s, lab in zip(trials.enroll, trials.test, scores.tolist(), labels))
+        if args.write_quality:
+            write_cohort_means(args.write_quality, utts, means)
+    log.info("scored %d trials into %s%s", len(scores), args.scores,
+             f", cohort means of {len(utts)} utterances into {args.write_quality}" if args.write_quality else "")

@@ -10,6 +10,7 @@ Seed-style keys are relative wav paths (`id10001/1zcIwhmdeo4/00001.wav`); `path_
 to the utterance ids data preparation gives those files (`id10001-1zcIwhmdeo4-00001`).
 """
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,3 +147,123 @@ def write_trials(path, trials, style=None):
                 f.write(f"{e} {t} {'target' if lab else 'nontarget'}\n")
             else:
                 f.write(f"{lab} {e} {t}\n")
+
+
+# ------------------------------------------------------------------------------------ calibration trials
+
+CALIBRATION_KINDS = ("short-long", "short-short", "long-long")
+
+
+def draw_calibration_trials(utt2spk, utt2dur, num_trials, seed=0, short=(2.0, 6.0), long_min=6.0,
+                            kinds=("short-long",), where="data", utt2session=None):
+    """Labelled trials for training a calibration (QMF, `avtk fuse`) from one set of speakers, seeded.
+
+    utt2spk {utt: spk} and utt2dur {utt: seconds} (every utterance of utt2spk). An utterance is short when
+    short[0] <= duration < short[1] and long when duration >= long_min. Each kind `a-b` of `kinds` pairs an
+    enrollment of class a with a test of class b: short-long (the default) is WeSpeaker's short enrollment
+    against long test (tools/generate_calibration_trial.py: 2-6 s against over 6 s, drawn from VoxCeleb2 dev;
+    that tool also draws short-short and long-long). `num_trials` is shared as evenly as possible by the kinds,
+    and within each kind by target and non-target trials (they differ by at most one). A target trial picks a
+    speaker uniformly among those with utterances of both classes (two of the class when a == b), then the two
+    utterances uniformly; a non-target trial picks the enrollment speaker and utterance the same way and the
+    test speaker uniformly among the other speakers with a b-class utterance. No trial repeats, nor pairs an
+    utterance with itself; for short-short and long-long, (x, y) and (y, x) count as the same trial. With
+    utt2session ({utt: session}, e.g. the video), a target trial's two utterances come from different
+    sessions, as in VoxCeleb's test lists.
+
+    Returns Trials (kaldi style, kind by kind, target and non-target in turn). Asking for more distinct trials
+    than the speakers allow is an AvtkError saying how many they allow (`where` names the data).
+    """
+    if not kinds or any(k not in CALIBRATION_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise AvtkError(f"calibration trial kinds {','.join(kinds)!r}: give distinct kinds among "
+                        f"{', '.join(CALIBRATION_KINDS)}")
+    lo, hi = short
+    classes = {"short": lambda d: lo <= d < hi, "long": lambda d: d >= long_min}
+    by_class = {}
+    for name, member in classes.items():
+        spk2utt = {}
+        for utt in sorted(utt2spk):
+            if member(utt2dur[utt]):
+                spk2utt.setdefault(utt2spk[utt], []).append(utt)
+        by_class[name] = spk2utt
+    shares = [num_trials // (2 * len(kinds)) + (i < num_trials % (2 * len(kinds))) for i in range(2 * len(kinds))]
+    rng = np.random.default_rng(seed)
+    enroll, test, labels = [], [], []
+    for k, kind in enumerate(kinds):
+        a, b = kind.split("-")
+        pairs = _draw_kind(rng, by_class[a], by_class[b], a == b, utt2session, shares[2 * k], shares[2 * k + 1],
+                           f"{where}: {kind} trials ({a} {_span(classes, a, lo, hi, long_min)} against "
+                           f"{b} {_span(classes, b, lo, hi, long_min)})")
+        for e, t, lab in pairs:
+            enroll.append(e)
+            test.append(t)
+            labels.append(lab)
+    return Trials(enroll, test, np.asarray(labels, np.int8), "kaldi")
+
+
+def _span(classes, name, lo, hi, long_min):
+    return f"{lo:g}-{hi:g} s" if name == "short" else f">= {long_min:g} s"
+
+
+def _target_pairs(utts_a, utts_b, same_class, session):
+    """The number of distinct target trials one speaker's a-class and b-class utterances allow."""
+    if session is None:
+        return len(utts_a) * (len(utts_a) - 1) // 2 if same_class else len(utts_a) * len(utts_b)
+    per_a, per_b = Counter(session[u] for u in utts_a), Counter(session[u] for u in utts_b)
+    if same_class:
+        return (len(utts_a) * (len(utts_a) - 1) - sum(n * (n - 1) for n in per_a.values())) // 2
+    return len(utts_a) * len(utts_b) - sum(n * per_b[v] for v, n in per_a.items())
+
+
+def _draw_kind(rng, spk_a, spk_b, same_class, session, n_target, n_nontarget, what):
+    """[(enroll, test, label)] of one kind: n_target targets then n_nontarget non-targets, interleaved."""
+    allowed = {s: _target_pairs(spk_a[s], spk_b[s], same_class, session) for s in spk_a if s in spk_b}
+    both = sorted(s for s, n in allowed.items() if n > 0)
+    capacity_t = sum(allowed.values())
+    if same_class:
+        total = sum(len(u) for u in spk_a.values())
+        capacity_n = (total * total - sum(len(u) ** 2 for u in spk_a.values())) // 2
+    else:
+        capacity_n = (sum(len(u) for u in spk_a.values()) * sum(len(u) for u in spk_b.values())
+                      - sum(len(spk_a[s]) * len(spk_b.get(s, ())) for s in spk_a))
+    for n, capacity, label in ((n_target, capacity_t, "target"), (n_nontarget, capacity_n, "non-target")):
+        if n > capacity:
+            raise AvtkError(f"{what}: the speakers allow {capacity} distinct {label} trials, {n} asked for "
+                            "(ask for fewer trials, or widen the duration classes)")
+    seen = set()
+
+    def draw(pick, n, cross_session):
+        out, tries = [], 0
+        while len(out) < n:
+            tries += 1
+            if tries > 100 * n + 1000:
+                raise AvtkError(f"{what}: drew only {len(out)} distinct trials of {n} asked for after {tries - 1} "
+                                "tries (ask for fewer trials)")
+            e, t = pick()
+            key = (e, t) if not same_class else tuple(sorted((e, t)))
+            if e != t and key not in seen and not (cross_session and session[e] == session[t]):
+                seen.add(key)
+                out.append((e, t))
+        return out
+
+    def target():
+        s = both[rng.integers(len(both))]
+        return spk_a[s][rng.integers(len(spk_a[s]))], spk_b[s][rng.integers(len(spk_b[s]))]
+
+    enrollers = sorted(s for s in spk_a if any(o != s for o in spk_b))
+    testers = sorted(spk_b)
+
+    def nontarget():
+        s = enrollers[rng.integers(len(enrollers))]
+        o = s
+        while o == s:
+            o = testers[rng.integers(len(testers))]
+        return spk_a[s][rng.integers(len(spk_a[s]))], spk_b[o][rng.integers(len(spk_b[o]))]
+
+    targets = draw(target, n_target, session is not None)
+    nontargets = draw(nontarget, n_nontarget, False)
+    out = []
+    for i in range(max(len(targets), len(nontargets))):
+        out += [(*targets[i], 1)] if i < len(targets) else []
+        out += [(*nontargets[i], 0)] if i < len(nontargets) else []
+    return out
