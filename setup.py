@@ -1,5 +1,20 @@
 """avtk: audio-visual speaker recognition toolkit (Kaldi/ESPnet recipe style)."""
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithUtils(build_py):
+    """build_py that also copies the top-level utils/ (the Kaldi-style shell helpers, executable bits kept) into
+    the package as avtk/utils/, so that a normal install carries them and `avtk utils-dir` finds them (see
+    avtk/shell.py). An editable install needs no copy: it uses the source tree's utils/."""
+
+    def run(self):
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            self.copy_tree("utils", os.path.join(self.build_lib, "avtk", "utils"))
+
 
 setup(
     name="avtk",
@@ -34,4 +49,5 @@ setup(
         "bench": ["hyperpyyaml>=1.2", "sentencepiece>=0.1.99", "tqdm>=4.42", "packaging>=20"],
     },
     entry_points={"console_scripts": ["avtk=avtk.cli:main"]},
+    cmdclass={"build_py": BuildPyWithUtils},
 )
