@@ -363,10 +363,11 @@ def _check_quality(specs, modalities, method, where):
         ok = isinstance(q, dict) and set(q) == {"measure", "modality", "cap"} \
             and q["measure"] in QUALITY_MEASURES and (q["modality"] is None or q["modality"] in modalities) \
             and QUALITY_MEASURES[q["measure"]] == (q["modality"] is not None) \
-            and (q["cap"] is None or (isinstance(q["cap"], (int, float)) and np.isfinite(q["cap"])))
+            and (q["cap"] is None or (isinstance(q["cap"], (int, float)) and 0 < q["cap"] < np.inf))
         if not ok:
             raise AvtkError(f"{where}: quality entry {q!r} must be {{measure: duration|cohort_mean|face_frames, "
-                            f"modality: one of {', '.join(modalities)} (null for duration), cap: number or null}}")
+                            f"modality: one of {', '.join(modalities)} (null for duration), "
+                            "cap: a number > 0 or null}")
         out.append({"measure": q["measure"], "modality": q["modality"],
                     "cap": None if q["cap"] is None else float(q["cap"])})
     labels = [quality_label(q) for q in out]
@@ -381,7 +382,7 @@ def check_quality_inputs(specs, quality, n):
     given = sorted(quality or {})
     if specs and quality is None:
         raise AvtkError(f"this calibration takes quality measures ({', '.join(want)}) that were not given "
-                        "(avtk fuse --quality-data, --cohort-stats, --face-frames)")
+                        "(apply it with avtk fuse --quality-data, --cohort-stats)")
     if sorted(want) != given:
         raise AvtkError(f"quality measures given ({', '.join(given) or 'none'}) differ from the calibration's "
                         f"({', '.join(want) or 'none'})")

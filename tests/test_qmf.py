@@ -359,6 +359,8 @@ def test_model_file_quality_entries(tmp_path):
         ({"quality": [{"measure": "duration", "modality": None, "cap": 20.0}] * 2, "quality_weights": [0] * 4},
          "quality measures repeat: duration, duration"),
         ({"method": "mean"}, "quality measures belong to a logreg model, not mean"),
+        ({"quality": [{"measure": "duration", "modality": None, "cap": -1}]},
+         "quality entry {'measure': 'duration', 'modality': None, 'cap': -1} must be"),
     ]
     for change, message in cases:
         with pytest.raises(AvtkError, match=re.escape(f"m.yaml: {message}")):
