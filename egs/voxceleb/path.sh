@@ -1,5 +1,5 @@
 # Environment for the recipe: Kaldi-style utils on PATH, C sorting, the avtk command.
-export PATH="$PWD/utils:$PATH"
+export PATH="$(avtk utils-dir 2>/dev/null || echo "$PWD/utils"):$PATH"  # the installed avtk's utils/ (see egs/TEMPLATE)
 export LC_ALL=C
 export PYTHONUNBUFFERED=1
 if ! command -v avtk >/dev/null 2>&1; then
