@@ -325,6 +325,9 @@ class Gallery:
         scorer = _Scorer(self, keys, matrix, cohort, top_n, source)
         face_scorer = None
         if face_gallery is not None:
+            if not isinstance(face, Mapping):
+                raise AvtkError(f"{face_source}: give the test faces as {{utt: face embedding}} (or, with a face "
+                                "model, {utt: face input})")
             extra = sorted(set(face_gallery.speakers) - set(self.speakers))
             if extra:
                 raise AvtkError(f"the face gallery has speakers that the audio gallery has not: {_preview(extra)}")
@@ -359,9 +362,7 @@ class Gallery:
                         fscores[np.ix_(have, fc)] = face_scorer.rows(frows[a:b][have])[:, fcols[fc]]
                     cols.append(fscores)
                 scores = _apply(model, columns, cols)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            top_idx[a:b] = order
-            top[a:b] = np.take_along_axis(scores, order, axis=1)
+            top_idx[a:b], top[a:b] = top_candidates(scores, k)
         speakers = np.asarray(self.speakers, dtype=object)[top_idx]
         if threshold is None:
             decisions = list(speakers[:, 0])
@@ -393,6 +394,25 @@ def _embedded(model, inputs, label):
         keys = list(inputs)
         return dict(zip(keys, embed_inputs(model, [inputs[k] for k in keys], label))) if keys else {}
     return embed_inputs(model, inputs, label)
+
+
+def top_candidates(scores, k):
+    """(indices, values), (r, k) int64 and float64: the k largest of each row of `scores` (r, S) float64,
+    falling, equal scores in column order (as a stable sort of the whole row gives them). The k are selected by
+    torch.topk, not a sort of the row, unless k is a large part of S or a tie straddles the k-th place (those
+    rows are sorted whole)."""
+    import torch
+
+    r, s = scores.shape
+    if 4 * k >= s:
+        idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return idx, np.take_along_axis(scores, idx, axis=1)
+    values, part = (t.numpy() for t in torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False))
+    idx = np.take_along_axis(part, np.lexsort((part, -values), axis=1), axis=1)
+    ties = (scores >= values.min(axis=1, keepdims=True)).sum(axis=1) > k
+    if ties.any():
+        idx[ties] = np.argsort(-scores[ties], axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(scores, idx, axis=1)
 
 
 def _speaker_means(matrix, owner, speakers, mean, keys, source):
@@ -440,18 +460,20 @@ class _Scorer:
         if cohort is not None:
             if np.shape(cohort)[-1] != gallery.dim:
                 raise AvtkError(f"the cohort has dimension {np.shape(cohort)[-1]} but the gallery has {gallery.dim}")
-            self.names = list(gallery.speakers) + list(keys)
-            self.mu, self.sigma = cohort_stats(np.concatenate([self.models, self.test]), cohort, top_n)
+            mu, sigma = cohort_stats(np.concatenate([self.models, self.test]), cohort, top_n)
+            every = np.arange(len(mu))
+            asnorm(np.zeros(len(mu)), mu, sigma, every, every, list(gallery.speakers) + list(keys), "cohort")
+            s = len(self.models)  # (the call above raises asnorm's error for a std below MIN_SIGMA)
+            self.mu_s, self.sigma_s, self.mu_t, self.sigma_t = mu[:s], sigma[:s], mu[s:], sigma[s:]
 
     def rows(self, idx):
-        """Scores (len(idx), S) float64 of the test rows `idx` against every speaker."""
+        """Scores (len(idx), S) float64 of the test rows `idx` against every speaker: cosines, or with a cohort
+        their AS-Norm scores, `avtk.scoring.asnorm`'s formula with the speaker model as the enrollment side."""
         raw = (self.test[idx] @ self.models.T).astype(np.float64)
         if self.cohort is None:
             return raw
-        s = len(self.models)
-        ei = np.tile(np.arange(s), len(idx))
-        ti = s + np.repeat(np.asarray(idx), s)
-        return asnorm(raw.ravel(), self.mu, self.sigma, ei, ti, self.names, "cohort").reshape(raw.shape)
+        mu_t, sigma_t = self.mu_t[idx, None], self.sigma_t[idx, None]
+        return ((raw - self.mu_s) / self.sigma_s + (raw - mu_t) / sigma_t) / 2
 
 
 def _calibration(calibration, modalities, fused):

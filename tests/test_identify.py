@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from avtk import cli
-from avtk.identify import UNKNOWN, Gallery, read_identification
+from avtk.identify import UNKNOWN, Gallery, read_identification, top_candidates
 from avtk.io.ark import open_writer
 from avtk.metrics import dir_at_far, open_set_rates, rank_accuracy
 from conftest import avtk
@@ -227,6 +227,17 @@ def test_gallery_with_api_models_equals_the_gallery_of_their_embeddings(tmp_path
                              face_gallery=face_gallery, face={"t1": face.embed_faces(faces["t1"])})
     assert got.utts == want.utts == ["t1", "t2"] and got.speakers == want.speakers
     assert np.allclose(got.scores, want.scores, atol=1e-5)
+
+
+def test_top_candidates_equal_a_stable_sort_ties_included():
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        rows, cols = rng.integers(1, 12), rng.integers(1, 60)
+        scores = np.round(rng.normal(size=(rows, cols)), int(rng.integers(0, 3)))  # rounded: many ties
+        k = int(rng.integers(1, cols + 1))
+        idx, values = top_candidates(scores, k)
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(idx, want) and np.array_equal(values, np.take_along_axis(scores, want, axis=1))
 
 
 # ------------------------------------------------------------------------------------------------ metrics
