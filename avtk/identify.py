@@ -314,6 +314,8 @@ class Gallery:
         model, columns = _calibration(calibration, modalities, face_gallery is not None)
         if prior is not None and model is None:
             raise AvtkError("a prior sets the threshold of calibrated scores: it needs a calibration")
+        if prior is not None and threshold is not None:
+            raise AvtkError("a prior (the Bayes threshold) and a threshold are alternatives: give one")
         if threshold is not None and not math.isfinite(threshold):
             raise AvtkError(f"threshold {threshold}: must be a finite number")
         if model is not None and threshold is None:

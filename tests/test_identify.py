@@ -386,6 +386,9 @@ def test_bad_identify_inputs_are_one_error(toy, tmp_path, capsys):
         capsys, "identify", "--calibration", model, gallery, toy["test"], out)
     assert "a prior sets the threshold of calibrated scores: it needs a calibration" in one_error(
         capsys, "identify", "--prior", 0.3, gallery, toy["test"], out)
+    model.write_text("method: logreg\nmodalities: [audio]\nweights: [1.0]\n")
+    assert "a prior (the Bayes threshold) and a threshold are alternatives: give one" in one_error(
+        capsys, "identify", "--calibration", model, "--prior", 0.3, "--threshold", 1, gallery, toy["test"], out)
     assert "give both --face-gallery and --face-test, or neither" in one_error(
         capsys, "identify", "--face-gallery", gallery, gallery, toy["test"], out)
     assert not out.exists()
