@@ -109,7 +109,7 @@ def test_a_bad_config_file_names_the_file(capsys, data, tmp_path):
     conf.write_text("- model\n- loss\n")
     rc, err = train(capsys, data, tmp_path / "exp", conf)
     assert rc == 1 and error_line(err) == (f"{conf}: the top level must be a mapping of sections (model, loss, optim, "
-                                           "scheduler, data, augment, runtime, source), not list ['model', 'loss']")
+                                           "scheduler, data, augment, finetune, runtime, source), not list ['model', 'loss']")
     conf.write_text("runtime: {average_last: 5, keep_last: 2}\n")
     rc, err = train(capsys, data, tmp_path / "exp", conf)
     assert rc == 1 and error_line(err) == (f"{conf}: runtime.average_last = 5: must be <= runtime.keep_last (2): "

@@ -1,9 +1,9 @@
 """Training configuration: one nested YAML, every key typed and range-checked; unknown keys are errors.
 
-Sections: model, loss, optim, scheduler, data, augment, runtime. The encoder decides the modality: a face
-encoder (iresnet*) trains on face frames (data.input: frames), a speech encoder on features or audio. A `*_args`
-mapping (encoder_args, frontend_args) is handed to its constructor, which checks it. Any key can be overridden
-from the command line as `section.key=value` (the value is parsed as YAML).
+Sections: model, loss, optim, scheduler, data, augment, finetune, runtime. The encoder decides the modality: a
+face encoder (iresnet*) trains on face frames (data.input: frames), a speech encoder on features or audio. A
+`*_args` mapping (encoder_args, frontend_args) is handed to its constructor, which checks it. Any key can be
+overridden from the command line as `section.key=value` (the value is parsed as YAML).
 
 `SCHEMA` declares each key as Key(default, kind, range or choices). A value is checked where it enters (the
 YAML file or the override), so an error names that source, the key, the value and what is allowed:
@@ -54,6 +54,7 @@ SCHEMA = {
         "weight_decay": Key(2.0e-5, "float", ">= 0"),
         "momentum": Key(0.9, "float", ">= 0, < 1"),     # sgd
         "nesterov": Key(True, "bool"),                  # sgd
+        "encoder_lr_scale": Key(1.0, "float", "> 0"),   # the encoder's lr is lr x this (fine-tuning: < 1)
     },
     "scheduler": {
         "name": Key("exponential", "str", choices=("exponential", "warmup_exponential")),
@@ -86,6 +87,18 @@ SCHEMA = {
         # pitch and tempo changed, and counted as a new speaker (classes: speakers x speeds; REFERENCE §4).
         # [] or null: off. The seed's VoxCeleb recipes: [1.0, 0.9, 1.1]
         "speed_perturb": Key([], "floats", ">= 0.5, <= 2"),
+    },
+    "finetune": {
+        # the avtk model file (avg_model.pt, a checkpoint, an import-model output) whose network starts a fresh
+        # run (`avtk train --init-model`); its model section must equal this config's. null: random init
+        "init_model": Key(None, "str"),
+        "init_checksum": Key(None, "str"),              # its sha256, recorded by avtk train (if given: checked)
+        # the classifier (AAM weights) of a run from init_model: random; mean: each class's mean normalised
+        # embedding under the loaded network; keep: init_model's own (a checkpoint or import-model output of
+        # the same classes)
+        "classifier_init": Key("random", "str", choices=("random", "mean", "keep")),
+        "classifier_init_utts": Key(20, "int", ">= 1"),  # mean: utterances per class (one crop each)
+        "freeze_encoder_epochs": Key(0, "int", ">= 0"),  # the first N epochs train the classifier alone
     },
     "runtime": {
         "epochs": Key(10, "int", ">= 1"),

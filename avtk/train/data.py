@@ -266,7 +266,11 @@ class CropDataset(torch.utils.data.Dataset):
         augment.speed_perturb (wav input), the speed index k is drawn first, the crop played at speeds[k]
         (avtk.augment.speed_crop, before the wave augmentation) and the label is speaker + len(speakers)·k
         (avtk.augment.speed_speakers names these classes)."""
-        index, epoch = item
+        return self.sample(*item)
+
+    def sample(self, index, epoch, speed=None, augment=True):
+        """__getitem__((index, epoch)), or with `speed` the speed index k given (the draw of k still made, so the
+        crop is the same) and with augment=False without the wave augmentation."""
         rng = np.random.default_rng([self.seed, epoch, index])
         utt = self.utts[index]
         label = int(self.labels[index])
@@ -282,11 +286,12 @@ class CropDataset(torch.utils.data.Dataset):
                     from avtk.augment import speed_crop
 
                     k = int(rng.integers(len(self.speeds)))
+                    k = k if speed is None else speed
                     label += len(self.speakers) * k
                     x = speed_crop(wave, self.crop, self.speeds[k], rng)
                 else:
                     x = wrap_crop(wave, self.crop, rng)
-                if self.augment is not None:
+                if self.augment is not None and augment:
                     x = self.augment(x, rng)
         except AvtkError as err:
             return Failed(str(err))
@@ -331,9 +336,13 @@ class FrameDataset(torch.utils.data.Dataset):
         return None
 
     def __getitem__(self, item):
+        return self.sample(*item)
+
+    def sample(self, index, epoch, speed=None, augment=True):
+        """(frame, label, index) of (index, epoch): __getitem__; augment=False: the frame as read (`speed` is
+        CropDataset's, unused here)."""
         from avtk.face.frames import augment_face, read_frame
 
-        index, epoch = item
         rng = np.random.default_rng([self.seed, epoch, index])
         names = self.names[index].split("\0")
         try:
@@ -341,7 +350,8 @@ class FrameDataset(torch.utils.data.Dataset):
                                self.size)
         except AvtkError as err:
             return Failed(str(err))
-        image = augment_face(image, rng, **self.probs)
+        if augment:
+            image = augment_face(image, rng, **self.probs)
         return torch.from_numpy(image), int(self.labels[index]), index
 
 

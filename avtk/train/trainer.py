@@ -16,6 +16,7 @@ import torch
 from avtk.errors import AvtkError
 from avtk.io.atomic import make_dirs
 from avtk.train import checkpoint as ckpt
+from avtk.train import finetune
 from avtk.train.config import RESUME_MAY_CHANGE, flatten, save_config
 from avtk.train.data import Failed, ShardedBatches, collate, make_dataset
 from avtk.train.distributed import setup, teardown
@@ -43,6 +44,7 @@ def _seed_everything(seed):
 
 
 def _optimizer(cfg, params):
+    """Adam or SGD of optim.* over `params` (parameters, or groups: avtk.train.finetune.param_groups)."""
     o = cfg["optim"]
     if o["name"] == "adam":
         return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
@@ -59,8 +61,13 @@ def _augmenter(cfg):
 
 
 class Trainer:
-    def __init__(self, cfg, train_data, exp, val_trials=None, val_data=None, resume=False):
+    def __init__(self, cfg, train_data, exp, val_trials=None, val_data=None, resume=False, init_model=None):
         self.cfg, self.exp, self.resume = cfg, exp, resume
+        # --init-model (or finetune.init_model) starts a fresh run only; a resumed one loads its checkpoint
+        self.init_model = finetune.record_init(cfg, init_model)
+        fresh = not (resume and ckpt.epochs_saved(exp))
+        if fresh:
+            finetune.check_needs_model(cfg)
         rt = cfg["runtime"]
         self.dist = setup(rt["device"], rt["dist_timeout_minutes"])
         self.device = self.dist.device
@@ -97,7 +104,9 @@ class Trainer:
                                margin=l["margin"], scale=l["scale"], subcenters=l["subcenters"])
         self.margins = MarginScheduler(l["margin"], l["margin_warmup_start"], l["margin_warmup_epochs"])
         self.module = TrainModule(self.net, self.loss).to(self.device)
-        self.optimizer = _optimizer(cfg, self.module.parameters())
+        if fresh and self.init_model:
+            self._init_from_model()
+        self.optimizer = _optimizer(cfg, finetune.param_groups(self.net, self.loss, cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.batches = ShardedBatches(len(self.dataset), cfg["data"]["batch_size"], self.dist.rank, self.dist.world, rt["seed"])
         self.loader = torch.utils.data.DataLoader(
@@ -114,6 +123,29 @@ class Trainer:
         self._last_batch = None  # a DDP rank's stand-in for a batch it cannot read (see _epoch)
 
     # ----------------------------------------------------------------------------------- state
+
+    def _init_from_model(self):
+        """Fine-tuning: the network from finetune.init_model, the classifier as finetune.classifier_init says
+        (the class means are computed by rank 0 alone: DDP copies its weights to the other ranks at start)."""
+        ft = self.cfg["finetune"]
+        blob = finetune.load_network(self.net, self.cfg, self.init_model)
+        how = ft["classifier_init"]
+        if how == "keep":
+            finetune.keep_classifier(self.loss, blob, self.speakers, self.init_model)
+        elif how == "mean" and self.dist.main:
+            t0 = time.time()
+            means, counts = finetune.class_means(
+                self.net, self.dataset, len(self.speakers), lambda crops: self._features(crops, None, 0, False),
+                self.device, self.cfg["data"]["batch_size"], self.cfg["data"]["num_workers"],
+                ft["classifier_init_utts"], self.cfg["runtime"]["seed"])
+            finetune.set_mean_classifier(self.loss, means, counts)
+            log.info("classifier: the mean embeddings of %d crops of %d classes (%.1f s)", int(counts.sum()),
+                     int((counts > 0).sum()), time.time() - t0)
+        log.info("fine-tuning from %s (sha256 %s): network loaded, classifier %s%s%s", self.init_model,
+                 ft["init_checksum"], {"random": "random", "mean": "from class means", "keep": "kept"}[how],
+                 f", encoder frozen for {ft['freeze_encoder_epochs']} epoch(s)" if ft["freeze_encoder_epochs"] else "",
+                 f", encoder lr x {self.cfg['optim']['encoder_lr_scale']:g}"
+                 if self.cfg["optim"]["encoder_lr_scale"] != 1 else "")
 
     def _check_validation_data(self):
         """The validation trials and data, checked at start-up rather than after the first epoch: labelled,
@@ -155,6 +187,9 @@ class Trainer:
         if path is None:
             return None, None
         state = state if self.dist.main else ckpt.load(path)
+        old_ft, ft = state["config"].get("finetune") or {}, self.cfg["finetune"]
+        if ft["init_model"] is None and old_ft.get("init_model"):  # resumed without --init-model: the run's own
+            ft["init_model"], ft["init_checksum"] = old_ft["init_model"], old_ft.get("init_checksum")
         old, new = flatten(state["config"]), flatten(self.cfg)
         changed = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
         refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
@@ -241,7 +276,7 @@ class Trainer:
         state = state or {"model": self.net.state_dict(), "loss": self.loss.state_dict(),
                           "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
         ckpt.save(path, epoch=epoch, **state,
-                  scheduler={"name": self.cfg["scheduler"]["name"], "lr": self.optimizer.param_groups[0]["lr"]},
+                  scheduler={"name": self.cfg["scheduler"]["name"], "lr": self.optimizer.param_groups[-1]["lr"]},
                   sampler=self.batches.state_dict(), rng=rng[0], rng_ranks=rng, config=self.cfg,
                   speakers=self.speakers)
         return path
@@ -256,9 +291,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- loop
 
-    def _features(self, crops, index, epoch):
-        """Normalised (batch, frames, dim) features of a batch of crops, SpecAugment applied per crop; or
-        normalised (batch, 3, H, W) images of a batch of face frames."""
+    def _features(self, crops, index, epoch, augment=True):
+        """Normalised (batch, frames, dim) features of a batch of crops, SpecAugment applied per crop (unless
+        augment=False); or normalised (batch, 3, H, W) images of a batch of face frames."""
         crops = crops.to(self.device, non_blocking=True)
         with torch.no_grad():
             if self.cfg["data"]["input"] == "frames":
@@ -268,7 +303,7 @@ class Trainer:
             else:
                 feats = crops
             feats = self.net.normalize(feats)
-            if self.cfg["augment"]["spec_augment"]:
+            if self.cfg["augment"]["spec_augment"] and augment:
                 from avtk.augment import spec_augment_batch
 
                 seed = self.cfg["runtime"]["seed"]
@@ -279,6 +314,8 @@ class Trainer:
         cfg, rt = self.cfg, self.cfg["runtime"]
         self.batches.set_epoch(epoch)
         self.module.train()
+        if finetune.encoder_frozen(cfg, epoch):
+            self.net.encoder.eval()  # frozen: its batch-norm statistics too
         steps = len(self.batches)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         bar = None
@@ -309,7 +346,7 @@ class Trainer:
             progress = epoch - 1 + (step - 1) / steps
             lr = learning_rate(cfg["scheduler"], cfg["optim"]["lr"], progress, rt["epochs"])
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * finetune.group_lr_scale(cfg, group, epoch)
             self.margins.step(self.loss, progress)
             feats = self._features(crops, index, epoch)
             labels = labels.to(self.device)
