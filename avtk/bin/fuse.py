@@ -62,7 +62,7 @@ def get_parser():
     q.add_argument("--train-cohort-stats", nargs="+", metavar="FILE",
                    help="per-utterance AS-Norm cohort means of the --train-scores trials (avtk score "
                         "--write-quality), one file per modality in the order of the inputs ('-' for a modality "
-                        "without): a quality measure of each modality")
+                        "without): a quality measure of each modality; follow the list with another option")
     q.add_argument("--face-frames", metavar="MODALITY",
                    help="count each utterance's face frames (frames.scp of --train-quality-data and "
                         "--quality-data) as a quality measure of MODALITY (e.g. face)")
@@ -71,7 +71,7 @@ def get_parser():
     q.add_argument("--cohort-stats", nargs="+", metavar="FILE",
                    help="per-utterance AS-Norm cohort means of the fused trials (avtk score --write-quality), one "
                         "file per modality in the order of the inputs ('-' for a modality without), for a model "
-                        "with cohort means")
+                        "with cohort means; follow the list with another option")
     return p
 
 
