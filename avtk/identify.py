@@ -492,6 +492,10 @@ def _calibration(calibration, modalities, fused):
     if calibration.method != "logreg":
         raise AvtkError(f"{where}: a {calibration.method} fusion model gives no log-likelihood ratios; calibrate "
                         "with avtk fuse --method logreg --model-out")
+    if getattr(calibration, "quality", None):
+        raise AvtkError(f"{where}: a calibration with quality measures (QMF) needs each trial's durations and "
+                        "cohort statistics, which identify does not compute: give a logreg calibration without "
+                        "quality measures")
     names = list(modalities) if modalities else list(calibration.modalities[:2 if fused else 1])
     if len(names) != (2 if fused else 1) or len(set(names)) != len(names):
         raise AvtkError(f"modalities {','.join(names)}: name {'the audio and the face' if fused else 'one'} "

@@ -386,6 +386,10 @@ def test_bad_identify_inputs_are_one_error(toy, tmp_path, capsys):
         capsys, "identify", "--calibration", model, gallery, toy["test"], out)
     assert "a prior sets the threshold of calibrated scores: it needs a calibration" in one_error(
         capsys, "identify", "--prior", 0.3, gallery, toy["test"], out)
+    model.write_text("method: logreg\nmodalities: [audio]\nweights: [1.0]\n"
+                     "quality: [{measure: duration, modality: null, cap: 20}]\nquality_weights: [0.1, 0.1]\n")
+    assert f"{model}: a calibration with quality measures (QMF) needs each trial's durations" in one_error(
+        capsys, "identify", "--calibration", model, gallery, toy["test"], out)
     model.write_text("method: logreg\nmodalities: [audio]\nweights: [1.0]\n")
     assert "a prior (the Bayes threshold) and a threshold are alternatives: give one" in one_error(
         capsys, "identify", "--calibration", model, "--prior", 0.3, "--threshold", 1, gallery, toy["test"], out)
