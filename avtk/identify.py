@@ -311,14 +311,14 @@ class Gallery:
             raise AvtkError("fused identification needs both a face gallery and the test faces")
         if face_cohort is not None and face_gallery is None:
             raise AvtkError("a face cohort needs a face gallery")
-        model, columns = _calibration(calibration, modalities, face_gallery is not None)
-        if prior is not None and model is None:
+        fusion, columns = _calibration(calibration, modalities, face_gallery is not None)
+        if prior is not None and fusion is None:
             raise AvtkError("a prior sets the threshold of calibrated scores: it needs a calibration")
         if prior is not None and threshold is not None:
             raise AvtkError("a prior (the Bayes threshold) and a threshold are alternatives: give one")
         if threshold is not None and not math.isfinite(threshold):
             raise AvtkError(f"threshold {threshold}: must be a finite number")
-        if model is not None and threshold is None:
+        if fusion is not None and threshold is None:
             p = 0.5 if prior is None else prior
             if not 0 < p < 1:
                 raise AvtkError(f"prior {p}: must be in (0, 1)")
@@ -344,10 +344,10 @@ class Gallery:
             fcols = np.array([fcol.get(s, -1) for s in self.speakers])
             log.info("fused: %d of %d test utterances have a face, %d of %d speakers a face model",
                      len(fkeys), len(keys), int((fcols >= 0).sum()), len(fcols))
-            if model is None:
+            if fusion is None:
                 from avtk.calibration import train_model
 
-                model, columns = train_model("mean", ["audio", "face"], np.zeros((0, 2))), [0, 1]
+                fusion, columns = train_model("mean", ["audio", "face"], np.zeros((0, 2))), [0, 1]
         k = min(int(top_k), len(self.speakers))
         step = max(1, CHUNK_SCORES // len(self.speakers))
         top_idx = np.empty((len(keys), k), np.int64)
@@ -355,7 +355,7 @@ class Gallery:
         for a in range(0, len(keys), step):
             b = min(len(keys), a + step)
             scores = scorer.rows(np.arange(a, b))
-            if model is not None:
+            if fusion is not None:
                 cols = [scores]
                 if face_scorer is not None:
                     fscores = np.full(scores.shape, np.nan)
@@ -363,7 +363,7 @@ class Gallery:
                     if len(have):
                         fscores[np.ix_(have, fc)] = face_scorer.rows(frows[a:b][have])[:, fcols[fc]]
                     cols.append(fscores)
-                scores = _apply(model, columns, cols)
+                scores = _apply(fusion, columns, cols)
             top_idx[a:b], top[a:b] = top_candidates(scores, k)
         speakers = np.asarray(self.speakers, dtype=object)[top_idx]
         if threshold is None:
