@@ -61,18 +61,30 @@ def tree_digest(root):
     return h.hexdigest()
 
 
+def with_segments(data):
+    """Rewrite DATA's wav.scp as recordings `rec-<utt>` and add segments cutting each utterance whole from its
+    recording (utt2dur holds the exact durations: the synthetic corpus's are whole numbers of samples)."""
+    wav = [line.split() for line in (data / "wav.scp").read_text().splitlines()]
+    (data / "wav.scp").write_text("".join(f"rec-{utt} {path}\n" for utt, path in wav))
+    durations = [line.split() for line in (data / "utt2dur").read_text().splitlines()]
+    (data / "segments").write_text("".join(f"{utt} rec-{utt} 0.0 {dur}\n" for utt, dur in durations))
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Read-only data dirs train (6 speakers), dev and test (4 each, trials; test without frames.scp, its faces
-    come from raw_frames.scp) and test_b (test's audio under another name), the MUSAN and RIRS_NOISES layouts,
-    and the digest of it all."""
+    come from raw_frames.scp), test_b and dev_b (test's audio and dev's, cut from recordings by segments), the
+    MUSAN and RIRS_NOISES layouts, and the digest of it all."""
     root = tmp_path_factory.mktemp("corpora")
     avtk("make-synthetic-corpus", "--num-train-speakers", 6, "--num-test-speakers", 4, "--num-dev-speakers", 4,
          "--videos-per-speaker", 2, "--utts-per-video", 3, "--min-duration", 1.5, "--max-duration", 2.5,
          "--frame-interval", 0.8, root / "tree", root / "mine")
     (root / "mine/test/frames.scp").unlink()
-    shutil.copytree(root / "mine/test", root / "other/test_b")
-    (root / "other/test_b/raw_frames.scp").unlink()  # test_b: audio only
+    # test_b (audio only) and dev_b: test's and dev's utterances cut by segments from recordings of other names
+    for name, src in (("test_b", "test"), ("dev_b", "dev")):
+        shutil.copytree(root / "mine" / src, root / "other" / name)
+        with_segments(root / "other" / name)
+    (root / "other/test_b/raw_frames.scp").unlink()
     for i, stem in enumerate(MUSAN):
         _wav(root / "musan" / f"{stem}.wav", 1.0 + i * 0.25, seed=i)
     for r, room in enumerate(ROOMS):
@@ -116,7 +128,7 @@ def audio_run(corpus, tmp_path_factory):
 def av_run(corpus, tmp_path_factory):
     root, _ = corpus
     run_dir = copy_recipe(tmp_path_factory.mktemp("elsewhere") / "av")
-    proc = recipe(run_dir, "--train-set", root / "mine/train", "--dev-set", root / "mine/dev",
+    proc = recipe(run_dir, "--train-set", root / "mine/train", "--dev-set", root / "other/dev_b",
                   "--test-sets", root / "mine/test", "--modalities", "audio,face", "--face-detector", "landmarks",
                   "--nj", 1, "--top-n", 5, "--check-audio", "false",
                   "--speaker-opts", TINY_SPEAKER + " data.input=feats augment.speed_perturb=[]",
@@ -132,6 +144,32 @@ def test_path_sh_puts_the_installed_helpers_on_path(tmp_path):
     where = avtk("utils-dir").stdout.strip()
     assert where == str(UTILS)  # the editable install: the source tree's own utils/
     assert out == [f"{where}/parse_options.sh", f"{where}/run.pl", f"{where}/split_scp"]
+
+
+def test_a_normal_install_carries_the_helpers_in_the_package(tmp_path):
+    """setup.py's build_py (what `pip install .` runs) copies utils/ into the package, executable bits kept, and
+    that package's `avtk utils-dir` names its own copy; a package with neither copy nor source tree says so."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "avtk", src / "avtk", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(UTILS, src / "utils")
+    shutil.copy(REPO / "setup.py", src)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", "lib"], cwd=src, check=True,
+                   capture_output=True)
+    shutil.rmtree(src / "utils")
+    env = {**os.environ, "PYTHONPATH": str(src / "lib")}
+    out = subprocess.run([sys.executable, "-m", "avtk.cli", "utils-dir"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    copy = src / "lib/avtk/utils"
+    assert out == f"{copy}\n"
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in UTILS.iterdir())
+    assert all((copy / p.name).read_bytes() == p.read_bytes() and os.access(copy / p.name, os.X_OK)
+               for p in UTILS.iterdir())
+    shutil.rmtree(copy)
+    proc = subprocess.run([sys.executable, "-m", "avtk.cli", "utils-dir"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"ERROR [avtk utils-dir] avtk's shell helpers (utils/parse_options.sh) are in neither {copy} nor "
+            f"{src / 'lib/utils'}: reinstall avtk") in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -179,8 +217,10 @@ def test_audio_only_end_to_end(corpus, audio_run):
         assert len((run_dir / f"exp/speaker/emb/{test}.scp").read_text().splitlines()) == 24
         check_table(run_dir, test, ("speaker_cosine", "speaker_asnorm", "speaker_calibrated"))
         assert not (run_dir / "exp/metrics" / test / "fusion_mean.json").exists()
-    # the same audio and trials under two names: the same scores
-    assert metrics(run_dir, "test", "speaker_asnorm")["eer"] == metrics(run_dir, "test_b", "speaker_asnorm")["eer"]
+    # the same audio, whole files or cut by segments, and the same trials: the same scores
+    for scoring in ("cosine", "asnorm"):
+        scores = [(run_dir / f"exp/speaker/scores/{x}_{scoring}.txt").read_text() for x in ("test", "test_b")]
+        assert scores[0] == scores[1] and len(scores[0].splitlines()) == 72
     table = (run_dir / "exp/RESULTS.md").read_text().splitlines()
     assert table[0] == "# Results (train: train, 6 speakers; calibration: dev)"
     assert sum(line.startswith("| test | speaker |") for line in table) == 3
@@ -192,8 +232,9 @@ def test_audio_visual_end_to_end(corpus, av_run):
     run_dir, log = av_run
     assert tree_digest(root) == digest
     # fbank input: stage 1 computed the features of the sets training reads
-    for name, utts in (("train", 36), ("dev", 24)):
+    for name, utts in (("train", 36), ("dev_b", 24)):  # dev_b: cut by its segments
         assert len((run_dir / f"data/{name}/feats.scp").read_text().splitlines()) == utts
+    assert (run_dir / "exp/speaker/validation.txt").read_text().count("\n") == 2  # on dev_b's fbank, each epoch
     assert not (run_dir / "data/test/feats.scp").exists()
     # the test set's faces aligned from its raw frames and landmarks; the others' frames.scp used as given
     frames = dict(line.split() for line in (run_dir / "data/test/frames.scp").read_text().splitlines())
@@ -205,7 +246,7 @@ def test_audio_visual_end_to_end(corpus, av_run):
     fused = metrics(run_dir, "test", "fusion_logreg")
     assert fused["calibrated"] is True and math.isfinite(fused["cllr"])
     table = (run_dir / "exp/RESULTS.md").read_text()
-    assert "| test | fusion: logistic regression (dev) | AS-Norm, calibrated |" in table
+    assert "| test | fusion: logistic regression (dev_b) | AS-Norm, calibrated |" in table
     assert "| test | face | AS-Norm |" in table
 
 
@@ -224,7 +265,8 @@ def test_fine_tuning_starts_from_the_init_model(audio_run, tmp_path):
     # a learning rate too small to move the weights: the fine-tuned encoder is the init model's
     proc = recipe(run_dir, "--train-set", "unused/train", "--test-sets", "unused/test", "--stage", 3,
                   "--stop-stage", 3, "--init-model", init,
-                  "--speaker-opts", TINY_SPEAKER + " runtime.epochs=1 runtime.average_last=1 optim.lr=1e-9 scheduler.final_lr=1e-10")
+                  "--speaker-opts", TINY_SPEAKER + " runtime.epochs=1 runtime.average_last=1 optim.lr=1e-9 "
+                  "scheduler.final_lr=1e-10")
     assert proc.returncode == 0, proc.stdout
     assert f"Stage 3: train the speaker network (conf/ecapa_small.yaml, from {init})" in proc.stdout
     before = torch.load(init, map_location="cpu", weights_only=False)["model"]
