@@ -146,6 +146,16 @@ def test_path_sh_puts_the_installed_helpers_on_path(tmp_path):
     assert out == [f"{where}/parse_options.sh", f"{where}/run.pl", f"{where}/split_scp"]
 
 
+def test_help_lists_the_stages_and_every_option(tmp_path):
+    run_dir = copy_recipe(tmp_path / "copy")
+    proc = recipe(run_dir, "--help")
+    assert proc.returncode == 0 and "Stages:" in proc.stdout
+    usage, current = proc.stdout.split("Options (current values):")
+    listed = set(usage.split("  Options:")[1].split())
+    settable = {line.split()[0] for line in current.splitlines() if line.strip()} - {"--cmd"}  # cmd.sh's
+    assert listed == settable
+
+
 def test_a_normal_install_carries_the_helpers_in_the_package(tmp_path):
     """setup.py's build_py (what `pip install .` runs) copies utils/ into the package, executable bits kept, and
     that package's `avtk utils-dir` names its own copy; a package with neither copy nor source tree says so."""

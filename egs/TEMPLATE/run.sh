@@ -21,9 +21,9 @@ musan=              # the MUSAN directory as downloaded: stage 0 makes data/musa
 rirs=               # the RIRS_NOISES directory (data/rirs) turns the wave augmentation on for them (wav input)
 face_detector=mtcnn  # video.scp / raw_frames.scp to aligned faces: mtcnn, or landmarks (landmarks.txt per dir)
 check_audio=true    # stage 0: read every audio file's header (missing, truncated, duration against utt2dur)
-nj=4                # parallel jobs of fbank, face frames and extraction (\$cmd JOB=1:\$nj)
+nj=4                # parallel jobs of fbank, face frames and extraction ($cmd JOB=1:$nj)
 gpus=0              # training processes under torchrun (one per GPU); 0: one plain process (CPU or one GPU)
-device=cpu          # extraction and face detection: cpu, cuda or cuda:N
+device=cpu          # extraction and face detection: cpu, cuda (a GPU of its own per job) or cuda:N
 top_n=100           # AS-Norm: highest cohort scores per side (the cohort: the training speakers' mean embeddings)
 
 help_message="Usage: $0 --train-set DIR --test-sets \"DIR ...\" [--dev-set DIR] [options]
@@ -101,6 +101,9 @@ from avtk.train.config import load_config
 print(load_config(sys.argv[1], sys.argv[2:])["data"]["input"] or "feats")
 PY
 }
+# extraction and face detection jobs: one GPU each with --device cuda (run.pl sets CUDA_VISIBLE_DEVICES per job)
+ext_cmd=$cmd
+if [ "$device" = cuda ]; then ext_cmd="$cmd --gpu 1"; fi
 train_cmd_prefix() {
   if [ "$gpus" -gt 0 ]; then echo "torchrun --nproc_per_node $gpus -m avtk.cli"; else echo "avtk"; fi
 }
@@ -176,7 +179,7 @@ if $face && in_range 2; then
     dir=$PWD/frame_align/$x
     n=$(parts "$table")
     split_to "$table" "$dir/split$n" source "$n"
-    $cmd JOB=1:"$n" "exp/log/faces_$x.JOB.log" \
+    $ext_cmd JOB=1:"$n" "exp/log/faces_$x.JOB.log" \
       avtk extract-face-frames --detector "$face_detector" --device "$device" --skip-bad \
         "$dir/split$n/source.JOB.scp" "$dir" "$dir/split$n/frames.JOB.scp"
     for k in $(seq "$n"); do cat "$dir/split$n/frames.$k.scp"; done | sort > "data/$x/frames.scp"
@@ -222,7 +225,7 @@ embed() {
     extra=(--segments "$src")
     src=data/$x/wav.scp
   fi
-  $cmd JOB=1:"$n" "exp/log/embed_${sys}_$x.JOB.log" \
+  $ext_cmd JOB=1:"$n" "exp/log/embed_${sys}_$x.JOB.log" \
     avtk extract-embeddings --model "exp/$sys/avg_model.pt" --device "$device" "${extra[@]}" \
       "scp:$src" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
   for k in $(seq "$n"); do cat "$dir/$x.$k.scp"; done | sort > "$dir/$x.scp"
