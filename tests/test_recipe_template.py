@@ -189,6 +189,9 @@ def test_a_normal_install_carries_the_helpers_in_the_package(tmp_path):
      "ERROR: --modalities is 'video'; choose audio or audio,face"),
     (["--train-set", "mine/train", "--test-sets", "mine/test other/test_b", "--dev-set", "x/test"],
      "ERROR: two of the data dirs are named 'test'"),
+    (["--train-set", "mine/train", "--test-sets", "mine/test", "--dev-set", "/corpora/rirs"],
+     "ERROR: a set cannot be named 'rirs' (the last component of its data dir's path; data/ holds the augmentation "
+     "sources"),
     (["--train-set", "mine/train", "--test-sets", "nowhere/test"], "ERROR: no such data dir: nowhere/test"),
     (["--train-set", "mine/train", "--test-sets", "notrials"], "ERROR: notrials has no trials file"),
     (["--train-set", "mine/train", "--test-sets", "other/test_b", "--modalities", "audio,face"],

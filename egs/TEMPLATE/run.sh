@@ -77,6 +77,13 @@ tests=$(for d in $test_sets; do basename "$d"; done | tr '\n' ' ')
 tests=${tests% }
 # the sets, each once, in the order train, dev, tests
 all_sets="$train${dev:+ $dev} $tests"
+for x in $all_sets; do
+  case $x in
+    .|..|/|musan_noise|musan_music|musan_speech|rirs)
+      die "a set cannot be named '$x' (the last component of its data dir's path; data/ holds the augmentation" \
+        "sources musan_noise, musan_music, musan_speech and rirs): give the dir by its name, or rename it" ;;
+  esac
+done
 dup=$(echo "$all_sets" | tr ' ' '\n' | sort | uniq -d | head -1)
 [ -z "$dup" ] || die "two of the data dirs are named '$dup': a set is named by its directory's last component," \
   "so give each a different name"
