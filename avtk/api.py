@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
@@ -62,7 +63,7 @@ def load_model(path, device="cpu", format=None):
     Errors (AvtkError naming the file): a missing or foreign file, a config that builds no network, weights
     that do not fit it or hold NaN or infinite values, an import mismatch.
     """
-    from avtk.embed import load_network, network_of, read_model_file
+    from avtk.embed import load_network, network_of
 
     path = os.fspath(path)
     if format is None:
@@ -180,7 +181,7 @@ class SpeakerModel:
             data = data.astype(np.float32) / 32768.0
         elif not np.issubdtype(data.dtype, np.floating):
             raise AvtkError(f"{name} has dtype {data.dtype}: give float samples (full scale +-1) or int16 PCM")
-        data = np.asarray(data, np.float32).reshape(-1, data.shape[-1]).T  # (samples, channels)
+        data = np.asarray(data if data.ndim == 2 else data[None], np.float32).T  # (samples, channels)
         check_samples(data, rate, name)
         wave, what = mono_at_rate(data, rate, self.sample_rate, channel, name)
         return self._long_enough(wave, name), f"{name}: {what}"
@@ -205,8 +206,6 @@ class SpeakerModel:
         arrays at `sample_rate`), batched by length as extract-embeddings batches (avtk.embed.embed, at most
         `max_frames` padded frames a batch; the networks mask the padding, so each row equals `embed`'s)."""
         from avtk.embed import embed
-
-        from collections import Counter
 
         labels = [_label(a, f"audios[{i}]") for i, a in enumerate(audios)]
         count = Counter(labels)
