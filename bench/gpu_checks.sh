@@ -56,7 +56,7 @@ PY
 
 part cuda_checks 90 "$py" /tmp/avtk_cuda_checks.py
 part fbank_gpu_test 90 "$py" -m pytest -q -p no:cacheprovider tests/test_fbank.py -k gpu
-SPEAKERS=${SPEAKERS:-300} PYTHON="$py" part train_throughput 270 bench/train_throughput.sh /tmp/avtk_train_bench
+SPEAKERS=${SPEAKERS:-300} REPEAT=${REPEAT:-10} PYTHON="$py" part train_throughput 300 bench/train_throughput.sh /tmp/avtk_train_bench
 part vox1o 240 "$py" bench/vox1o.py --device cuda --work /tmp/avtk_vox1o
 cat > /tmp/two_on_one.yaml <<'YAML'
 model: {encoder: ecapa_tdnn, encoder_args: {channels: 64, embed_dim: 32}}
