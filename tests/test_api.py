@@ -92,6 +92,7 @@ def test_arrays_tensors_rates_and_channels(setup, tmp_path):
     assert np.array_equal(speaker.embed(stereo, sample_rate=44100), speaker.embed(tmp_path / "s.wav"))
     assert np.array_equal(speaker.embed(stereo, 44100, channel=1), speaker.embed(tmp_path / "s.wav", channel=1))
     e = speaker.embed(stereo, 44100)
+    assert close(e, speaker.embed(0.75 * up, 44100))  # the channels' mean
     assert close(speaker.embed_batch([stereo, path], sample_rate=44100)[0], e)
     assert speaker.score(e, e) == pytest.approx(1.0, abs=1e-6)
     b = setup["wav"][setup["utts"][2]]
@@ -165,6 +166,10 @@ def test_foreign_checkpoints_load_through_the_importer(tmp_path, setup):
     assert isinstance(direct, avtk.SpeakerModel) and direct.config["source"]["format"] == "ecapa-pretrain"
     path = setup["wav"][setup["utts"][0]]
     assert np.array_equal(direct.embed(path), imported.embed(path))
+    table = setup["data"] / "wav.scp"  # extract-embeddings loads the checkpoint the same way
+    assert cli.main(["extract-embeddings", "--model", str(tmp_path / "pretrain.model"), f"scp:{table}",
+                     f"ark,scp:{tmp_path}/e.ark,{tmp_path}/e.scp"]) == 0
+    assert close(direct.embed(path), dict(open_reader(f"scp:{tmp_path}/e.scp"))[setup["utts"][0]])
     with pytest.raises(AvtkError, match="was trained on audio \\(data.input: wav, front end seed\\), not on feature"):
         direct.embed_features(np.zeros((200, 80), np.float32))
 

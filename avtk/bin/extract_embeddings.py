@@ -18,7 +18,10 @@ def get_parser():
         "of their L2-normalised embeddings. Utterances without face frames get no embedding; they are counted "
         "and listed in the --no-face file, and scoring treats their face modality as missing."
     )
-    p.add_argument("--model", required=True, help="avtk model file (EXP/avg_model.pt)")
+    p.add_argument("--model", required=True,
+                   help="avtk model file (EXP/avg_model.pt, a checkpoint, an import-model output), or a seed "
+                        "checkpoint whose layout names its format (A-Vox2, V-Vox2, ECAPA pretrain.model), "
+                        "imported on the fly (avtk.load_model)")
     p.add_argument("--input-type", choices=["auto", "feats", "wav", "frames"], default="auto",
                    help="what the rspecifier holds; auto decides from its content and the model: an scp whose "
                         "first entry points into an ark (file:offset) holds feats, one naming an audio file or a "

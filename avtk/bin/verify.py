@@ -17,7 +17,8 @@ def get_parser():
         "--mean-from or --cohort)."
     )
     p.add_argument("--model", required=True,
-                   help="speaker model file (EXP/avg_model.pt); with --set-threshold*, any avtk model file")
+                   help="speaker model file (EXP/avg_model.pt, or a seed A-Vox2 checkpoint, imported on the fly: "
+                        "avtk.load_model); with --set-threshold*, any avtk model file")
     p.add_argument("--face-model", help="face model file, to score --face-a against --face-b")
     p.add_argument("--face-a", help="faces of the first recording: a video (frames every 0.4 s, MTCNN + alignment) "
                                     "or a directory of aligned 112x112 frames")
