@@ -252,6 +252,10 @@ def load_calibration(path, names=None):
     if model.method != "logreg":
         raise AvtkError(f"{path}: a {model.method} fusion model gives no log-likelihood ratios; calibrate with "
                         "avtk fuse --method logreg --model-out")
+    if getattr(model, "quality", None):
+        measures = ", ".join(sorted({str(q.get("measure")) for q in model.quality}))
+        raise AvtkError(f"{path}: a calibration with quality measures ({measures}), which verify does not "
+                        "compute for a pair; calibrate without them (avtk fuse --method logreg --model-out)")
     chosen = [n.strip() for n in names.split(",")] if names else list(model.modalities[:2])
     if not 1 <= len(chosen) <= 2 or len(set(chosen)) != len(chosen):
         raise AvtkError(f"--modalities {names!r}: give the speaker's and optionally the face's modality name")

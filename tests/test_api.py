@@ -136,6 +136,12 @@ def test_verify_command_and_verifier_agree_exactly(setup, tmp_path, capsys):
     assert list(result.lines) == lines and result.decision == "same" and result.decided_by == "threshold"
     nothing = avtk.Verifier(speaker).verify(wav[a], wav[b])
     assert nothing.decision is None and nothing.same is None and nothing.lines[-1][0] == "note"
+    qmf = train_model("logreg", ["audio"], dev[:, :1], labels)
+    qmf.quality = [{"measure": "duration", "modality": None, "cap": 20.0}]
+    with pytest.raises(AvtkError) as err:
+        avtk.Verifier(speaker, calibration=qmf)
+    assert str(err.value) == ("calibration: a calibration with quality measures (duration), which verify does not "
+                              "compute for a pair; calibrate without them (avtk fuse --method logreg --model-out)")
 
 
 def test_embed_faces_equals_extract_embeddings(setup):
