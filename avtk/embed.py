@@ -181,13 +181,16 @@ def _pad(arrays, pin=False):
 def prepare_for_inference(net):
     """The network extraction runs: for a network in eval mode whose encoder is an ECAPA-TDNN or an iresnet, a
     copy with the encoder's inference form (avtk.models.ecapa / avtk.models.iresnet fuse_for_inference: the
-    same embeddings within float32 rounding, faster on CPU); any other network (ResNet34, or a network in
+    same embeddings within float32 rounding, faster on CPU); for a ResNet or CAM++ encoder, a copy with its
+    BatchNorms folded into the convs (avtk.models.fold.fold_batchnorms); any other network (or a network in
     training mode) unchanged. `net` itself is not changed; the copy holds folded copies of its weights, so
     prepare again after they change (`embed` and `embed_faces` prepare on every call)."""
-    from avtk.models import ecapa, iresnet
+    from avtk.models import campplus, ecapa, fold, iresnet, resnet
 
-    fuse = {ecapa.EcapaTdnn: ecapa.fuse_for_inference,
-            iresnet.IResNet: iresnet.fuse_for_inference}.get(type(getattr(net, "encoder", None)))
+    fuse = {ecapa.EcapaTdnn: ecapa.fuse_for_inference, iresnet.IResNet: iresnet.fuse_for_inference,
+            resnet.ResNet34: fold.fold_batchnorms, resnet.ResNet221: fold.fold_batchnorms,
+            resnet.ResNet293: fold.fold_batchnorms,
+            campplus.CamPlusPlus: fold.fold_batchnorms}.get(type(getattr(net, "encoder", None)))
     if net.training or fuse is None:
         return net
     fast = copy.copy(net)

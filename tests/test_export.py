@@ -1,4 +1,5 @@
 """avtk export: TorchScript and ONNX graphs with the front end inside, equal to the eager networks."""
+import importlib.util
 import json
 import re
 
@@ -8,7 +9,7 @@ import torch
 
 from avtk.embed import load_model
 from avtk.errors import AvtkError
-from avtk.export import FbankGraph, SeedGraph, export_model
+from avtk.export import FbankGraph, SeedGraph, export_model, load_exported
 from avtk.features import KaldiFbank, SeedFrontend
 from conftest import SMALL_FACE, SMALL_SPEAKER, avtk, write_model
 
@@ -168,17 +169,45 @@ def test_parity_of_nan_embeddings_is_an_error_not_0(monkeypatch):
 DEVICE_CONSTANT = re.compile(r'prim::Constant\[value="(cpu|cuda[:0-9]*)"\]')
 
 
-@pytest.mark.parametrize("kind", ["kaldi_fbank", "seed", "resnet34", "face"])
+PEER_NETS = {  # small widths of the peers' networks (tests/test_models.py counts the full sizes)
+    "resnet34": "{in_dim: 80, base_width: 4, embed_dim: 16}",
+    "resnet221": "{in_dim: 80, base_width: 4, embed_dim: 16}",
+    "campplus": "{in_dim: 80, base_width: 4, init_channels: 16, growth_rate: 8, bn_size: 2, embed_dim: 16}",
+}
+
+
+@pytest.mark.usefixtures("one_thread")  # 2 threads on a loaded 2-core machine: 10x slower small convolutions
+@pytest.mark.parametrize("kind", ["kaldi_fbank", "seed", "resnet34", "resnet221", "campplus", "face"])
 def test_torchscript_graph_names_no_device(models, tmp_path, kind):
     """The exported graph creates its index and mask tensors from its inputs, so no device is baked in and the
     same file runs on a GPU (torch.arange(n, device=...) in a traced forward records a CPU constant)."""
     path = {"kaldi_fbank": models["speaker"], "face": models["face"]}.get(kind)
     if path is None:
         overrides = (SMALL_SPEAKER + ["model.frontend=seed"] if kind == "seed" else
-                     ["model.encoder=resnet34", "model.encoder_args={in_dim: 80, base_width: 4, embed_dim: 16}"])
+                     [f"model.encoder={kind}", f"model.encoder_args={PEER_NETS[kind]}"])
         path = write_model(tmp_path / f"{kind}.pt", overrides, 3)
     meta = export_model(path, tmp_path / "m.ts")
     assert meta["parity"]["max_abs_diff"] < 1e-4
     graph = str(torch.jit.load(str(tmp_path / "m.ts")).inlined_graph)
     assert "aten::" in graph and not DEVICE_CONSTANT.findall(graph), [
         line.strip() for line in graph.splitlines() if "Device" in line][:5]
+    if kind in ("resnet221", "campplus"):
+        _check_peer_network_graphs(path, tmp_path)
+
+
+def _check_peer_network_graphs(path, tmp_path):
+    """The TorchScript graph and (with onnxruntime) the ONNX one of a peer network equal the eager network on
+    longer, padded batches than export's own check: 5.3 s gives CAM++ 265 frames after its strided tdnn, three
+    100-frame segments (the last of 65 frames), 2.1 s two."""
+    net, _ = load_model(path)
+    graphs = {"torchscript": tmp_path / "m.ts"}
+    if importlib.util.find_spec("onnxruntime"):
+        meta = export_model(path, tmp_path / "m.onnx")
+        assert meta["parity"]["max_abs_diff"] < 1e-4
+        graphs["onnx"] = tmp_path / "m.onnx"
+    wave, n = speech([84800, 33600, 16000, 7777], 6)
+    single, batch = eager_speech(net, wave, n)
+    assert np.abs(single).max() > 0.1 and np.abs(single - batch).max() < 1e-4
+    for fmt, graph in graphs.items():
+        got = load_exported(graph, fmt)(wave, n)
+        assert got.shape == single.shape and np.abs(got - single).max() < 1e-4, fmt

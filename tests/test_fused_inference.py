@@ -1,5 +1,6 @@
-"""The fused inference copies of the encoders (avtk.models.ecapa / avtk.models.iresnet fuse_for_inference, which
-avtk.embed.prepare_for_inference picks for extraction) give the eager model's embeddings, batched or not.
+"""The fused inference copies of the encoders (avtk.models.ecapa / avtk.models.iresnet fuse_for_inference,
+avtk.models.fold.fold_batchnorms for the ResNets and CAM++, which avtk.embed.prepare_for_inference picks for
+extraction) give the eager model's embeddings, batched or not.
 Their speed is measured by bench/extract.py and bench/face_extract.py, not here."""
 import numpy as np
 import pytest
@@ -8,14 +9,16 @@ from torch import nn
 
 from avtk.embed import embed, embed_faces, prepare_for_inference
 from avtk.errors import AvtkError
-from avtk.models import EcapaTdnn, ResNet34, build_encoder
+from avtk.models import CamPlusPlus, EcapaTdnn, ResNet34, ResNet221, build_encoder
 from avtk.models.ecapa import FusedEcapaTdnn
 from avtk.models.ecapa import fuse_for_inference as fuse_ecapa
 from avtk.models.face_net import FaceNet
+from avtk.models.fold import fold_batchnorms
 from avtk.models.iresnet import FusedIResNet
 from avtk.models.iresnet import fuse_for_inference as fuse_iresnet
 from avtk.models.speaker_net import SpeakerNet
 from conftest import randomize_bn
+from test_models import SMALL_CAMPP, randomize_stats
 
 TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,6 +84,52 @@ def test_embed_uses_the_fused_path_with_the_eager_embeddings():
     eager = dict(embed(net, feats, "feats", max_frames=1, fused=False))
     diffs = [max(np.abs(batched[k] - eager[k]).max(), np.abs(alone[k] - eager[k]).max()) for k in eager]
     assert sorted(batched) == sorted(eager) and max(diffs) <= TOL
+
+
+def n_batchnorms(module):
+    return sum(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in module.modules())
+
+
+@pytest.mark.parametrize("encoder", [
+    pytest.param(lambda: ResNet34(in_dim=80, embed_dim=64, base_width=8), id="resnet34"),
+    pytest.param(lambda: ResNet221(in_dim=80, embed_dim=32, base_width=4), id="resnet221"),
+    pytest.param(lambda: CamPlusPlus(**{**SMALL_CAMPP, "in_dim": 80}), id="campplus"),
+])
+def test_folded_resnets_and_campplus_equal_eager_and_leave_the_model_alone(encoder):
+    model = randomize_stats(encoder())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    folded = fold_batchnorms(model)  # running statistics whatever the mode; the model keeps its mode and grads
+    # what stays: CAM++'s pre-activation BNs (BN -> ReLU -> conv): 52 dense layers', 3 transits', out_nonlinear
+    assert n_batchnorms(folded) == (56 if isinstance(model, CamPlusPlus) else 0) < n_batchnorms(model)
+    model.eval()
+    xs = items([300, 50, 213, 299, 88, 1, 2])
+    batch, lengths = padded(xs)
+    with torch.inference_mode():
+        eager_alone = torch.cat([model(x[None]) for x in xs])
+        folded_batched = folded(batch, lengths)
+        folded_alone = torch.cat([folded(x[None]) for x in xs])
+    assert eager_alone.abs().max() > 0.5 and torch.isfinite(folded_batched).all()
+    torch.testing.assert_close(folded_batched, eager_alone, atol=TOL, rtol=0)
+    torch.testing.assert_close(folded_alone, eager_alone, atol=TOL, rtol=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters()) and not any(p.requires_grad for p in folded.parameters())
+
+
+def test_embed_folds_resnet_and_campplus_encoders():
+    for args in ({"encoder": "resnet221", "encoder_args": {"in_dim": 80, "base_width": 2, "embed_dim": 16}},
+                 {"encoder": "campplus", "encoder_args": {**SMALL_CAMPP, "in_dim": 80}}):
+        net = randomize_stats(SpeakerNet(**args))
+        fast = prepare_for_inference(net)
+        assert fast.encoder is not net.encoder and type(fast.encoder) is type(net.encoder)
+        assert n_batchnorms(fast.encoder) == (0 if args["encoder"] == "resnet221" else 56)
+        rng = np.random.default_rng(0)
+        feats = [(f"u{i}", rng.standard_normal((n, 80)).astype(np.float32)) for i, n in enumerate([420, 35, 260])]
+        folded = dict(embed(net, feats, "feats", max_frames=2000))
+        eager = dict(embed(net, feats, "feats", max_frames=1, fused=False))
+        assert max(np.abs(folded[k] - eager[k]).max() for k in eager) <= TOL
+    with pytest.raises(AvtkError, match="fold_batchnorms takes a network that names its conv -> BN pairs, got Linear"):
+        fold_batchnorms(nn.Linear(2, 2))
 
 
 def _calibrated(net, images, seed=0):

@@ -1,4 +1,5 @@
-"""Speaker networks and losses: sizes and checkpoint names of the seed, exact variable-length batching, AAM."""
+"""Speaker networks and losses: sizes and checkpoint names of the seed and the peers' networks (CAM++, ResNet34/221/293
+as WeSpeaker configures them), exact variable-length batching, AAM."""
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from avtk.errors import AvtkError
-from avtk.models import ENCODERS, LOSSES, AamSoftmax, EcapaTdnn, MarginScheduler, ResNet34, build_encoder, build_loss
+from avtk.models import (ENCODERS, LOSSES, AamSoftmax, CamPlusPlus, EcapaTdnn, MarginScheduler, ResNet34, ResNet221,
+                         ResNet293, build_encoder, build_loss)
 from avtk.models.ecapa import split_seed_state_dict
 from conftest import randomize_bn
 
@@ -16,6 +18,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def n_params(module):
     return sum(p.numel() for p in module.parameters())
+
+
+def randomize_stats(model, seed=0):
+    """randomize_bn for networks with BNs without affine terms too (CAM++'s last): every BN gets non-trivial
+    running statistics, and affine terms where it has them; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+    return model.eval()
+
+
+# Small widths of the peers' networks for the masking, folding and export tests (the counts use the full sizes).
+SMALL_CAMPP = dict(in_dim=40, embed_dim=32, base_width=4, init_channels=16, growth_rate=8, bn_size=2)
 
 
 def padded_vs_single(model, lengths, dim, seed=0):
@@ -141,13 +162,100 @@ def test_resnet34_size_and_names():
     assert ResNet34(in_dim=81, base_width=8).seg_1.in_features == 2 * 64 * 11  # ceil at each halving
 
 
-def test_resnet34_padded_batch_equals_items_alone():
-    model = randomize_bn(ResNet34(in_dim=40, embed_dim=64, base_width=8))
-    lengths = [97, 50, 33, 64, 81]  # odd and even lengths exercise ceil(L / 2) at each stride
+@pytest.mark.parametrize("model", [
+    pytest.param(lambda: ResNet34(in_dim=40, embed_dim=64, base_width=8), id="resnet34"),
+    pytest.param(lambda: ResNet221(in_dim=40, embed_dim=16, base_width=4), id="resnet221"),
+    pytest.param(lambda: ResNet293(in_dim=40, embed_dim=16, base_width=2), id="resnet293"),
+    pytest.param(lambda: CamPlusPlus(**SMALL_CAMPP), id="campplus"),
+])
+def test_resnets_and_campplus_padded_batch_equals_items_alone(model):
+    """Odd and even lengths exercise ceil(L / 2) at each stride (CAM++: its strided tdnn); 201, 297 and 233 input
+    frames give CAM++ 101, 149 and 117 frames after it: two 100-frame segments, the last of 1, 49 or 17 frames;
+    1 and 2 frames the shortest inputs."""
+    model = randomize_stats(model())
+    lengths = [97, 50, 201, 297, 233, 64, 1, 2]
     together, alone, unmasked = padded_vs_single(model, lengths, 40)
-    assert together.shape == (5, 64)
+    assert together.shape == (8, model.embed_dim) and torch.isfinite(together).all()
+    assert alone.abs().max() > 0.5  # not a degenerate network
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
-    assert (unmasked[2] - alone[2]).abs().max() > 1e-2
+    assert (unmasked[1] - alone[1]).abs().max() > 1e-3  # the padding would matter without lengths
+
+
+# ------------------------------------------------------- the peers' networks at their published sizes
+
+
+@pytest.mark.parametrize("name, args, expected, published", [
+    # WeSpeaker examples/voxceleb/v2: conf/campplus.yaml (emb 512), conf/resnet.yaml with ResNet221/293 (emb 256,
+    # one embedding layer); published counts from its README's results table.
+    ("campplus", {}, 7_176_224, 7.18e6),
+    ("resnet221", {}, 23_792_224, 23.79e6),
+    ("resnet293", {}, 28_626_016, 28.62e6),
+    ("resnet34", {}, 6_634_336, 6.63e6),
+    ("campplus", {"embed_dim": 192}, 6_848_544, None),
+])
+def test_peer_networks_match_the_published_parameter_counts(name, args, expected, published):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = build_encoder(name, in_dim=80, **args)
+    assert n_params(model) == expected
+    if published:
+        assert abs(expected - published) / published < 0.01
+        assert round(expected / 1e6, 2) == pytest.approx(published / 1e6, abs=0.011)
+
+
+def test_campplus_layout_and_wespeaker_key_names():
+    model = CamPlusPlus(in_dim=80)
+    keys = model.state_dict()
+    assert model.head.out_channels == 320 and model.xvector.channels == 512 and model.embed_dim == 512
+    assert keys["xvector.tdnn.linear.weight"].shape == (128, 320, 5)
+    # dense blocks of 12, 24, 16 layers adding 32 channels each; transits halve: 512 -> 256, 1024 -> 512, 1024 -> 512
+    assert keys["xvector.block1.tdnnd12.linear1.weight"].shape == (128, 128 + 11 * 32, 1)
+    assert keys["xvector.block2.tdnnd24.cam_layer.linear_local.weight"].shape == (32, 128, 3)
+    assert "xvector.block3.tdnnd16.cam_layer.linear2.bias" in keys and "xvector.block3.tdnnd17.linear1.weight" not in keys
+    assert model.xvector.block2.tdnnd1.cam_layer.linear_local.dilation == (2,)
+    assert keys["xvector.block3.tdnnd1.cam_layer.linear1.weight"].shape == (64, 128, 1)
+    assert keys["xvector.transit1.linear.weight"].shape == (256, 512, 1)
+    assert keys["xvector.transit2.linear.weight"].shape == (512, 1024, 1)
+    assert keys["xvector.transit3.linear.weight"].shape == (512, 1024, 1)
+    assert keys["xvector.dense.linear.weight"].shape == (512, 1024, 1)
+    assert "xvector.dense.nonlinear.batchnorm.running_var" in keys and "xvector.dense.nonlinear.batchnorm.weight" not in keys
+    assert keys["head.layer2.0.shortcut.0.weight"].shape == (32, 32, 1, 1) and "head.conv2.weight" in keys
+    assert model.head.layer1[0].conv1.stride == (2, 1)  # the FCM strides on frequency only
+
+
+def test_campplus_segment_context_and_short_inputs():
+    """The CAM context of a frame: the utterance mean plus its 100-frame segment's mean (the last segment
+    shorter), equal to a direct computation; a batch of full lengths takes the plain path with the same result."""
+    from avtk.models.campplus import segment_means
+
+    h = torch.randn(2, 3, 250)
+    want = torch.cat([h[..., s:s + 100].mean(-1, keepdim=True).expand(-1, -1, min(100, 250 - s))
+                      for s in range(0, 250, 100)], dim=-1)
+    torch.testing.assert_close(segment_means(h, None), want)
+    lengths = torch.tensor([250, 130])
+    mask = (torch.arange(250)[None, None] < lengths[:, None, None]).float()
+    got = segment_means(h * mask, mask)
+    torch.testing.assert_close(got[0], want[0])
+    short = h[1:, :, :130]
+    want1 = torch.cat([short[..., :100].mean(-1, keepdim=True).expand(-1, -1, 100),
+                       short[..., 100:].mean(-1, keepdim=True).expand(-1, -1, 30)], dim=-1)
+    torch.testing.assert_close(got[1, :, :130], want1[0])
+    assert not got[1, :, 200:].any()  # a segment with no valid frame: 0, not NaN
+    model = randomize_stats(CamPlusPlus(**SMALL_CAMPP))
+    x = torch.randn(3, 40, 60)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, torch.tensor([60, 60, 60])), model(x), atol=1e-6, rtol=0)
+
+
+def test_peer_networks_reject_bad_input():
+    model = CamPlusPlus(**SMALL_CAMPP).eval()
+    with pytest.raises(AvtkError, match=r"CAM\+\+ expects features \(batch, 40, frames\), got \(2, 80, 10\)"):
+        model(torch.randn(2, 80, 10))
+    with pytest.raises(AvtkError, match=r"lengths must lie in \[1, 10\]"):
+        model(torch.randn(2, 40, 10), torch.tensor([0, 10]))
+    with pytest.raises(AvtkError, match=r"ResNet221 expects features \(batch, 40, frames\)"):
+        ResNet221(in_dim=40, base_width=2)(torch.randn(1, 40))
+    with pytest.raises(AvtkError, match=r"CAM\+\+ needs bn_size x growth_rate >= 2 \(the CAM layer halves it\), got 1 x 1"):
+        CamPlusPlus(growth_rate=1, bn_size=1)
 
 
 # ---------------------------------------------------------------- AAM softmax
@@ -234,13 +342,17 @@ def test_margin_scheduler():
 
 
 def test_registries():
-    assert set(ENCODERS) == {"ecapa_tdnn", "resnet34", "iresnet18", "iresnet34", "iresnet50", "iresnet100"}
+    assert set(ENCODERS) == {"ecapa_tdnn", "resnet34", "resnet221", "resnet293", "campplus", "iresnet18", "iresnet34",
+                             "iresnet50", "iresnet100"}
     assert set(LOSSES) == {"aam_softmax"}
     enc = build_encoder("ecapa_tdnn", in_dim=40, channels=64, embed_dim=32)
     assert isinstance(enc, EcapaTdnn) and enc.embed_dim == 32
     assert isinstance(build_encoder("resnet34", base_width=8), ResNet34)
     assert build_loss("aam_softmax", embed_dim=32, num_classes=4, margin=0.1).margin == 0.1
-    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: ecapa_tdnn, iresnet100, iresnet18, iresnet34, iresnet50, resnet34"):
+    assert isinstance(build_encoder("resnet293", base_width=2), ResNet293)
+    assert isinstance(build_encoder("campplus", growth_rate=4), CamPlusPlus)
+    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: campplus, ecapa_tdnn, iresnet100, iresnet18, "
+                                        "iresnet34, iresnet50, resnet221, resnet293, resnet34"):
         build_encoder("tdnn")
     with pytest.raises(AvtkError, match="unknown argument chanels for encoder 'ecapa_tdnn'; accepted: in_dim, channels"):
         build_encoder("ecapa_tdnn", chanels=512)

@@ -6,17 +6,19 @@ encoders (modality "face") take normalised images (batch, 3, H, W); both return 
 import inspect
 
 from avtk.errors import AvtkError
+from avtk.models.campplus import CamPlusPlus
 from avtk.models.ecapa import EcapaTdnn
 from avtk.models.iresnet import iresnet18, iresnet34, iresnet50, iresnet100
 from avtk.models.losses import AamSoftmax, MarginScheduler
-from avtk.models.resnet import ResNet34
+from avtk.models.resnet import ResNet34, ResNet221, ResNet293
 
-ENCODERS = {"ecapa_tdnn": EcapaTdnn, "resnet34": ResNet34, "iresnet18": iresnet18, "iresnet34": iresnet34,
-            "iresnet50": iresnet50, "iresnet100": iresnet100}
+ENCODERS = {"ecapa_tdnn": EcapaTdnn, "resnet34": ResNet34, "resnet221": ResNet221, "resnet293": ResNet293,
+            "campplus": CamPlusPlus, "iresnet18": iresnet18, "iresnet34": iresnet34, "iresnet50": iresnet50,
+            "iresnet100": iresnet100}
 LOSSES = {"aam_softmax": AamSoftmax}
 
-__all__ = ["ENCODERS", "LOSSES", "EcapaTdnn", "ResNet34", "AamSoftmax", "MarginScheduler",
-           "build_encoder", "build_loss", "build_network", "modality"]
+__all__ = ["ENCODERS", "LOSSES", "EcapaTdnn", "ResNet34", "ResNet221", "ResNet293", "CamPlusPlus", "AamSoftmax",
+           "MarginScheduler", "build_encoder", "build_loss", "build_network", "modality"]
 
 
 def _build(kind, registry, name, kwargs):
