@@ -196,3 +196,20 @@ def test_a_network_that_does_not_fit_and_other_bad_inputs_are_one_line_errors(ca
     assert "but the config records finetune.init_checksum abc: the file changed since" in line
     line = error_of(tune(capsys, corpus, tmp_path / "f", conf, "optim.encoder_lr_scale=0"))
     assert "optim.encoder_lr_scale = 0: must be > 0" in line
+
+
+def test_every_large_margin_config_fits_the_network_of_its_base_config():
+    """egs/*/conf/X_lm.yaml fine-tunes X.yaml's network (run.sh: --init-model of its avg_model.pt): the same
+    model section, margin 0.5, longer crops, a lower lr, the classifier from the class means."""
+    from avtk.train.config import load_config
+    from avtk.train.finetune import model_misfit
+    from conftest import REPO
+
+    pairs = {p: p.with_name(p.name.replace("_lm.yaml", ".yaml")) for p in REPO.glob("egs/*/conf/*_lm.yaml")}
+    assert {p.name for p in pairs} == {"ecapa_l_lm.yaml", "resnet34_lm.yaml", "ecapa_mini_lm.yaml"}
+    for lm_path, base_path in pairs.items():
+        lm, base = load_config(lm_path), load_config(base_path)
+        assert model_misfit(base["model"], lm["model"]) == "", lm_path
+        assert lm["loss"]["margin"] == 0.5 and lm["loss"]["margin_warmup_epochs"] == 0, lm_path
+        assert lm["data"]["crop_seconds"] > base["data"]["crop_seconds"] and lm["optim"]["lr"] < base["optim"]["lr"]
+        assert lm["finetune"]["classifier_init"] == "mean" and lm["runtime"]["epochs"] <= 5

@@ -213,7 +213,9 @@ def test_every_recipe_training_config_loads():
         cfg = load_config(p)
         face = cfg["model"]["encoder"].startswith("iresnet")
         assert (cfg["data"]["input"] == "frames") == face
-        assert (cfg["loss"]["margin"], cfg["loss"]["scale"]) == ((0.4, 64.0) if face else (0.2, 30.0))
+        margin = 0.4 if face else 0.5 if p.stem.endswith("_lm") else 0.2  # *_lm: large-margin fine-tuning
+        scale = 64.0 if face else 32.0 if cfg["model"]["encoder"] == "resnet34" else 30.0  # WeSpeaker's ResNet34
+        assert (cfg["loss"]["margin"], cfg["loss"]["scale"]) == (margin, scale), p
 
 
 def test_a_fresh_run_replaces_a_previous_run_in_the_same_exp(corpus, tmp_path):
