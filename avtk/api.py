@@ -66,6 +66,7 @@ def load_model(path, device="cpu", format=None):
     from avtk.embed import load_network, network_of
 
     path = os.fspath(path)
+    check_device(device)
     if format is None:
         try:
             net, config, blob = load_network(path, device)
@@ -79,6 +80,40 @@ def load_model(path, device="cpu", format=None):
         net, config, blob = network_of(imported.config, imported.weights, path, device), imported.config, {}
     cls = FaceModel if is_face(net) else SpeakerModel
     return cls(net, config, path, device, stored_threshold(blob))
+
+
+def check_device(device):
+    """AvtkError unless torch can run on `device` here: "cpu", or "cuda"/"cuda:N" with a GPU N that torch sees
+    (a torch built without CUDA, or a host without GPUs, sees none)."""
+    text = str(device)
+    if text == "cpu":
+        return
+    if text != "cuda" and not (text.startswith("cuda:") and text[5:].isascii() and text[5:].isdigit()):
+        raise AvtkError(f"device {device!r}: give cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise AvtkError(f"device {text}: torch sees no CUDA GPU here (torch {torch.__version__}, CUDA "
+                        f"{torch.version.cuda or 'not built in'}): use cpu")
+    index = int(text[5:]) if ":" in text else 0
+    if index >= count:
+        raise AvtkError(f"device {text}: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}")
+
+
+class WrongModelKind(AvtkError, AttributeError):
+    """A face model's method called on a speaker model, or the reverse: an AvtkError (one line for users) that
+    is also an AttributeError, so `hasattr` still tells the kinds apart."""
+
+
+_SPEAKER_ONLY = ("embed", "embed_batch", "embed_features", "waveform", "sample_rate", "takes_features")
+_FACE_ONLY = ("embed_faces", "images", "input_size")
+
+
+def _wrong_kind(model, name, theirs, kind, other):
+    if name in theirs:
+        path = model.__dict__.get("path", "<memory>")
+        raise WrongModelKind(f"{path} is a {kind} model: {name} belongs to a {other} model (load one with "
+                             "avtk.load_model)")
+    raise AttributeError(f"{type(model).__name__!r} object has no attribute {name!r}")
 
 
 def _import_unambiguous(path, err):
@@ -110,7 +145,10 @@ def _label(x, default):
 def _as_numpy(x, label, what):
     """A numpy array of a numpy array or a torch tensor (detached, on the CPU); anything else is an AvtkError."""
     if torch.is_tensor(x):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value
+            x = x.float()
+        return x.numpy()
     if isinstance(x, np.ndarray):
         return x
     raise AvtkError(f"{label}: {what} must be a path, a numpy array or a torch tensor, not a {type(x).__name__}")
@@ -141,6 +179,9 @@ class SpeakerModel:
 
     def __repr__(self):
         return f"SpeakerModel({self.path!r}, {self.config['model']['encoder']}, dim {self.embed_dim})"
+
+    def __getattr__(self, name):  # only for names the class lacks: a face model's methods say so
+        _wrong_kind(self, name, _FACE_ONLY, "speaker", "face")
 
     @property
     def sample_rate(self):
@@ -207,6 +248,10 @@ class SpeakerModel:
         `max_frames` padded frames a batch; the networks mask the padding, so each row equals `embed`'s)."""
         from avtk.embed import embed
 
+        if isinstance(audios, (str, os.PathLike)):
+            raise AvtkError(f"embed_batch: give a list of recordings, not one ({os.fspath(audios)}): embed "
+                            "embeds one")
+        audios = list(audios)  # a generator is read once
         labels = [_label(a, f"audios[{i}]") for i, a in enumerate(audios)]
         count = Counter(labels)
         keys = [lab if count[lab] == 1 else f"{lab} (item {i})" for i, lab in enumerate(labels)]
@@ -267,6 +312,9 @@ class SpeakerModel:
             array = _as_numpy(x, name, "audio or an embedding")
             if array.ndim == 1 and len(array) == self.embed_dim and np.issubdtype(array.dtype, np.floating):
                 return array.astype(np.float32)
+            if array.ndim == 1 and self.net.frontend.num_frames(len(array)) < 1:
+                raise AvtkError(f"{name}: a vector of {len(array)} values is neither an embedding of {self.path} "
+                                f"(dimension {self.embed_dim}) nor audio long enough for one feature frame")
         return self.embed(x, sample_rate, channel)
 
 
@@ -296,6 +344,9 @@ class FaceModel:
 
     def __repr__(self):
         return f"FaceModel({self.path!r}, {self.config['model']['encoder']}, dim {self.embed_dim})"
+
+    def __getattr__(self, name):  # only for names the class lacks: a speaker model's methods say so
+        _wrong_kind(self, name, _SPEAKER_ONLY, "face", "speaker")
 
     @property
     def input_size(self):
@@ -398,6 +449,8 @@ class Verifier:
             what = f"a speaker model ({face_model.path})" if isinstance(face_model, SpeakerModel) \
                 else f"a {type(face_model).__name__}"
             raise AvtkError(f"Verifier: face_model is {what}, not a FaceModel (avtk.load_model)")
+        if isinstance(prior, bool) or not isinstance(prior, (int, float, np.number)):
+            raise AvtkError(f"--prior {prior!r}: must be a number in (0, 1)")
         if not 0.0 < prior < 1.0:
             raise AvtkError(f"--prior {prior}: must be in (0, 1)")
         self.speaker_model, self.face_model, self.prior = speaker_model, face_model, prior

@@ -47,12 +47,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avtk.data.table import duplicate_key, read_lines, write_dict
+from avtk.data.table import duplicate_key, line_problem, read_lines, write_dict
 from avtk.errors import AvtkError
 from avtk.io.ark import load_table, load_vectors, open_writer, parse_specifier
 from avtk.io.atomic import atomic_group, atomic_open, side_path
 from avtk.scoring import (
-    DEFAULT_TOP_N, asnorm, check_centred, check_embeddings, cohort_stats, embedding_matrix, unit,
+    DEFAULT_TOP_N, asnorm, check_centred, check_embeddings, check_mean, cohort_stats, embedding_matrix, unit,
 )
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,35 @@ def _preview(keys, n=5):
 def centre_unit(x, mean, keys, source):
     """Rows of `x` (n, dim) with `mean` (dim,) or nothing subtracted, L2-normalised (float32). A row that the
     mean reduces to zero is an AvtkError naming its key (`avtk.scoring.check_centred`); a mean of another
-    dimension is one naming `source`."""
+    dimension or not finite is one naming `source` (`avtk.scoring.check_mean`)."""
     x = np.asarray(x, np.float32)
     if mean is None:
         return unit(x)
-    if len(mean) != x.shape[1]:
-        raise AvtkError(f"{source}: embeddings have dimension {x.shape[1]} but the gallery mean has {len(mean)}")
+    mean = check_mean(mean, x.shape[1], source, "the gallery mean")
     centred = x - mean
     check_centred(x, centred, keys, source)
     return unit(centred)
+
+
+def check_id(name, source, what):
+    """AvtkError unless `name` (a speaker or utterance id given to the Python API; str() of it is used) is what
+    a table line can hold as a key: not empty, no white space, no control or invisible characters
+    (`avtk.data.table.line_problem`)."""
+    text = str(name)
+    problem = "it is empty" if not text else ("it holds white space" if any(c.isspace() for c in text)
+                                              else line_problem(text))
+    if problem:
+        raise AvtkError(f"{source}: {what} {name!r} cannot be a table key: {problem}")
+
+
+def _float_rows(value, label):
+    """float32 array of embeddings given as numbers (one vector, a list of them or an (n, dim) array); values
+    that are not numbers are an AvtkError naming `label`."""
+    try:
+        x = np.asarray(value, np.float32)
+    except (TypeError, ValueError) as err:
+        raise AvtkError(f"{label}: embeddings must be numbers ({err})") from None
+    return x.reshape(1, -1) if x.ndim == 1 else x
 
 
 def _whole_rows(matrix):
@@ -163,17 +183,21 @@ class Gallery:
         """
         if not isinstance(enrollment, Mapping) or not enrollment:
             raise AvtkError(f"{source}: give a non-empty mapping of speaker -> embeddings")
-        speakers, rows, owner = [], [], []
+        speakers, rows, owner, given = [], [], [], {}
         for spk, value in enrollment.items():
+            check_id(spk, source, "speaker id")
+            if str(spk) in given:
+                raise AvtkError(f"{source}: speaker ids {given[str(spk)]!r} and {spk!r} are the same text, "
+                                f"{str(spk)!r}: one speaker, listed twice")
+            given[str(spk)] = spk
+            if str(spk) == UNKNOWN:
+                raise AvtkError(f"{source}: {UNKNOWN!r} is the decision for no speaker, not a speaker id")
             if model is not None:
                 value = embed_inputs(model, value, f"{source}: speaker {spk!r}")
-            x = np.asarray(value, np.float32)
-            x = x.reshape(1, -1) if x.ndim == 1 else x
+            x = _float_rows(value, f"{source}: speaker {spk!r}")
             if x.ndim != 2 or len(x) == 0 or x.shape[1] == 0:
                 raise AvtkError(f"{source}: speaker {spk!r} has no embeddings of shape (dim,) or (n, dim) "
                                 f"(got shape {np.shape(value)})")
-            if str(spk) == UNKNOWN:
-                raise AvtkError(f"{source}: {UNKNOWN!r} is the decision for no speaker, not a speaker id")
             check_embeddings(x, [f"{spk} #{i + 1}" for i in range(len(x))], source)
             speakers.append(str(spk))
             rows.append(x)
@@ -236,6 +260,13 @@ class Gallery:
         """Write the models to `wspecifier` and the side files (spk2utt, mean) as one atomic group; a side
         file of an earlier gallery that this one lacks is removed."""
         spk2utt_path, mean_path = self.side_files(wspecifier, "wspecifier")
+        ark, scp, _ = parse_specifier(wspecifier, "wspecifier")
+        for table in (ark, scp):
+            for side in (spk2utt_path, mean_path):
+                if table and side and os.path.abspath(table) == os.path.abspath(side):
+                    raise AvtkError(f"{wspecifier}: {table} is also the name of the gallery's side file {side} "
+                                    "(the speakers' utterance lists and the mean are written beside the table): "
+                                    "name the table otherwise")
         with atomic_group(spk2utt_path, mean_path):
             with open_writer(wspecifier) as writer:
                 for spk, model in zip(self.speakers, self.models):
@@ -276,8 +307,9 @@ class Gallery:
             values = load_table(f"ark:{mean_path}")
             mean = values.get("mean")
             if len(values) != 1 or mean is None or np.shape(mean) != (models.shape[1],):
+                got = ", ".join(f"{k!r} {np.shape(v)}" for k, v in values.items()) or "none"
                 raise AvtkError(f"{mean_path}: expected one vector 'mean' of dimension {models.shape[1]} (the "
-                                f"gallery's), got {', '.join(f'{k!r} {np.shape(v)}' for k, v in values.items())}")
+                                f"gallery's), got {got}")
             log.info("test embeddings are centred with the gallery's mean (%s)", mean_path)
         return cls(speakers, models, mean, spk2utt)
 
@@ -305,8 +337,11 @@ class Gallery:
             test = _embedded(model, test, source)
         if face_model is not None and face is not None:
             face = _embedded(face_model, face, face_source)
-        if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise AvtkError(f"top_k must be an integer >= 1, got {top_k!r}")
+        for name, value in (("threshold", threshold), ("prior", prior)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+                raise AvtkError(f"{name} {value!r}: must be a number")
         if (face_gallery is None) != (face is None):
             raise AvtkError("fused identification needs both a face gallery and the test faces")
         if face_cohort is not None and face_gallery is None:
@@ -439,9 +474,10 @@ def _test_rows(test, source):
         keys = list(test)
         if not keys:
             raise AvtkError(f"{source}: no test embeddings")
+        for key in keys:
+            check_id(key, source, "utterance id")
         return keys, _whole_rows(embedding_matrix(test, keys, source, source))
-    x = np.asarray(test, np.float32)
-    x = x.reshape(1, -1) if x.ndim == 1 else x
+    x = _float_rows(test, source)
     if x.ndim != 2 or not x.size:
         raise AvtkError(f"{source}: test embeddings must be (dim,) or (n, dim), got shape {np.shape(test)}")
     keys = [str(i) for i in range(len(x))]
@@ -458,10 +494,8 @@ class _Scorer:
                             f"models have {gallery.dim}")
         self.models = unit(gallery.models)
         self.test = centre_unit(matrix, gallery.mean, keys, source)
-        self.cohort = cohort
+        self.cohort = cohort = None if cohort is None else _cohort_rows(cohort, gallery.dim)
         if cohort is not None:
-            if np.shape(cohort)[-1] != gallery.dim:
-                raise AvtkError(f"the cohort has dimension {np.shape(cohort)[-1]} but the gallery has {gallery.dim}")
             mu, sigma = cohort_stats(np.concatenate([self.models, self.test]), cohort, top_n)
             every = np.arange(len(mu))
             asnorm(np.zeros(len(mu)), mu, sigma, every, every, list(gallery.speakers) + list(keys), "cohort")
@@ -476,6 +510,21 @@ class _Scorer:
             return raw
         mu_t, sigma_t = self.mu_t[idx, None], self.sigma_t[idx, None]
         return ((raw - self.mu_s) / self.sigma_s + (raw - mu_t) / sigma_t) / 2
+
+
+def _cohort_rows(cohort, dim):
+    """The AS-Norm cohort as unit float32 rows (K, dim): a 2-D array of numbers of the gallery's dimension,
+    finite and without zero rows (`avtk.scoring.check_embeddings`); rows that are not unit vectors (a cohort
+    not from `avtk.scoring.make_cohort`) are L2-normalised, as cosines need. Otherwise an AvtkError."""
+    c = _float_rows(cohort, "cohort")
+    if c.ndim != 2 or not c.size:
+        raise AvtkError(f"the cohort must be an array (members, dim), got shape {np.shape(cohort)}")
+    if c.shape[1] != dim:
+        raise AvtkError(f"the cohort has dimension {c.shape[1]} but the gallery has {dim}")
+    check_embeddings(c, [f"cohort member {i + 1}" for i in range(len(c))], "cohort")
+    if np.abs(np.linalg.norm(c, axis=1) - 1).max() > 1e-4:
+        c = unit(c)
+    return c
 
 
 def _calibration(calibration, modalities, fused):
@@ -496,6 +545,8 @@ def _calibration(calibration, modalities, fused):
         raise AvtkError(f"{where}: a calibration with quality measures (QMF) needs each trial's durations and "
                         "cohort statistics, which identify does not compute: give a logreg calibration without "
                         "quality measures")
+    if isinstance(modalities, str):
+        modalities = [m.strip() for m in modalities.split(",")]
     names = list(modalities) if modalities else list(calibration.modalities[:2 if fused else 1])
     if len(names) != (2 if fused else 1) or len(set(names)) != len(names):
         raise AvtkError(f"modalities {','.join(names)}: name {'the audio and the face' if fused else 'one'} "
@@ -503,6 +554,8 @@ def _calibration(calibration, modalities, fused):
     unknown = [n for n in names if n not in calibration.modalities]
     if unknown:
         raise AvtkError(f"{where}: no modality {unknown[0]!r} (it has {', '.join(calibration.modalities)})")
+    log.info("%s calibrates the %s as its modalit%s %s", where, "audio and face scores" if fused else "scores",
+             "ies" if fused else "y", ", ".join(names))
     return calibration, [calibration.modalities.index(n) for n in names]
 
 

@@ -30,6 +30,7 @@ from avtk.io.atomic import atomic_open
 DURATION_CAP = 20.0  # seconds (WeSpeaker's --max_dur 20)
 FRAMES_CAP = 50.0  # face frames: 20 s at one frame per 0.4 s
 FRAME_RATE = 100.0  # utt2num_frames frames per second (10 ms shift)
+COSINE_BOUND = 1.0 + 1e-5  # a cohort mean is a mean of float32 cosines: |mean| <= 1 up to rounding
 
 MEASURES = ("duration", "cohort_mean", "face_frames")
 CAPS = {"duration": DURATION_CAP, "cohort_mean": None, "face_frames": FRAMES_CAP}
@@ -72,8 +73,8 @@ def face_frame_counts(dd, utts):
 def read_cohort_means(path):
     """{utt: mean of its top-N cohort cosines} from a `<utt> <mean>` table (`write_cohort_means`).
 
-    A line of other than two fields, a value that is not a finite number, and a repeated utterance are
-    AvtkErrors naming file:line."""
+    A line of other than two fields, a value that is not a finite number or outside [-1, 1] (no mean of
+    cosines), and a repeated utterance are AvtkErrors naming file:line."""
     path = os.fspath(path)
     values, first = {}, {}
     for line in read_lines(path):
@@ -87,6 +88,9 @@ def read_cohort_means(path):
         if not math.isfinite(value):
             raise AvtkError(f"{path}:{line.lineno}: cohort mean {line.value!r} of utterance {line.key!r} is "
                             "not a finite number")
+        if abs(value) > COSINE_BOUND:
+            raise AvtkError(f"{path}:{line.lineno}: cohort mean {line.value!r} of utterance {line.key!r} is not "
+                            "a mean of cosines (they lie in [-1, 1]): not a file of avtk score --write-quality")
         if line.key in values:
             raise duplicate_key(path, line.lineno, line.key, first[line.key])
         values[line.key], first[line.key] = value, line.lineno

@@ -50,6 +50,7 @@ DEFAULT_TOP_N = 300
 MIN_SIGMA = 1e-5  # the smallest AS-Norm cohort std: below it float32 rounding (~1e-7) is over 1 % of a score
 CHUNK_BYTES = 64 << 20  # the most utterance x cohort scores held at once (float32)
 PREVIEW = 5  # utterance ids quoted in an error
+UNIT_SAFE_LOW, UNIT_SAFE_HIGH = 1e-18, 1e18  # float32 vector norms that `unit` takes in float32
 
 _PIECE_ROWS = 1024  # the most rows of utterance x cohort scores one worker takes at a time
 _TRIAL_PIECE = 32768  # trials per worker piece in pair_scores
@@ -87,9 +88,17 @@ def _parallel(function, pieces, workers):
 
 
 def unit(x):
-    """L2-normalise along the last axis (a zero vector stays zero)."""
+    """L2-normalise along the last axis (a zero vector stays zero), float32. The norm is taken in float32;
+    where it leaves [UNIT_SAFE_LOW, UNIT_SAFE_HIGH] (the float32 squares of a vector with values beyond about
+    1e19 overflow, those of one below about 1e-19 underflow: its norm would be inf or 0, and the unit vector
+    0) it is taken again in float64, so a vector of any finite float32 magnitude gets its direction."""
     x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+    with np.errstate(over="ignore", under="ignore"):  # handled below
+        norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    if not ((norm >= UNIT_SAFE_LOW) & (norm <= UNIT_SAFE_HIGH)).all():
+        norm64 = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+        return (x / np.where(norm64 > 0, norm64, 1.0)).astype(np.float32)
+    return x / norm
 
 
 def _bad_rows_error(bad, source, what):
@@ -248,8 +257,9 @@ def check_centred(x, centred, keys, source):
     """Raise AvtkError naming the first key of `keys` whose row of `x` (n, dim) or (n, 1+N, dim), once the mean
     is subtracted (`centred`, same shape), has a norm below CENTRED_ZERO of its norm before: the mean removed
     it (identical embeddings), and a zero vector has no cosine, as in `check_embeddings`."""
-    before = np.linalg.norm(x, axis=-1)  # in the arrays' own dtype: no float64 copy of a large table
-    after = np.linalg.norm(centred, axis=-1)
+    with np.errstate(over="ignore", under="ignore"):  # an overflow gives inf before and after: not gone
+        before = np.linalg.norm(x, axis=-1)  # in the arrays' own dtype: no float64 copy of a large table
+        after = np.linalg.norm(centred, axis=-1)
     gone = (after < CENTRED_ZERO * before).reshape(len(before), -1).any(axis=1)
     if gone.any():
         raise _bad_rows_error([keys[i] for i in np.flatnonzero(gone)], source,
@@ -257,14 +267,25 @@ def check_centred(x, centred, keys, source):
                               "embeddings; no direction, so no cosine)")
 
 
+def check_mean(mean, dim, source, what="the mean"):
+    """`mean` as a float32 vector (dim,) to subtract from embeddings of dimension `dim`; a mean of another
+    dimension, or with a NaN or infinite value (it would make every score NaN), is an AvtkError naming
+    `source` (the embeddings) and `what`."""
+    mean = np.asarray(mean, np.float32).reshape(-1)
+    if mean.shape[0] != dim:
+        raise AvtkError(f"{source}: embeddings have dimension {dim} but {what} has {mean.shape[0]}")
+    if not np.isfinite(mean).all():
+        raise AvtkError(f"{source}: {what} has NaN or infinite values (at index "
+                        f"{int(np.flatnonzero(~np.isfinite(mean))[0])}): no embedding can be centred with it")
+    return mean
+
+
 def _center_unit(x, mean, source, keys):
     """Subtract `mean` (dim,) or nothing from the rows of `x` and L2-normalise them; a row that centring
     reduces to zero is an AvtkError naming its key (`check_centred`)."""
     if mean is None:
         return unit(x)
-    mean = np.asarray(mean, np.float32).reshape(-1)
-    if mean.shape[0] != x.shape[-1]:
-        raise AvtkError(f"{source}: embeddings have dimension {x.shape[-1]} but the mean has {mean.shape[0]}")
+    mean = check_mean(mean, x.shape[-1], source)
     centred = x - mean
     check_centred(x, centred, keys, source)
     return unit(centred)

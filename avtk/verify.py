@@ -50,6 +50,7 @@ from avtk.io.atomic import torch_save
 
 log = logging.getLogger(__name__)
 
+COSINE_BOUND = 1.0 + 1e-5  # a float32 cosine lies in [-1, 1] up to rounding
 NO_THRESHOLD = "no threshold stored (set one with --set-threshold, e.g. the EER threshold on your dev trials)"
 FACE_FRAMES = 5
 FACE_INTERVAL = 0.4
@@ -77,6 +78,9 @@ def set_threshold(model_path, threshold, source):
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise AvtkError(f"threshold {threshold} is not a finite number")
+    if abs(threshold) > COSINE_BOUND:
+        raise AvtkError(f"threshold {threshold:g} ({source}): verify compares it with a cosine, which lies in "
+                        "[-1, 1], so every pair would get the same decision; take it from plain cosine scores")
     blob = read_model_file(model_path)
     face = modality(blob["config"]["model"]["encoder"]) == "face"
     blob["verify"] = {
@@ -96,6 +100,13 @@ def eer_threshold(scores_path):
     scores = read_scores(scores_path)
     if scores.labels is None:
         raise AvtkError(f"{scores_path}: needs target|nontarget labels to find the EER threshold")
+    beyond = np.flatnonzero(np.abs(scores.scores) > COSINE_BOUND)
+    if len(beyond):
+        i = int(beyond[0])
+        where = f"{scores_path}:{scores.lineno[i]}" if scores.lineno else f"{scores_path}: trial {i + 1}"
+        raise AvtkError(f"{where}: score {scores.scores[i]:g} is no cosine ({len(beyond)} scores lie outside "
+                        "[-1, 1]): these are AS-Norm or calibrated scores, but verify thresholds plain cosines "
+                        "(avtk score without --cohort, --mean-from, --subtract-mean)")
     try:
         rate, threshold = eer(scores.scores, scores.labels)
     except ValueError as err:
@@ -131,6 +142,8 @@ def mono_at_rate(data, rate, sample_rate=16000, channel="mean", name="audio"):
     if data.shape[0] == 0:
         raise AvtkError(f"{name} has no samples")
     channels = data.shape[1]
+    if channels == 0:
+        raise AvtkError(f"{name} has no channels")
     if channel != "mean" and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))):
         raise AvtkError(f"channel {channel!r}: give 'mean' or a channel index (0, 1, ...)")
     if channel == "mean":
@@ -171,6 +184,7 @@ def cosine(a, b, names=("a", "b")):
     from avtk.scoring import check_embeddings
 
     check_embeddings(np.stack([a, b]), list(names), "verify")
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)  # float32 squares of 1e20 overflow
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
@@ -198,6 +212,11 @@ class FaceReader:
 
         n_frames = self.n_frames if n_frames is None else n_frames
         interval = self.interval if interval is None else interval
+        if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+            raise AvtkError(f"{label}: n_frames {n_frames!r}: give the number of frames to embed, >= 1")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float, np.number)) \
+                or not math.isfinite(interval) or interval <= 0:
+            raise AvtkError(f"{label}: interval {interval!r}: give the seconds between video frames, > 0")
         source = os.fspath(source)
         if not os.path.exists(source):
             raise AvtkError(f"{label}: face input {source} does not exist")
@@ -262,6 +281,8 @@ def load_calibration(path, names=None):
     unknown = [n for n in chosen if n not in model.modalities]
     if unknown:
         raise AvtkError(f"{path}: no modality {unknown[0]!r} (it has {', '.join(model.modalities)})")
+    log.info("%s calibrates the speaker score as its modality %s%s", path, chosen[0],
+             f" and the face score as {chosen[1]}" if len(chosen) > 1 else "")
     return model, chosen[0], chosen[1] if len(chosen) > 1 else None
 
 

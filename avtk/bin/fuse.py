@@ -227,7 +227,20 @@ def _model(args, names):
                        None if dev is None else dev.labels, weights, args.prior, specs, quality)
 
 
+def _check_model_out(args):
+    """--model-out must not name --out or an input file: one of them would be written over the other."""
+    if not args.model_out:
+        return
+    inputs = [*args.scores, *(args.train_scores or []), *(args.cohort_stats or []),
+              *(args.train_cohort_stats or []), args.trials, args.train_trials]
+    for opt, path in [("--out", args.out)] + [("an input", p) for p in inputs if p and p != "-"]:
+        if os.path.abspath(path) == os.path.abspath(args.model_out):
+            raise AvtkError(f"--model-out {args.model_out} is also {opt} ({path}): one file would be written over "
+                            "the other")
+
+
 def main(args):
+    _check_model_out(args)
     names = _names(args, len(args.scores))
     model = _model(args, names)
     data = read_aligned(args.scores, args.trials, args.map_paths)

@@ -62,6 +62,8 @@ def main(args):
         raise AvtkError("--cohort-utt2spk needs --cohort")
     if args.write_quality and not args.cohort:
         raise AvtkError("--write-quality writes AS-Norm cohort statistics: it needs --cohort")
+    if args.write_quality and os.path.abspath(args.write_quality) == os.path.abspath(args.scores):
+        raise AvtkError(f"--write-quality {args.write_quality} is also the scores file: give each its own name")
     trials = read_trials(args.trials, map_paths=args.map_paths)
     check_duplicate_trials(trials, args.trials)
     start = time.perf_counter()
