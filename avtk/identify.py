@@ -598,8 +598,8 @@ class Identification:
 def read_identification(path):
     """An `Identification` from a file of `Identification.write` lines (calibrated and threshold unknown:
     False, None). A malformed line (an odd number of fields after the decision, a score that is not a finite
-    number, scores not falling, a decision other than the top-1 speaker or UNKNOWN, different numbers of
-    candidates), a repeated utterance or an empty file is an AvtkError naming path:line."""
+    number, scores not falling, a speaker listed twice, a decision other than the top-1 speaker or UNKNOWN,
+    different numbers of candidates), a repeated utterance or an empty file is an AvtkError naming path:line."""
     utts, speakers, scores, decisions, first = [], [], [], [], {}
     for line in read_lines(path, min_fields=4):
         fields = line.value.split()
@@ -616,6 +616,9 @@ def read_identification(path):
             raise AvtkError(f"{path}:{line.lineno}: a score is not a finite number: {line.value!r}")
         if any(b > a for a, b in zip(values, values[1:])):
             raise AvtkError(f"{path}:{line.lineno}: scores must fall from the first candidate to the last")
+        if len(set(fields[1::2])) != len(fields[1::2]):
+            twice = next(spk for i, spk in enumerate(fields[1::2]) if spk in fields[1::2][:i])
+            raise AvtkError(f"{path}:{line.lineno}: speaker {twice!r} is a candidate twice")
         if fields[0] not in (fields[1], UNKNOWN):
             raise AvtkError(f"{path}:{line.lineno}: the decision {fields[0]!r} is neither the top-1 speaker nor "
                             f"{UNKNOWN}")

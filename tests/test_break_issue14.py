@@ -292,3 +292,12 @@ def test_verify_thresholds_must_be_cosines(models, tmp_path, capsys):
     cosines.write_text("a b 0.5 target\nc d 0.9 target\ne f -0.4 nontarget\ng h 0.1 nontarget\n")
     rc, out, _ = run_cli(capsys, "verify", "--model", model, "--set-threshold-eer", cosines)
     assert rc == 0 and "threshold: 0." in out
+
+
+def test_an_identification_file_listing_a_candidate_twice_is_an_error(tmp_path, capsys):
+    ident = tmp_path / "id.txt"
+    ident.write_text("u1 a a 0.9 b 0.5\nu2 b b 0.8 b 0.7\n")
+    (tmp_path / "utt2spk").write_text("u1 a\nu2 b\n")
+    (tmp_path / "spk2utt").write_text("a e1\nb e2\n")
+    assert one_error(capsys, "compute-id-metrics", ident, "--utt2spk", tmp_path / "utt2spk", "--enrolled",
+                     tmp_path / "spk2utt", "--rank", 1, 2) == f"{ident}:2: speaker 'b' is a candidate twice"
