@@ -18,7 +18,9 @@ Input: features (batch, in_dim, frames); output: (batch, embed_dim) embeddings.
   sigmoid(W2 ReLU(W1 c + b1) + b2), where the context c of a frame is the utterance mean of h plus the mean of
   its segment of 100 frames (frames t // 100 together, the last segment shorter); W1 halves the channels;
 - `xvector.out_nonlinear` BN -> ReLU; temporal statistics pooling (TSTP: mean and standard deviation over
-  time, resnet.tstp); `xvector.dense` 1x1 conv (no bias) to embed_dim -> BN without affine terms.
+  time, resnet.tstp); `xvector.dense` 1x1 conv (no bias) to embed_dim -> BN without affine terms;
+- initialisation as the reference implementations: the D-TDNN's convs He-normal (fan in), their biases zero
+  (the FCM keeps torch's default).
 
 Parameters at in_dim 80 with the VoxCeleb configuration (base_width 32, init_channels 128, growth_rate 32,
 bn_size 4): 7,176,224 at embed_dim 512 (WeSpeaker's conf/campplus.yaml; its table says 7.18 M) and 6,848,544
@@ -207,6 +209,11 @@ class CamPlusPlus(nn.Module):
         self.in_dim, self.embed_dim = in_dim, embed_dim
         self.head = _Fcm(in_dim, base_width)
         self.xvector = _XVector(self.head.out_channels, init_channels, growth_rate, bn_size, embed_dim)
+        for m in self.xvector.modules():  # the reference initialisation: He normal (fan in), zero biases
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x, lengths=None):
         x, lengths = checked_lengths("CAM++", x, self.in_dim, lengths)

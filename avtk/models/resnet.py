@@ -69,7 +69,9 @@ def tstp(h, mask=None, lengths=None):
 
     mask (B, 1, T) and lengths (B,): the valid frames (both None: all); h must be zero where mask is 0. The
     divisor of the variance is max(T - 1, 1). WeSpeaker's TSTP (its pooling_layers.py) is this without lengths.
+    The statistics are float32 whatever the autocast (a bf16 sum over frames loses the variance).
     """
+    h = h.float()
     if mask is None:
         count = h.shape[-1]
         mean = h.mean(dim=-1)
