@@ -1,8 +1,25 @@
 #!/usr/bin/env python3
-"""Speed of ECAPA-L (C=1024) embedding extraction on the CPU: avtk against SpeechBrain's ECAPA-TDNN.
+"""Speed of ECAPA-L (C=1024) embedding extraction on the CPU: avtk against SpeechBrain's ECAPA-TDNN; and, with
+--rtf, one real-time-factor row per speaker network against onnxruntime and WeSpeaker's published figures.
 
     python bench/extract.py [--utts 12] [--repeats 3] [--threads 2] [--max-frames 20000] [--onnx] [--compile]
     python bench/extract.py --quick          # a smoke run (4 short utterances, one repeat)
+    python bench/extract.py --rtf [--networks ecapa_tdnn,campplus,resnet34,resnet221,resnet293] [--utts 4]
+                            [--seconds 5] [--repeats 3] [--threads 1]
+
+--rtf: each network at its VoxCeleb size (randomly initialised, eval mode, fp32; ecapa_tdnn is the seed's
+ECAPA-L, C=1024, 15.44 M parameters, against WeSpeaker's C=1024 ECAPA of 14.65 M) embeds --utts utterances of
+--seconds s (80-dim fbank + CMN computed once, so the rows time the network alone) one at a time, at --threads
+torch threads (1: WeSpeaker's setting), as: the eager network; avtk's inference copy (what extraction runs:
+avtk.embed.prepare_for_inference, i.e. BN folding for the ResNets and CAM++, the fused ECAPA); and the eager
+network exported to ONNX (features in, the unpadded path, opset 17) on onnxruntime with one intra-op thread.
+RTF = seconds of compute per second of audio (the median of --repeats back-to-back runs per utterance, the
+variants in rotated order, summed). The last column is WeSpeaker's published onnxruntime RTF (its
+runtime/onnxruntime/README.md: 1 thread, 5 s chunks, an Intel Xeon Platinum 8160 at 2.1 GHz, its C++ runtime
+with its own fbank): a different CPU and program, for context only. The front end's own RTF (avtk's fbank
+on the same audio) is printed below the table. Inference copy and onnxruntime must agree with the eager
+network within 1e-4 (exit status 1 otherwise). Needs onnxruntime (`pip install -e '.[bench]'`), not
+SpeechBrain.
 
 Both networks are randomly initialised (no weights), fp32, torch.set_num_threads(--threads), eval mode, no
 autograd. They embed the same utterances of mixed length (uniform 2-20 s of synthetic audio): 80-dim Kaldi
@@ -145,17 +162,19 @@ def max_diff(a, b):
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
-def onnx_session(encoder, threads, tmp):
-    """avtk's eager encoder as ONNX (torch's TorchScript exporter; dynamic batch and frames) on onnxruntime."""
+def onnx_session(encoder, threads, tmp, lengths=True):
+    """avtk's eager encoder as ONNX (torch's TorchScript exporter; dynamic batch and frames) on onnxruntime;
+    lengths=False: the graph of the unpadded path, with the features as its only input."""
     import onnxruntime as ort
 
-    x, lengths = torch.randn(2, 80, 300), torch.tensor([300, 200])
-    path = os.path.join(tmp, "ecapa.onnx")
+    x = torch.randn(2, 80, 300)
+    path = os.path.join(tmp, "encoder.onnx")
+    inputs, names = ((x, torch.tensor([300, 200])), ["feats", "lengths"]) if lengths else ((x,), ["feats"])
+    axes = {"feats": {0: "batch", 2: "frames"}, "lengths": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(encoder, (x, lengths), path, input_names=["feats", "lengths"], output_names=["embedding"],
-                          dynamic_axes={"feats": {0: "batch", 2: "frames"}, "lengths": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(encoder, inputs, path, input_names=names, output_names=["embedding"],
+                          dynamic_axes={k: v for k, v in axes.items() if k in names}, opset_version=17, dynamo=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -167,14 +186,21 @@ def main():
     p.add_argument("--min-s", type=float, default=2.0)
     p.add_argument("--max-s", type=float, default=20.0)
     p.add_argument("--repeats", type=int, default=3, help="timed runs of every configuration (median reported)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 2; --rtf: 1)")
     p.add_argument("--max-frames", type=int, default=20000, help="padded frames per batch, both toolkits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-recipe", action="store_true", help="leave out the recipe-sized (MFA 3072) peer")
     p.add_argument("--onnx", action="store_true", help="also time avtk's encoder on onnxruntime")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of avtk's eager encoder")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 utterances of 2-4 s, one repeat")
+    p.add_argument("--rtf", action="store_true", help="one RTF row per network of --networks (see above)")
+    p.add_argument("--networks", default=",".join(RTF_NETWORKS), help="--rtf: encoders, comma-separated")
+    p.add_argument("--seconds", type=float, default=5.0, help="--rtf: length of each utterance")
     args = p.parse_args()
+    if args.threads is None:
+        args.threads = 1 if args.rtf else 2
+    if args.rtf:
+        return rtf_table(args)
     if args.quick:
         args.utts, args.min_s, args.max_s, args.repeats = 4, 2.0, 4.0, 1
 
@@ -289,6 +315,78 @@ def main():
           f"{frames / med[best]['avtk fused']:.0f} frames/s at best; embed() end to end, one run: {t_embed:.2f} s")
     for line in notes:
         print(line)
+    return 0 if ok else 1
+
+
+# --rtf: the networks at their VoxCeleb sizes (egs/voxceleb/conf), and WeSpeaker's published onnxruntime RTFs
+# (runtime/onnxruntime/README.md: 1 thread, 5 s chunks, Xeon Platinum 8160; its ECAPA C=1024 has 14.65 M
+# parameters, avtk's 15.44 M; its table's ResNet-221/293 counts, 23.86 / 28.69 M, include a second embedding layer).
+RTF_NETWORKS = {
+    "ecapa_tdnn": ({"channels": 1024, "embed_dim": 192}, 0.041724),
+    "campplus": ({"embed_dim": 512}, 0.022978),
+    "resnet34": ({"embed_dim": 256, "base_width": 32}, 0.060735),
+    "resnet221": ({"embed_dim": 256, "base_width": 32}, 0.267511),
+    "resnet293": ({"embed_dim": 256, "base_width": 32}, 0.364011),
+}
+
+
+def rtf_table(args):
+    """The --rtf rows: the eager network, avtk's inference copy and onnxruntime, one utterance at a time."""
+    import onnxruntime
+
+    torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.networks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RTF_NETWORKS]
+    if unknown:
+        sys.exit(f"--networks: unknown {', '.join(unknown)} (known: {', '.join(RTF_NETWORKS)})")
+    probe = SpeakerNet(encoder_args={"in_dim": 80, "channels": 8, "embed_dim": 8}, cmn=False).eval()
+    items = make_features(probe, args.utts, args.seed, args.seconds, args.seconds)
+    audio = args.utts * args.seconds
+    wave = torch.from_numpy(np.random.default_rng(args.seed).standard_normal(int(args.seconds * 16000))
+                            .astype(np.float32) * 0.1)[None]
+    with torch.inference_mode():
+        probe.features(wave)
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            probe.features(wave)
+        fbank_rtf = (time.perf_counter() - t0) / args.repeats / args.seconds
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+          f"onnxruntime {onnxruntime.__version__} with {args.threads} intra-op threads; load {os.getloadavg()[0]:.2f}; "
+          f"{args.utts} utterances of {args.seconds:g} s, one at a time, median of {args.repeats}")
+    head = ("network", "params", "eager", "inference copy", "copy speed-up", "onnxruntime", "ort / copy",
+            "WeSpeaker ORT (Xeon 8160)")
+    rows, ok = [], True
+    for name in names:
+        enc_args, published = RTF_NETWORKS[name]
+        torch.manual_seed(args.seed)
+        net = SpeakerNet(encoder=name, encoder_args={"in_dim": 80, **enc_args}, cmn=False).eval()
+        fast = prepare_for_inference(net).encoder
+        with tempfile.TemporaryDirectory() as tmp:
+            session = onnx_session(net.encoder, args.threads, tmp, lengths=False)
+            run = {"eager": lambda x, n: net.encode(x).numpy(),
+                   "copy": lambda x, n: fast(x.transpose(1, 2)).numpy(),
+                   "onnx": lambda x, n: session.run(None, {"feats": x.transpose(1, 2).contiguous().numpy()})[0]}
+            work = chunks(items, 1)
+            timed(run, work[:1], 1)  # warm-up
+            med, _, out = timed(run, work, args.repeats)
+        scale = max(1.0, max(float(np.abs(v).max()) for v in out["eager"].values()))
+        for k in ("copy", "onnx"):
+            diff = max_diff(out[k], out["eager"])
+            if not diff <= TOL * scale:
+                print(f"{name}: {k} differs from the eager network by {diff:.2e}: FAIL at {TOL:g}")
+                ok = False
+        rtf = {k: v / audio for k, v in med.items()}
+        params = sum(p.numel() for p in net.encoder.parameters())
+        rows.append((name, f"{params / 1e6:.2f} M", f"{rtf['eager']:.4f}", f"{rtf['copy']:.4f}",
+                     f"{rtf['eager'] / rtf['copy']:.2f}x", f"{rtf['onnx']:.4f}", f"{rtf['onnx'] / rtf['copy']:.2f}x",
+                     f"{published:.4f}"))
+        del net, fast, session
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(f"RTF: seconds of compute per second of audio, the network alone (features precomputed). avtk's fbank "
+          f"on {args.seconds:g} s: RTF {fbank_rtf:.4f}. Load {os.getloadavg()[0]:.2f} after.")
     return 0 if ok else 1
 
 
