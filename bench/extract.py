@@ -380,7 +380,6 @@ def rtf_table(args):
         rows.append((name, f"{params / 1e6:.2f} M", f"{rtf['eager']:.4f}", f"{rtf['copy']:.4f}",
                      f"{rtf['eager'] / rtf['copy']:.2f}x", f"{rtf['onnx']:.4f}", f"{rtf['onnx'] / rtf['copy']:.2f}x",
                      f"{published:.4f}"))
-        del net, fast, session
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:

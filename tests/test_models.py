@@ -210,14 +210,16 @@ def test_campplus_layout_and_wespeaker_key_names():
     # dense blocks of 12, 24, 16 layers adding 32 channels each; transits halve: 512 -> 256, 1024 -> 512, 1024 -> 512
     assert keys["xvector.block1.tdnnd12.linear1.weight"].shape == (128, 128 + 11 * 32, 1)
     assert keys["xvector.block2.tdnnd24.cam_layer.linear_local.weight"].shape == (32, 128, 3)
-    assert "xvector.block3.tdnnd16.cam_layer.linear2.bias" in keys and "xvector.block3.tdnnd17.linear1.weight" not in keys
+    assert "xvector.block3.tdnnd16.cam_layer.linear2.bias" in keys
+    assert "xvector.block3.tdnnd17.linear1.weight" not in keys
     assert model.xvector.block2.tdnnd1.cam_layer.linear_local.dilation == (2,)
     assert keys["xvector.block3.tdnnd1.cam_layer.linear1.weight"].shape == (64, 128, 1)
     assert keys["xvector.transit1.linear.weight"].shape == (256, 512, 1)
     assert keys["xvector.transit2.linear.weight"].shape == (512, 1024, 1)
     assert keys["xvector.transit3.linear.weight"].shape == (512, 1024, 1)
     assert keys["xvector.dense.linear.weight"].shape == (512, 1024, 1)
-    assert "xvector.dense.nonlinear.batchnorm.running_var" in keys and "xvector.dense.nonlinear.batchnorm.weight" not in keys
+    assert "xvector.dense.nonlinear.batchnorm.running_var" in keys  # a BN without affine terms
+    assert "xvector.dense.nonlinear.batchnorm.weight" not in keys
     assert keys["head.layer2.0.shortcut.0.weight"].shape == (32, 32, 1, 1) and "head.conv2.weight" in keys
     assert model.head.layer1[0].conv1.stride == (2, 1)  # the FCM strides on frequency only
 
@@ -254,7 +256,8 @@ def test_peer_networks_reject_bad_input():
         model(torch.randn(2, 40, 10), torch.tensor([0, 10]))
     with pytest.raises(AvtkError, match=r"ResNet221 expects features \(batch, 40, frames\)"):
         ResNet221(in_dim=40, base_width=2)(torch.randn(1, 40))
-    with pytest.raises(AvtkError, match=r"CAM\+\+ needs bn_size x growth_rate >= 2 \(the CAM layer halves it\), got 1 x 1"):
+    with pytest.raises(AvtkError, match=r"CAM\+\+ needs bn_size x growth_rate >= 2 \(the CAM layer halves it\), "
+                                        r"got 1 x 1"):
         CamPlusPlus(growth_rate=1, bn_size=1)
 
 
