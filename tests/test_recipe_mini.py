@@ -93,6 +93,24 @@ def test_ecapa_beats_the_baseline_by_a_clear_margin(recipe, ran):
     assert len(emb) == 20 * 3 * 4 and next(iter(emb.values())).shape == (192,)
 
 
+def test_stage3_large_margin_fine_tuning_starts_from_the_trained_network_and_has_its_rows(recipe, ran):
+    import hashlib
+
+    import yaml
+
+    cfg = yaml.safe_load((recipe / "exp/ecapa_lm/config.yaml").read_text())
+    base = yaml.safe_load((recipe / "exp/ecapa/config.yaml").read_text())
+    assert cfg["finetune"]["init_model"] == "exp/ecapa/avg_model.pt" and cfg["loss"]["margin"] == 0.5
+    digest = hashlib.sha256((recipe / "exp/ecapa/avg_model.pt").read_bytes()).hexdigest()
+    assert cfg["finetune"]["init_checksum"] == digest and cfg["data"]["crop_seconds"] > base["data"]["crop_seconds"]
+    rows, baseline = results(recipe), eer_of(recipe / "exp/baseline/metrics_audio.txt")
+    # before and after, side by side; the calibration and the fusion use the fine-tuned network
+    for scoring in ("cosine", "AS-Norm"):
+        assert rows[("audio: ECAPA-TDNN C=256 + LM", scoring)] < 0.75 * baseline
+    assert ("audio: ECAPA-TDNN C=256 + LM", "AS-Norm, calibrated on dev") in rows
+    assert len(kaldiio.load_scp(str(recipe / "exp/ecapa_lm/emb/train.scp"))) == 480
+
+
 def test_stage2_face_frames_are_aligned_from_the_raw_frames(recipe, ran):
     for x in ("train", "test", "dev"):
         frames = dict(line.split() for line in (recipe / f"data/{x}/frames.scp").read_text().splitlines())

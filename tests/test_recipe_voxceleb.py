@@ -23,6 +23,16 @@ TINY_SPEECH = {
     "data": {"input": "feats", "batch_size": 8, "crop_seconds": 1.0},
     "runtime": {"epochs": 2, "log_interval": 2, "average_last": 2, "device": "cpu"},
 }
+# large-margin fine-tuning of TINY_SPEECH (conf/tiny_speech_lm.yaml: run.sh --lm-conf auto finds it)
+TINY_SPEECH_LM = {
+    "model": TINY_SPEECH["model"],
+    "loss": {"margin": 0.5},
+    "optim": {"lr": 0.0005},
+    "data": {"input": "feats", "batch_size": 8, "crop_seconds": 1.5},
+    "augment": {"spec_augment": False},
+    "finetune": {"classifier_init": "mean"},
+    "runtime": {"epochs": 1, "log_interval": 2, "keep_last": 1, "average_last": 1, "device": "cpu"},
+}
 TINY_FACE = {
     "model": {"encoder": "iresnet18", "encoder_args": {"width": 4, "embed_dim": 16}},
     "data": {"batch_size": 8},
@@ -66,6 +76,7 @@ def tree(tmp_path_factory):
     (recipe / "utils").unlink()
     (recipe / "utils").symlink_to(UTILS)
     (recipe / "conf/tiny_speech.yaml").write_text(yaml.safe_dump(TINY_SPEECH))
+    (recipe / "conf/tiny_speech_lm.yaml").write_text(yaml.safe_dump(TINY_SPEECH_LM))
     (recipe / "conf/tiny_face.yaml").write_text(yaml.safe_dump(TINY_FACE))
     return root
 
@@ -106,8 +117,14 @@ def test_every_stage_on_the_official_layout(tree):
         assert (recipe / f"exp/{exp}/avg_model.pt").is_file() and (recipe / f"exp/{exp}/config.yaml").is_file()
     table = (recipe / "exp/RESULTS.md").read_text()
     for row in ("| vox1_O | speaker | cosine |", "| vox1_O | speaker | AS-Norm |", "| vox1_O | face | AS-Norm |",
-                "| vox1_O | fusion: mean (a+v)/2 | cosine |", "| vox1_O | fusion: logreg (trained on this set) |"):
+                "| vox1_O | fusion: mean (a+v)/2 | cosine |", "| vox1_O | fusion: logreg (trained on this set) |",
+                "| vox1_O | speaker_lm | cosine |", "| vox1_O | speaker_lm | AS-Norm |"):
         assert row in table, table
+    # stage 3's large-margin fine-tuning started from stage 3's model; stage 5 embedded the training set with it
+    assert "Stage 3: large-margin fine-tuning of the speaker network (conf/tiny_speech_lm.yaml)" in proc.stderr
+    lm = yaml.safe_load((recipe / "exp/speaker_lm/config.yaml").read_text())
+    assert lm["finetune"]["init_model"] == "exp/speaker/avg_model.pt" and lm["loss"]["margin"] == 0.5
+    assert len((recipe / "exp/speaker_lm/emb/vox2_dev.scp").read_text().splitlines()) == 24
     # stage 9 wrote the seed's clean list and a cleaned data dir; stage 10 retrained on it
     lines = (recipe / "exp/cleanse/train_all_clean.txt").read_text().splitlines()
     assert len(lines) == 24 and all(line.split()[5] in ("clean", "noisy") for line in lines)
@@ -254,8 +271,11 @@ def test_node_1_waits_for_node_0_and_writes_no_shared_file(nodes):
     (recipe / "exp/sync/stage.3.done").write_text("")
     assert proc.wait(timeout=30) == 0, err.read_text()
     calls = (stubs / "torchrun.args").read_text().splitlines()
-    assert len(calls) == 2 and all("--nnodes 2 --node_rank 1 " in c for c in calls)
-    assert "--exp exp/speaker " in calls[0] and "--exp exp/face " in calls[1]
+    assert len(calls) == 3 and all("--nnodes 2 --node_rank 1 " in c for c in calls)
+    # stage 3: the speaker network, then its large-margin fine-tuning (conf/ecapa_l_lm.yaml); stage 4: faces
+    assert "--exp exp/speaker " in calls[0] and "--exp exp/face " in calls[2]
+    assert "--config conf/ecapa_l_lm.yaml --init-model exp/speaker/avg_model.pt" in calls[1]
+    assert "--exp exp/speaker_lm " in calls[1]
     assert tree_files(recipe) == sorted(set(before) | set(shared) | {"data", "data/vox2_dev", "exp", "exp/sync",
                                                                      "exp/sync/stage.3.done"})
     assert "done (node 1 of 2)" in err.read_text()

@@ -10,6 +10,7 @@ corpus=corpus   # generated VoxCeleb-style tree
 data=data
 exp=exp
 top_n=20        # AS-Norm cohort size (the cohort is the 40 training speakers' mean embeddings)
+lm_conf=conf/ecapa_mini_lm.yaml  # stage 3: large-margin fine-tuning of the speaker network (none: skip it)
 
 help_message="Usage: $0 [options]
   Runs every stage by default; --stage N --stop-stage M runs stages N..M (each reads what earlier ones wrote).
@@ -17,20 +18,26 @@ help_message="Usage: $0 [options]
     0  synthetic corpus, data dirs (validated) and trivial baselines (mean MFCC, raw pixels)
     1  fbank to ark/scp (\$cmd JOB=1:\$nj over split_scp splits): data/*/feats.scp, utt2num_frames
     2  face frames: align the raw frames with their landmarks (\$cmd JOB=1:\$nj) -> frame_align/, data/*/frames.scp
-    3  train the speaker network (conf/ecapa_mini.yaml) -> exp/ecapa/avg_model.pt
+    3  train the speaker network (conf/ecapa_mini.yaml) -> exp/ecapa/avg_model.pt, then its large-margin
+       fine-tuning (--lm-conf, avtk train --init-model exp/ecapa/avg_model.pt) -> exp/ecapa_lm/avg_model.pt;
+       the later stages embed and score both, and fusion, calibration and cleansing use the fine-tuned one
     4  train the face network (conf/iresnet_mini.yaml) -> exp/iresnet/avg_model.pt
-    5  extract speaker and face embeddings (\$cmd JOB=1:\$nj) -> exp/{ecapa,iresnet}/emb/
+    5  extract speaker and face embeddings (\$cmd JOB=1:\$nj) -> exp/{ecapa,ecapa_lm,iresnet}/emb/
     6  cosine and AS-Norm scoring of the test and dev trials -> exp/*/scores/
     7  fusion: the seed's mean, and logistic-regression fusion/calibration trained on dev -> exp/fusion/
     8  the metrics table -> exp/RESULTS.md
     9  audio-visual cleansing of the training list -> exp/cleanse/, data/train_clean
     10 retrain the speaker network on the cleaned list and compare test EERs -> exp/ecapa_clean/
-  Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size)"
+  Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --lm-conf (none: no LM)"
 
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
 [ "$nj" -ge 1 ] || { echo "$0: option --nj must be >= 1, not $nj" >&2; exit 1; }
+
+# the speaker systems (exp/<name>) and the one that fusion, calibration and cleansing use
+speaker_systems=ecapa spk=ecapa
+if [ "$lm_conf" != none ]; then speaker_systems="ecapa ecapa_lm" spk=ecapa_lm; fi
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*" >&2; }
 # The lines of a parallel stage's output must add up to its input's.
@@ -91,6 +98,11 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: train the speaker network"
   avtk train --config conf/ecapa_mini.yaml --train-data "$data/train" --exp "$exp/ecapa" \
     --val-trials "$data/test/trials"
+  if [ "$lm_conf" != none ]; then
+    log "Stage 3: large-margin fine-tuning of the speaker network ($lm_conf)"
+    avtk train --config "$lm_conf" --init-model "$exp/ecapa/avg_model.pt" --train-data "$data/train" \
+      --exp "$exp/ecapa_lm"
+  fi
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
@@ -100,16 +112,18 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  log "Stage 5: extract speaker embeddings"
-  for x in train test dev; do
-    dir=$exp/ecapa/emb
-    mkdir -p "$dir/split$nj"
-    split_scp "$data/$x/feats.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/feats_$x.$n.scp"; done)
-    $cmd JOB=1:"$nj" "$exp/log/embed_$x.JOB.log" \
-      avtk extract-embeddings --model "$exp/ecapa/avg_model.pt" \
-        "scp:$dir/split$nj/feats_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
-    for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
-    check_count "$dir/$x.scp" "$data/$x/feats.scp"
+  log "Stage 5: extract speaker embeddings ($speaker_systems)"
+  for sys in $speaker_systems; do
+    for x in train test dev; do
+      dir=$exp/$sys/emb
+      mkdir -p "$dir/split$nj"
+      split_scp "$data/$x/feats.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/feats_$x.$n.scp"; done)
+      $cmd JOB=1:"$nj" "$exp/log/embed_${sys}_$x.JOB.log" \
+        avtk extract-embeddings --model "$exp/$sys/avg_model.pt" \
+          "scp:$dir/split$nj/feats_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
+      for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
+      check_count "$dir/$x.scp" "$data/$x/feats.scp"
+    done
   done
 fi
 
@@ -133,7 +147,7 @@ fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "Stage 6: cosine and AS-Norm scoring"
-  for sys in ecapa iresnet; do
+  for sys in $speaker_systems iresnet; do
     emb=$exp/$sys/emb
     mkdir -p "$exp/$sys/scores"
     for x in test dev; do
@@ -150,7 +164,7 @@ fi
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   log "Stage 7: fusion and calibration"
   mkdir -p "$exp/fusion"
-  a=$exp/ecapa/scores f=$exp/iresnet/scores
+  a=$exp/$spk/scores f=$exp/iresnet/scores
   avtk fuse --method mean --out "$exp/fusion/test_mean.txt" "$a/test_cosine.txt" "$f/test_cosine.txt"
   avtk fuse --method logreg --modalities audio,face --train-scores "$a/dev_asnorm.txt" "$f/dev_asnorm.txt" \
     --model-out "$exp/fusion/logreg.yaml" --out "$exp/fusion/test_logreg.txt" "$a/test_asnorm.txt" "$f/test_asnorm.txt"
@@ -175,7 +189,13 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     row "audio: mean MFCC (trivial)" "cosine" "$exp/baseline/scores_audio.txt"
     row "audio: ECAPA-TDNN C=256" "cosine" "$exp/ecapa/scores/test_cosine.txt"
     row "audio: ECAPA-TDNN C=256" "AS-Norm" "$exp/ecapa/scores/test_asnorm.txt"
-    row "audio: ECAPA-TDNN C=256" "AS-Norm, calibrated on dev" "$exp/fusion/test_audio_calibrated.txt" --calibrated
+    if [ "$spk" = ecapa_lm ]; then
+      row "audio: ECAPA-TDNN C=256 + LM" "cosine" "$exp/ecapa_lm/scores/test_cosine.txt"
+      row "audio: ECAPA-TDNN C=256 + LM" "AS-Norm" "$exp/ecapa_lm/scores/test_asnorm.txt"
+    fi
+    name="audio: ECAPA-TDNN C=256"
+    [ "$spk" = ecapa_lm ] && name="$name + LM"
+    row "$name" "AS-Norm, calibrated on dev" "$exp/fusion/test_audio_calibrated.txt" --calibrated
     row "face: 16x16 pixels (trivial)" "cosine" "$exp/baseline/scores_face.txt"
     row "face: iresnet18 w=8" "cosine" "$exp/iresnet/scores/test_cosine.txt"
     row "face: iresnet18 w=8" "AS-Norm" "$exp/iresnet/scores/test_asnorm.txt"
@@ -188,7 +208,7 @@ fi
 if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
   log "Stage 9: audio-visual cleansing of the training list"
   mkdir -p "$exp/cleanse"
-  avtk cleanse --audio-emb "scp:$exp/ecapa/emb/train.scp" --face-emb "scp:$exp/iresnet/emb/train.scp" \
+  avtk cleanse --audio-emb "scp:$exp/$spk/emb/train.scp" --face-emb "scp:$exp/iresnet/emb/train.scp" \
     --truth "$data/train/label_noise.txt" --corpus-root "$corpus/wav" \
     --out-list "$exp/cleanse/train_all_clean.txt" --out-dir "$data/train_clean" \
     --report "$exp/cleanse/report.json" --hist-plot "$exp/cleanse/similarity.png" "$data/train"

@@ -16,8 +16,11 @@ rirs=                # stage 0: the RIRS_NOISES directory (simulated_rirs/) -> d
 pretrained=          # a directory with the seed's A-Vox2.model and V-Vox2.model (V-Glint.model optional):
                      # stages 3-4 import them instead of training, stage 10 is skipped
 speaker_conf=conf/ecapa_l.yaml
+lm_conf=auto         # stage 3: large-margin fine-tuning after training; auto: <speaker_conf>_lm.yaml when it
+                     # exists (conf/ecapa_l_lm.yaml, conf/resnet34_lm.yaml), none: no LM
 face_conf=conf/iresnet18.yaml
 train_opts=          # section.key=value overrides for both trainings, e.g. "runtime.epochs=40 data.num_workers=4"
+lm_opts=             # section.key=value overrides for the large-margin fine-tuning
 gpus=8               # GPUs per node for torchrun (0: plain CPU training, one process)
 nnodes=1             # torchrun multi-node: run this script on every node with its --node-rank (see --help)
 node_rank=0
@@ -39,7 +42,9 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
     1  fbank of every set (\$cmd JOB=1:\$nj) -> fbank/, data/*/feats.scp
     2  face frames: official layout: MTCNN + alignment of the mp4s (\$cmd JOB=1:\$nj) -> frame_align/;
        seed layout: its frame_align/ tree is used as is
-    3  speaker network (\$speaker_conf) with torchrun over --gpus/--nnodes -> exp/speaker/avg_model.pt
+    3  speaker network (\$speaker_conf) with torchrun over --gpus/--nnodes -> exp/speaker/avg_model.pt, then
+       its large-margin fine-tuning (--lm-conf: avtk train --init-model exp/speaker/avg_model.pt) ->
+       exp/speaker_lm/avg_model.pt; stages 5-8 embed and score both, fusion and cleansing use the fine-tuned one
     4  face network (\$face_conf) -> exp/face/avg_model.pt       (with --pretrained: 3-4 import the seed's models)
     5  embeddings of the training set and the trial sets (\$cmd JOB=1:\$nj)
     6  cosine and AS-Norm scoring of O/E/H
@@ -58,7 +63,7 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
   slurm.pl asks Slurm for --gres=gpu:1); its speech jobs read and decode ahead (extract-embeddings
   --num-workers 4).
   Options: --stage --stop-stage --layout --vox2 --vox1 --vox2-dev --trials-dir --musan --rirs --pretrained --speaker-conf
-           --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --sync-timeout
+           --lm-conf --lm-opts --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --sync-timeout
            --sync-poll --nj --device --top-n --cal-set"
 
 . ./path.sh
@@ -135,6 +140,17 @@ case $layout in
 esac
 sets() { for x in O E H; do [ -f "data/vox1_$x/trials" ] && echo "vox1_$x"; done; true; }
 spk_exp=exp/speaker face_exp=exp/face
+# large-margin fine-tuning: its config, or none (not with --pretrained: the imported networks are evaluated as
+# they are)
+if [ "$lm_conf" = auto ]; then
+  lm_conf=${speaker_conf%.yaml}_lm.yaml
+  [ -f "$lm_conf" ] || lm_conf=none
+fi
+[ "$lm_conf" = none ] || [ -f "$lm_conf" ] || die "--lm-conf $lm_conf: no such file (none: no large-margin fine-tuning)"
+[ -z "$pretrained" ] || lm_conf=none
+# the speech systems (exp/<name>) and the one that fusion and cleansing use
+speech_systems() { echo speaker; [ "$lm_conf" = none ] || echo speaker_lm; }
+spk=$(speech_systems | tail -1)
 train_cmd_prefix() {  # torchrun over GPUs and nodes, or plain avtk on a CPU
   if [ "$gpus" -gt 0 ]; then
     echo "torchrun --nproc_per_node $gpus --nnodes $nnodes --node_rank $node_rank --master_addr $master_addr \
@@ -205,6 +221,13 @@ if run_stage 3; then
     log "Stage 3: train the speaker network ($speaker_conf, $gpus GPU(s) x $nnodes node(s))"
     $(train_cmd_prefix) train --config "$speaker_conf" --train-data "data/$train" --exp "$spk_exp" \
       --val-trials "data/vox1_$cal_set/trials" $train_opts
+    if [ "$lm_conf" != none ]; then
+      log "Stage 3: large-margin fine-tuning of the speaker network ($lm_conf)"
+      $(train_cmd_prefix) train --config "$lm_conf" --init-model "$spk_exp/avg_model.pt" --train-data "data/$train" \
+        --exp exp/speaker_lm --val-trials "data/vox1_$cal_set/trials" $lm_opts
+    else
+      log "Stage 3: no large-margin fine-tuning (no ${speaker_conf%.yaml}_lm.yaml, or --lm-conf none)"
+    fi
   fi
   stage_done 3
 fi
@@ -255,7 +278,7 @@ if run_stage 5; then
   speech_table=feats.scp
   [ -n "$pretrained" ] && speech_table=wav.scp
   for x in $train $(sets); do
-    embed "$spk_exp" "$x" "$speech_table"
+    for s in $(speech_systems); do embed "exp/$s" "$x" "$speech_table"; done
     if [ -f "data/$x/frames.scp" ]; then
       for f in $(face_systems); do embed "exp/$f" "$x" frames.scp; done
     fi
@@ -265,7 +288,7 @@ fi
 
 if run_stage 6; then
   log "Stage 6: cosine and AS-Norm scoring"
-  for sys in speaker $(face_systems); do
+  for sys in $(speech_systems) $(face_systems); do
     emb=exp/$sys/emb
     mkdir -p "exp/$sys/scores"
     for x in $(sets); do
@@ -282,7 +305,7 @@ fi
 if run_stage 7; then
   log "Stage 7: fusion"
   mkdir -p exp/fusion
-  a=exp/speaker/scores f=exp/face/scores cal=vox1_$cal_set
+  a=exp/$spk/scores f=exp/face/scores cal=vox1_$cal_set
   for x in $(sets); do
     [ -f "$f/${x}_cosine.txt" ] || continue
     avtk fuse --method mean --allow-missing --out "exp/fusion/${x}_mean.txt" "$a/${x}_cosine.txt" "$f/${x}_cosine.txt"
@@ -314,7 +337,7 @@ if run_stage 8; then
     echo "| set | system | scoring | EER % | minDCF p=0.01 | minDCF p=0.05 | Cllr |"
     echo "|---|---|---|---|---|---|---|"
     for x in $(sets); do
-      for sys in speaker $(face_systems); do
+      for sys in $(speech_systems) $(face_systems); do
         row "$x" "$sys" cosine "exp/$sys/scores/${x}_cosine.txt"
         row "$x" "$sys" AS-Norm "exp/$sys/scores/${x}_asnorm.txt"
       done
@@ -335,7 +358,7 @@ if run_stage 9; then
   mkdir -p exp/cleanse
   face_emb=()
   [ -f "exp/face/emb/$train.scp" ] && face_emb=(--face-emb "scp:exp/face/emb/$train.scp")
-  avtk cleanse --audio-emb "scp:exp/speaker/emb/$train.scp" "${face_emb[@]}" \
+  avtk cleanse --audio-emb "scp:exp/$spk/emb/$train.scp" "${face_emb[@]}" \
     --out-list exp/cleanse/train_all_clean.txt --out-dir "data/${train}_clean" \
     --report exp/cleanse/report.json --hist-plot exp/cleanse/similarity.png "data/$train"
   echo >> exp/RESULTS.md
