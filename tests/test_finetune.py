@@ -213,3 +213,19 @@ def test_every_large_margin_config_fits_the_network_of_its_base_config():
         assert lm["loss"]["margin"] == 0.5 and lm["loss"]["margin_warmup_epochs"] == 0, lm_path
         assert lm["data"]["crop_seconds"] > base["data"]["crop_seconds"] and lm["optim"]["lr"] < base["optim"]["lr"]
         assert lm["finetune"]["classifier_init"] == "mean" and lm["runtime"]["epochs"] <= 5
+
+
+def test_two_ddp_ranks_fine_tune_from_rank_0s_class_means_to_identical_weights(corpus, pre, tmp_path):  # noqa: F811
+    """Rank 0 alone computes the class means; DDP copies its weights to rank 1 at start, so both end equal."""
+    import sys
+
+    from conftest import run
+
+    conf = write_conf(tmp_path / "c.yaml", runtime__epochs=1, finetune__classifier_init="mean")
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "avtk.cli", "train", "--config", conf, "--train-data", corpus / "data/test", "--exp", tmp_path / "exp",
+                "--init-model", pre / "avg_model.pt"])
+    sums = dict(re.findall(r"\[rank (\d)\] final weights checksum (\S+)", proc.stderr))
+    assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], proc.stderr
+    assert proc.stderr.count("classifier: the mean embeddings of 18 crops of 3 classes") == 1
+    assert (tmp_path / "exp/avg_model.pt").is_file()
