@@ -47,8 +47,8 @@ def eer_of(path):
 
 
 def results(recipe):
-    """{(system, scoring): EER %} from exp/RESULTS.md."""
-    table = (recipe / "exp/RESULTS.md").read_text()
+    """{(system, scoring): EER %} from exp/RESULTS.md's metrics table (the identification table follows it)."""
+    table = (recipe / "exp/RESULTS.md").read_text().split("\nIdentification")[0]
     return {tuple(c.strip() for c in line.split("|")[1:3]): float(line.split("|")[3])
             for line in table.splitlines() if line.startswith("| ") and not line.startswith("| system")}
 
@@ -140,6 +140,24 @@ def test_fusion_beats_both_modalities_and_results_table(recipe, ran):
     assert rows[("fusion: seed mean (a+v)/2", "cosine")] < min(rows[("audio: ECAPA-TDNN C=256", "cosine")],
                                                                rows[("face: iresnet18 w=8", "cosine")])
     assert "Cllr" in table and "Cleansing:" in table and "Retraining (stage 10)" in table
+
+
+def test_qmf_rows_and_identification_table(recipe, ran):
+    """Stage 7's QMF calibrations are in the table with a Cllr; stage 11 identifies mini's test speakers: the
+    fused systems' closed-set top-1 is high and each row counts the same probes, 60 of them impostors."""
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[3:]
+            for line in (recipe / "exp/RESULTS.md").read_text().split("\nIdentification")[0].splitlines()
+            if line.startswith("| ")}
+    for system in [k for k in rows if k[1].endswith("QMF") or k[1].endswith("QMF on dev")]:
+        assert 0 < float(rows[system][4]) < 1.0, (system, rows[system])  # Cllr of a useful calibration
+    assert len([k for k in rows if "QMF" in k[1]]) == 2
+    ident = (recipe / "exp/RESULTS.md").read_text().split("\nIdentification (stage 11)")[1]
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in ident.splitlines() if line.startswith("| ") and not line.startswith("| system")}
+    assert len(table) == 5 and {v[0] for v in table.values()} == {"210 (60)"}, table
+    fused = table["fusion: seed mean (a+v)/2"]
+    assert float(fused[1]) >= 90.0 and float(fused[2]) >= float(fused[1]), fused
+    assert (recipe / "exp/identify/audio.spk2utt").read_text().count("\n") == 15
 
 
 def test_cleansing_finds_the_injected_label_noise(recipe, ran):

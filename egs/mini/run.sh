@@ -9,6 +9,7 @@ seed=0          # corpus seed: the same seed gives the same corpus
 corpus=corpus   # generated VoxCeleb-style tree
 data=data
 exp=exp
+id_speakers=15  # stage 11: test speakers enrolled for identification (the others are impostors)
 top_n=20        # AS-Norm cohort size (the cohort is the 40 training speakers' mean embeddings)
 lm_conf=conf/ecapa_mini_lm.yaml  # stage 3: large-margin fine-tuning of the speaker network (none: skip it)
 
@@ -28,7 +29,9 @@ help_message="Usage: $0 [options]
     8  the metrics table -> exp/RESULTS.md
     9  audio-visual cleansing of the training list -> exp/cleanse/, data/train_clean
     10 retrain the speaker network on the cleaned list and compare test EERs -> exp/ecapa_clean/
-  Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --lm-conf (none: no LM)"
+    11 speaker identification: enroll --id-speakers test speakers from 2 sessions each, identify every other
+       test utterance (the remaining speakers are impostors) -> exp/identify/, a table in exp/RESULTS.md
+  Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --id-speakers --lm-conf (none: no LM)"
 
 . ./path.sh
 . ./cmd.sh
@@ -156,7 +159,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         "scp:$emb/$x.scp" "$exp/$sys/scores/${x}_cosine.txt"
       avtk score --allow-missing --trials "$data/$x/trials" --mean-from "scp:$emb/train.scp" \
         --cohort "scp:$emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n" \
-        "scp:$emb/$x.scp" "$exp/$sys/scores/${x}_asnorm.txt"
+        --write-quality "$exp/$sys/scores/${x}_asnorm.cohort" "scp:$emb/$x.scp" "$exp/$sys/scores/${x}_asnorm.txt"
     done
   done
 fi
@@ -170,6 +173,15 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
     --model-out "$exp/fusion/logreg.yaml" --out "$exp/fusion/test_logreg.txt" "$a/test_asnorm.txt" "$f/test_asnorm.txt"
   avtk fuse --method logreg --modalities audio --train-scores "$a/dev_asnorm.txt" \
     --model-out "$exp/fusion/audio_calibration.yaml" --out "$exp/fusion/test_audio_calibrated.txt" "$a/test_asnorm.txt"
+  # QMF: the same calibrations with quality measures (min/max of the two sides' durations and AS-Norm cohort
+  # means); the fusion takes the audio cohort means only (the face's hurt on mini's 10 dev speakers)
+  audio_quality=(--train-quality-data "$data/dev" --quality-data "$data/test")
+  avtk fuse --method logreg --modalities audio --train-scores "$a/dev_asnorm.txt" "${audio_quality[@]}" \
+    --train-cohort-stats "$a/dev_asnorm.cohort" --cohort-stats "$a/test_asnorm.cohort" \
+    --model-out "$exp/fusion/audio_qmf.yaml" --out "$exp/fusion/test_audio_qmf.txt" "$a/test_asnorm.txt"
+  avtk fuse --method logreg --modalities audio,face --train-scores "$a/dev_asnorm.txt" "$f/dev_asnorm.txt" \
+    "${audio_quality[@]}" --train-cohort-stats "$a/dev_asnorm.cohort" - --cohort-stats "$a/test_asnorm.cohort" - \
+    --model-out "$exp/fusion/qmf.yaml" --out "$exp/fusion/test_qmf.txt" "$a/test_asnorm.txt" "$f/test_asnorm.txt"
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
@@ -179,13 +191,15 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     m=$(avtk compute-metrics ${4:-} "$3")
     echo "$m" | awk -v sys="$1" -v sc="$2" '
       /^EER/ {eer=$2} /minDCF\(p=0.01\)/ {d1=$2} /minDCF\(p=0.05\)/ {d5=$2} /^Cllr/ {cllr=$2} /^minCllr/ {mc=$2}
-      END {printf "| %s | %s | %s | %s | %s | %s | %s |\n", sys, sc, eer, d1, d5, mc, (cllr == "" ? "-" : cllr)}'
+      /^actDCF\(p=0.01\)/ {a1=$2}
+      END {printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", sys, sc, eer, d1, d5, mc, (cllr == "" ? "-" : cllr),
+           (a1 == "" ? "-" : a1)}'
   }
   {
     echo "# Mini recipe results (test trials: $(wc -l < "$data/test/trials"))"
     echo
-    echo "| system | scoring | EER % | minDCF p=0.01 | minDCF p=0.05 | minCllr | Cllr |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| system | scoring | EER % | minDCF p=0.01 | minDCF p=0.05 | minCllr | Cllr | actDCF p=0.01 |"
+    echo "|---|---|---|---|---|---|---|---|"
     row "audio: mean MFCC (trivial)" "cosine" "$exp/baseline/scores_audio.txt"
     row "audio: ECAPA-TDNN C=256" "cosine" "$exp/ecapa/scores/test_cosine.txt"
     row "audio: ECAPA-TDNN C=256" "AS-Norm" "$exp/ecapa/scores/test_asnorm.txt"
@@ -196,11 +210,13 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     name="audio: ECAPA-TDNN C=256"
     [ "$spk" = ecapa_lm ] && name="$name + LM"
     row "$name" "AS-Norm, calibrated on dev" "$exp/fusion/test_audio_calibrated.txt" --calibrated
+    row "$name" "AS-Norm, QMF on dev" "$exp/fusion/test_audio_qmf.txt" --calibrated
     row "face: 16x16 pixels (trivial)" "cosine" "$exp/baseline/scores_face.txt"
     row "face: iresnet18 w=8" "cosine" "$exp/iresnet/scores/test_cosine.txt"
     row "face: iresnet18 w=8" "AS-Norm" "$exp/iresnet/scores/test_asnorm.txt"
     row "fusion: seed mean (a+v)/2" "cosine" "$exp/fusion/test_mean.txt"
     row "fusion: logistic regression (dev)" "AS-Norm, calibrated" "$exp/fusion/test_logreg.txt" --calibrated
+    row "fusion: logistic regression (dev)" "AS-Norm, QMF" "$exp/fusion/test_qmf.txt" --calibrated
   } > "$exp/RESULTS.md"
   cat "$exp/RESULTS.md"
 fi
@@ -240,6 +256,58 @@ if [ "$stage" -le 10 ] && [ "$stop_stage" -ge 10 ]; then
   clean=$(avtk compute-metrics "$exp/ecapa_clean/scores/test_cosine.txt" | awk '/^EER/ {print $2}')
   echo "Retraining (stage 10): ECAPA on the noisy list ($(wc -l < "$data/train/utt2spk") utts) test EER $noisy %, on the cleaned list ($(wc -l < "$data/train_clean/utt2spk") utts) $clean % (cosine, no mean subtraction)" >> "$exp/RESULTS.md"
   tail -1 "$exp/RESULTS.md"
+fi
+
+if [ "$stage" -le 11 ] && [ "$stop_stage" -ge 11 ]; then
+  log "Stage 11: speaker identification among the first $id_speakers test speakers, the others impostors"
+  id=$exp/identify
+  mkdir -p "$id"
+  # each enrolled speaker: the first utterance of each of its first two videos (two sessions); every other test
+  # utterance is a probe: genuine if its speaker is enrolled, an impostor otherwise
+  head -n "$id_speakers" "$data/test/spk2utt" | awk '{
+      printf "%s", $1; n = 0; split("", seen)
+      for (i = 2; i <= NF && n < 2; i++) { v = $i; sub(/-[^-]*$/, "", v); if (!(v in seen)) { seen[v] = 1; printf " %s", $i; n++ } }
+      print "" }' > "$id/enroll.spk2utt"
+  cut -d' ' -f2- "$id/enroll.spk2utt" | tr ' ' '\n' > "$id/enroll.utts"
+  for sys in "$spk" iresnet; do
+    m=audio; [ "$sys" = iresnet ] && m=face
+    utils/filter_scp --exclude "$id/enroll.utts" "$exp/$sys/emb/test.scp" > "$id/probe_$m.scp"
+    # --allow-missing: an enrollment utterance without a face is left out (a speaker without any is not enrolled)
+    avtk enroll --allow-missing --spk2utt "$id/enroll.spk2utt" --mean-from "scp:$exp/$sys/emb/train.scp" \
+      "scp:$exp/$sys/emb/test.scp" "ark,scp:$PWD/$id/$m.ark,$PWD/$id/$m.scp"
+  done
+  asnorm_a=(--cohort "scp:$exp/$spk/emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n")
+  asnorm_f=(--face-cohort "scp:$exp/iresnet/emb/train.scp" --face-cohort-utt2spk "$data/train/utt2spk")
+  faces=(--face-gallery "scp:$id/face.scp" --face-test "scp:$id/probe_face.scp")
+  avtk identify "scp:$id/audio.scp" "scp:$id/probe_audio.scp" "$id/audio_cosine.txt"
+  avtk identify "${asnorm_a[@]}" --calibration "$exp/fusion/audio_calibration.yaml" \
+    "scp:$id/audio.scp" "scp:$id/probe_audio.scp" "$id/audio_calibrated.txt"
+  avtk identify "scp:$id/face.scp" "scp:$id/probe_face.scp" "$id/face_cosine.txt"
+  avtk identify "${faces[@]}" "scp:$id/audio.scp" "scp:$id/probe_audio.scp" "$id/fused_mean.txt"
+  avtk identify "${faces[@]}" "${asnorm_a[@]}" "${asnorm_f[@]}" --calibration "$exp/fusion/logreg.yaml" \
+    "scp:$id/audio.scp" "scp:$id/probe_audio.scp" "$id/fused_logreg.txt"
+  aname="audio: ECAPA-TDNN C=256"
+  [ "$spk" = ecapa_lm ] && aname="$aname + LM"
+  idrow() {  # system, identify output, the gallery's spk2utt
+    avtk compute-id-metrics "$2" --utt2spk "$data/test/utt2spk" --enrolled "$3" --json "${2%.txt}.json" |
+      awk -v sys="$1" '/^probes/ {p = $2 " (" $6 ")"} /^top-1/ {t1 = $3} /^top-5/ {t5 = $3}
+        /^DIR at FAR 1 %/ {d1 = $6} /^DIR at FAR 10 %/ {d10 = $6}
+        /^decisions \(genuine\)/ {c = $4} /^decisions \(impostor\)/ {fa = $5}
+        END {printf "| %s | %s | %s | %s | %s | %s | %s / %s |\n", sys, p, t1, t5, d1, d10, c, fa}'
+  }
+  {
+    echo
+    echo "Identification (stage 11): $id_speakers test speakers enrolled from 2 sessions each, the other $(( $(wc -l < "$data/test/spk2utt") - id_speakers )) are impostors"
+    echo
+    echo "| system | probes (impostor) | top-1 % | top-5 % | DIR % at FAR 1 % | DIR % at FAR 10 % | decisions: correct / false alarm % |"
+    echo "|---|---|---|---|---|---|---|"
+    idrow "$aname, cosine" "$id/audio_cosine.txt" "$id/audio.spk2utt"
+    idrow "$aname, AS-Norm, calibrated (LLR > 0)" "$id/audio_calibrated.txt" "$id/audio.spk2utt"
+    idrow "face: iresnet18 w=8, cosine" "$id/face_cosine.txt" "$id/face.spk2utt"
+    idrow "fusion: seed mean (a+v)/2" "$id/fused_mean.txt" "$id/audio.spk2utt"
+    idrow "fusion: logistic regression (dev), AS-Norm (LLR > 0)" "$id/fused_logreg.txt" "$id/audio.spk2utt"
+  } >> "$exp/RESULTS.md"
+  tail -8 "$exp/RESULTS.md"
 fi
 
 log "done"
