@@ -15,22 +15,14 @@ from avtk.identify import Gallery
 from avtk.io.ark import open_writer
 from avtk.scoring import score_trials
 from conftest import SMALL_FACE, SMALL_SPEAKER, write_model
+from test_identify import one_error as identify_one_error, run_cli
 
 DIM = 8
 
 
-def run_cli(capsys, *args):
-    rc = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def one_error(capsys, *args):
-    """The ERROR line of a command that must fail with exit status 1, one ERROR line and no traceback."""
-    rc, _, err = run_cli(capsys, *args)
-    errors = [line for line in err.splitlines() if " ERROR " in line]
-    assert rc == 1 and len(errors) == 1 and "Traceback" not in err, err
-    return errors[0].split(" ERROR ", 1)[1].split("] ", 1)[1]
+    """The message of the one ERROR line of a command that must fail with exit status 1 and no traceback."""
+    return identify_one_error(capsys, *args).split(" ERROR ", 1)[1].split("] ", 1)[1]
 
 
 def error(call):
