@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import avtk
-from avtk import cli
 from avtk.calibration import train_model
 from avtk.data.trials import Trials
 from avtk.errors import AvtkError
