@@ -108,12 +108,31 @@ _SPEAKER_ONLY = ("embed", "embed_batch", "embed_features", "waveform", "sample_r
 _FACE_ONLY = ("embed_faces", "images", "input_size")
 
 
-def _wrong_kind(model, name, theirs, kind, other):
-    if name in theirs:
-        path = model.__dict__.get("path", "<memory>")
-        raise WrongModelKind(f"{path} is a {kind} model: {name} belongs to a {other} model (load one with "
-                             "avtk.load_model)")
-    raise AttributeError(f"{type(model).__name__!r} object has no attribute {name!r}")
+class _Model:
+    """What speaker and face models share: the network, its config, the file it came from, the device, the
+    stored `verify` threshold, and the fused inference copy (avtk.embed.prepare_for_inference) that runs."""
+
+    KIND, OTHER, OTHERS_NAMES = "", "", ()  # set by each kind: its name, the other kind's, that kind's names
+
+    def __init__(self, net, config, path="<memory>", device="cpu", threshold=None):
+        from avtk.embed import prepare_for_inference
+
+        self.net, self.config, self.path, self.device, self.threshold = net, config, path, device, threshold
+        self._fast = prepare_for_inference(net)  # the fused inference copy extraction runs
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.path!r}, {self.config['model']['encoder']}, dim {self.embed_dim})"
+
+    def __getattr__(self, name):  # only for names the class lacks: the other kind's methods say so
+        if name in self.OTHERS_NAMES:
+            path = self.__dict__.get("path", "<memory>")
+            raise WrongModelKind(f"{path} is a {self.KIND} model: {name} belongs to a {self.OTHER} model (load "
+                                 "one with avtk.load_model)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def embed_dim(self):
+        return int(self.net.encoder.embed_dim)
 
 
 def _import_unambiguous(path, err):
@@ -157,7 +176,7 @@ def _as_numpy(x, label, what):
 # ---------------------------------------------------------------------------------------------- speakers
 
 
-class SpeakerModel:
+class SpeakerModel(_Model):
     """A speaker network for inference (what `load_model` gives for a speech encoder).
 
     Attributes: net (the SpeakerNet, eval mode), config (the model file's resolved config), path, device,
@@ -171,25 +190,11 @@ class SpeakerModel:
     resampled (avtk.io.resample). Each recording is embedded whole.
     """
 
-    def __init__(self, net, config, path="<memory>", device="cpu", threshold=None):
-        from avtk.embed import prepare_for_inference
-
-        self.net, self.config, self.path, self.device, self.threshold = net, config, path, device, threshold
-        self._fast = prepare_for_inference(net)  # the fused inference copy extraction runs
-
-    def __repr__(self):
-        return f"SpeakerModel({self.path!r}, {self.config['model']['encoder']}, dim {self.embed_dim})"
-
-    def __getattr__(self, name):  # only for names the class lacks: a face model's methods say so
-        _wrong_kind(self, name, _FACE_ONLY, "speaker", "face")
+    KIND, OTHER, OTHERS_NAMES = "speaker", "face", _FACE_ONLY
 
     @property
     def sample_rate(self):
         return int(self.net.frontend.sample_rate)
-
-    @property
-    def embed_dim(self):
-        return int(self.net.encoder.embed_dim)
 
     @property
     def takes_features(self):
@@ -328,33 +333,22 @@ def _rate(sample_rate, label):
 # ---------------------------------------------------------------------------------------------- faces
 
 
-class FaceModel:
+class FaceModel(_Model):
     """A face network for inference (what `load_model` gives for an iresnet encoder).
 
     Attributes: net (the FaceNet, eval mode), config, path, device, input_size (the aligned image side, 112),
     embed_dim, threshold (the stored `verify` section, or None).
     """
 
+    KIND, OTHER, OTHERS_NAMES = "face", "speaker", _SPEAKER_ONLY
+
     def __init__(self, net, config, path="<memory>", device="cpu", threshold=None):
-        from avtk.embed import prepare_for_inference
-
-        self.net, self.config, self.path, self.device, self.threshold = net, config, path, device, threshold
-        self._fast = prepare_for_inference(net)
+        super().__init__(net, config, path, device, threshold)
         self._reader = FaceReader(self.input_size, device=device)  # keeps its MTCNN once built
-
-    def __repr__(self):
-        return f"FaceModel({self.path!r}, {self.config['model']['encoder']}, dim {self.embed_dim})"
-
-    def __getattr__(self, name):  # only for names the class lacks: a speaker model's methods say so
-        _wrong_kind(self, name, _SPEAKER_ONLY, "face", "speaker")
 
     @property
     def input_size(self):
         return int(self.net.input_size)
-
-    @property
-    def embed_dim(self):
-        return int(self.net.encoder.embed_dim)
 
     def images(self, source, n_frames=5, interval=0.4, label="faces"):
         """(uint8 RGB (n, size, size, 3), description) of a face input: a directory of aligned frames
