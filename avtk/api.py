@@ -78,6 +78,9 @@ def load_model(path, device="cpu", format=None):
 
         imported = import_checkpoint(path, format)
         net, config, blob = network_of(imported.config, imported.weights, path, device), imported.config, {}
+    if getattr(net, "modality", None) == "audio-visual":
+        raise AvtkError(f"{path}: a joint audio-visual network (gated_fusion) embeds speaker and face embeddings, "
+                        "not audio or faces: use avtk extract-joint-embeddings")
     cls = FaceModel if is_face(net) else SpeakerModel
     return cls(net, config, path, device, stored_threshold(blob))
 

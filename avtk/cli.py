@@ -2,6 +2,7 @@
 import ast
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +75,12 @@ def run_command(command, argv):
     except KeyboardInterrupt:
         logging.getLogger().error("interrupted")
         return 130
+    except BrokenPipeError:
+        # the reader of standard output went away (`avtk compute-metrics x | head -1`): stop quietly, as a
+        # Unix tool does on SIGPIPE, with its status 128 + 13 (stdout is pointed at /dev/null so that the
+        # interpreter's own flush at exit does not fail again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return int(rc or 0)
 
 

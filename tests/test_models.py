@@ -346,7 +346,7 @@ def test_margin_scheduler():
 
 def test_registries():
     assert set(ENCODERS) == {"ecapa_tdnn", "resnet34", "resnet221", "resnet293", "campplus", "iresnet18", "iresnet34",
-                             "iresnet50", "iresnet100"}
+                             "iresnet50", "iresnet100", "gated_fusion"}
     assert set(LOSSES) == {"aam_softmax"}
     enc = build_encoder("ecapa_tdnn", in_dim=40, channels=64, embed_dim=32)
     assert isinstance(enc, EcapaTdnn) and enc.embed_dim == 32
@@ -354,8 +354,8 @@ def test_registries():
     assert build_loss("aam_softmax", embed_dim=32, num_classes=4, margin=0.1).margin == 0.1
     assert isinstance(build_encoder("resnet293", base_width=2), ResNet293)
     assert isinstance(build_encoder("campplus", growth_rate=4), CamPlusPlus)
-    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: campplus, ecapa_tdnn, iresnet100, iresnet18, "
-                                        "iresnet34, iresnet50, resnet221, resnet293, resnet34"):
+    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: campplus, ecapa_tdnn, gated_fusion, iresnet100, "
+                                        "iresnet18, iresnet34, iresnet50, resnet221, resnet293, resnet34"):
         build_encoder("tdnn")
     with pytest.raises(AvtkError, match="unknown argument chanels for encoder 'ecapa_tdnn'; accepted: in_dim, channels"):
         build_encoder("ecapa_tdnn", chanels=512)

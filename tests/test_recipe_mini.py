@@ -37,6 +37,14 @@ def test_unknown_option_fails(recipe):
     assert proc.returncode != 0 and "no-such-option" in proc.stderr
 
 
+def test_bad_option_values_fail_before_any_stage(recipe):
+    proc = run(["./run.sh", "--speaker-nets", "ecapa,xvector"], cwd=recipe, check=False)
+    assert proc.returncode == 1 and "--speaker-nets: unknown network 'xvector' (known: ecapa, campplus)" in proc.stderr
+    proc = run(["./run.sh", "--faceless", "101"], cwd=recipe, check=False)
+    assert proc.returncode == 1 and "--faceless must be a percentage 0-100, not 101" in proc.stderr
+    assert not (recipe / "corpus").exists()
+
+
 @pytest.fixture(scope="module")
 def ran(recipe):
     return run(["./run.sh"], cwd=recipe)
@@ -178,6 +186,27 @@ def test_stage10_retrains_on_the_cleaned_list(recipe, ran):
     assert len(line) == 1 and f"cleaned list ({kept} utts)" in line[0]
     assert (recipe / "exp/ecapa_clean/avg_model.pt").is_file()
     assert len(kaldiio.load_scp(str(recipe / "exp/ecapa_clean/emb/test.scp"))) == 20 * 3 * 4
+
+
+def test_stage12_joint_embedding_beats_each_modality_and_embeds_utterances_without_faces(recipe, ran):
+    text = (recipe / "exp/RESULTS.md").read_text().split("\nJoint audio-visual embedding (stage 12)")[1]
+    assert "(72 utterances," in text.splitlines()[0]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [float(c) for c in line.split("|")[3:7]]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| system")}
+    assert len(rows) == 6, rows
+    audio = rows[("audio: ECAPA-TDNN C=256 + LM", "cosine")]
+    face = rows[("face: iresnet18 w=8 (trials with both faces)", "cosine")]
+    joint = rows[("joint audio-visual embedding", "cosine")]
+    assert audio[0] == audio[2]  # the audio scores do not change
+    # all faces: far better than either modality; 30 % faceless: still better than audio alone
+    assert joint[0] < 0.6 * min(audio[0], face[0]), rows
+    assert joint[2] < audio[2], rows
+    gone = set((recipe / "exp/av_joint/faceless/face.no_face").read_text().split()[::2])
+    assert len(gone) == 72
+    emb = kaldiio.load_scp(str(recipe / "exp/av_joint/emb/test_faceless.scp"))
+    assert len(emb) == 240
+    assert {u for u, e in emb.items() if not e[192:].any()} == gone
+    assert (recipe / "exp/av_joint/emb/test_faceless.no_face").read_text().split()[::2] == sorted(gone)
 
 
 def test_stage6_resumes_from_files_on_disk(recipe, ran):

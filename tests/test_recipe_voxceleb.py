@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 
+import kaldiio
 import numpy as np
 import pytest
 import soundfile as sf
@@ -35,6 +36,12 @@ TINY_SPEECH_LM = {
 }
 TINY_FACE = {
     "model": {"encoder": "iresnet18", "encoder_args": {"width": 4, "embed_dim": 16}},
+    "data": {"batch_size": 8},
+    "runtime": {"epochs": 2, "log_interval": 2, "average_last": 2, "device": "cpu"},
+}
+# the joint audio-visual embedding over TINY_SPEECH_LM and TINY_FACE (stage 11)
+TINY_AV = {
+    "model": {"encoder": "gated_fusion", "encoder_args": {"audio_dim": 16, "face_dim": 16, "hidden": 8}},
     "data": {"batch_size": 8},
     "runtime": {"epochs": 2, "log_interval": 2, "average_last": 2, "device": "cpu"},
 }
@@ -78,13 +85,15 @@ def tree(tmp_path_factory):
     (recipe / "conf/tiny_speech.yaml").write_text(yaml.safe_dump(TINY_SPEECH))
     (recipe / "conf/tiny_speech_lm.yaml").write_text(yaml.safe_dump(TINY_SPEECH_LM))
     (recipe / "conf/tiny_face.yaml").write_text(yaml.safe_dump(TINY_FACE))
+    (recipe / "conf/tiny_av.yaml").write_text(yaml.safe_dump(TINY_AV))
     return root
 
 
 def recipe_run(tree, *args, check=True):
     return run(["./run.sh", "--layout", "official", "--vox2-dev", tree / "vox2/dev", "--vox1", tree / "vox1",
                 "--trials-dir", tree / "lists", "--nj", 2, "--gpus", 1, "--top-n", 3,
-                "--speaker-conf", "conf/tiny_speech.yaml", "--face-conf", "conf/tiny_face.yaml", *args],
+                "--speaker-conf", "conf/tiny_speech.yaml", "--face-conf", "conf/tiny_face.yaml",
+                "--av-conf", "conf/tiny_av.yaml", *args],
                cwd=tree / "recipe", check=check)
 
 
@@ -131,6 +140,14 @@ def test_every_stage_on_the_official_layout(tree):
     run(["utils/validate_data_dir.sh", "--no-feats", "data/vox2_dev_clean"], cwd=recipe)
     assert "Retraining (stage 10), vox1_O: speaker EER" in table
     assert (recipe / "exp/speaker_clean/avg_model.pt").is_file()
+    # stage 11: the joint audio-visual embedding, trained on crops of the LM network's embeddings
+    assert "Joint audio-visual embedding (stage 11, conf/tiny_av.yaml over speaker_lm and face)" in table
+    assert "| vox1_O | joint audio-visual | cosine |" in table and "| vox1_O | joint audio-visual | AS-Norm |" in table
+    crops = kaldiio.load_scp(str(recipe / "exp/av_joint/data/train/audio_emb.scp"))
+    assert len(crops) == 24 and {v.shape for v in crops.values()} == {(5, 16)}
+    no_face = [u for u, d in frames.items() if not os.listdir(d)]
+    joint = kaldiio.load_scp(str(recipe / "exp/av_joint/emb/vox2_dev.scp"))
+    assert len(joint) == 24 and sorted(u for u, e in joint.items() if not e[16:].any()) == sorted(no_face)
 
     # --pretrained: the seed's A-Vox2.model and V-Vox2.model, imported and evaluated without training
     from test_import_model import ecapa_layout, iresnet_layout

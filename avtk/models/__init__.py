@@ -1,7 +1,8 @@
 """Speaker and face networks and losses, with small name -> class registries for configs.
 
 Speech encoders take features (batch, dim, frames) and optional `lengths` (valid frames per item), face
-encoders (modality "face") take normalised images (batch, 3, H, W); both return (batch, embed_dim) embeddings; losses take (embeddings, labels) and return (loss, accuracy in %).
+encoders (modality "face") take normalised images (batch, 3, H, W), the audio-visual gated_fusion packed rows of
+both modalities' embeddings (avtk.models.joint); both return (batch, embed_dim) embeddings; losses take (embeddings, labels) and return (loss, accuracy in %).
 """
 import inspect
 
@@ -9,12 +10,13 @@ from avtk.errors import AvtkError
 from avtk.models.campplus import CamPlusPlus
 from avtk.models.ecapa import EcapaTdnn
 from avtk.models.iresnet import iresnet18, iresnet34, iresnet50, iresnet100
+from avtk.models.joint import GatedFusion
 from avtk.models.losses import AamSoftmax, MarginScheduler
 from avtk.models.resnet import ResNet34, ResNet221, ResNet293
 
 ENCODERS = {"ecapa_tdnn": EcapaTdnn, "resnet34": ResNet34, "resnet221": ResNet221, "resnet293": ResNet293,
             "campplus": CamPlusPlus, "iresnet18": iresnet18, "iresnet34": iresnet34, "iresnet50": iresnet50,
-            "iresnet100": iresnet100}
+            "iresnet100": iresnet100, "gated_fusion": GatedFusion}
 LOSSES = {"aam_softmax": AamSoftmax}
 
 __all__ = ["ENCODERS", "LOSSES", "EcapaTdnn", "ResNet34", "ResNet221", "ResNet293", "CamPlusPlus", "AamSoftmax",
@@ -44,14 +46,20 @@ def build_loss(name, **kwargs):
 
 
 def modality(encoder):
-    """"face" or "speech": what an encoder of ENCODERS embeds."""
+    """"face", "speech" or "audio-visual" (avtk.models.joint: over both modalities' embeddings): what an
+    encoder of ENCODERS embeds."""
     if encoder not in ENCODERS:
         raise AvtkError(f"unknown encoder '{encoder}'; known: {', '.join(sorted(ENCODERS))}")
     return getattr(ENCODERS[encoder], "modality", "speech")
 
 
 def build_network(model_cfg):
-    """The whole network of a config's `model` section: a SpeakerNet, or a FaceNet for a face encoder."""
+    """The whole network of a config's `model` section: a SpeakerNet, a FaceNet for a face encoder, or a
+    JointNet for an audio-visual one."""
+    if modality(model_cfg["encoder"]) == "audio-visual":
+        from avtk.models.joint import JointNet
+
+        return JointNet.from_config(model_cfg)
     if modality(model_cfg["encoder"]) == "face":
         from avtk.models.face_net import FaceNet
 

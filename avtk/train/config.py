@@ -64,8 +64,9 @@ SCHEMA = {
     },
     "data": {
         # feats: feats.scp (ark); wav: wav.scp, fbank on the fly; frames: frames.scp (face encoders; one random
-        # frame per utterance per step). null: feats for speech encoders, frames for face encoders
-        "input": Key(None, "str", choices=("feats", "wav", "frames")),
+        # frame per utterance per step); embeddings: audio_emb.scp and face_emb.scp (audio-visual encoders over
+        # frozen encoders' embeddings, avtk.train.data.EmbeddingDataset). null: the encoder's own
+        "input": Key(None, "str", choices=("feats", "wav", "frames", "embeddings")),
         "crop_seconds": Key(2.0, "float", "> 0"),       # random training crops (wrap-padded when shorter)
         "min_seconds": Key(0.5, "float", ">= 0"),       # shorter utterances are skipped, counted and listed in
                                                         # EXP/train_skipped.txt (never fewer than 1 frame)
@@ -134,6 +135,11 @@ ENCODER_ARGS = {
     "width": Key(None, "int", ">= 1"),          # iresnet*
     "input_size": Key(None, "int", ">= 16"),    # iresnet*: image side, a multiple of 16
     "dropout": Key(None, "float", ">= 0, < 1"),  # iresnet*
+    "audio_dim": Key(None, "int", ">= 1"),      # gated_fusion: the speaker embeddings' dimension
+    "face_dim": Key(None, "int", ">= 1"),       # gated_fusion: the face embeddings' dimension
+    "hidden": Key(None, "int", ">= 1"),         # gated_fusion: the gate's hidden layer
+    "face_dropout": Key(None, "float", ">= 0, < 1"),   # gated_fusion: training samples whose face is removed
+    "audio_dropout": Key(None, "float", ">= 0, < 1"),  # gated_fusion: of those keeping it, audio removed
 }
 
 # What may change on --resume: keys that do not change the network, the data or the optimisation of the
@@ -303,15 +309,18 @@ def _resolve_modality(cfg):
     """Fill the modality-dependent defaults (left null in DEFAULTS) and check the input suits the encoder."""
     from avtk.models import modality
 
-    face = modality(cfg["model"]["encoder"]) == "face"
+    kind = modality(cfg["model"]["encoder"])
+    face = kind == "face"
     for section, key, speech, faces in (("loss", "margin", 0.2, 0.4), ("loss", "scale", 30.0, 64.0),
                                         ("data", "input", "feats", "frames")):
         if cfg[section][key] is None:
-            cfg[section][key] = faces if face else speech
-    if face != (cfg["data"]["input"] == "frames"):
+            cfg[section][key] = faces if face else "embeddings" if kind == "audio-visual" and key == "input" else speech
+    takes = {"face": ("frames",), "audio-visual": ("embeddings",)}.get(kind, ("feats", "wav"))
+    if cfg["data"]["input"] not in takes:
         raise AvtkError(f"config data.input is {cfg['data']['input']} but model.encoder "
-                        f"{cfg['model']['encoder']} is a {'face' if face else 'speech'} encoder "
-                        f"(face encoders take data.input: frames, speech encoders feats or wav)")
+                        f"{cfg['model']['encoder']} is a{'n' if kind[0] == 'a' else ''} {kind} encoder "
+                        f"(face encoders take data.input: frames, audio-visual ones embeddings, speech encoders "
+                        f"feats or wav)")
 
 
 def _check(cfg, where):

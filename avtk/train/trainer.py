@@ -96,9 +96,18 @@ class Trainer:
 
         self.speakers = speed_speakers(self.dataset.speakers, getattr(self.dataset, "speeds", ()))
         dim = self.dataset.feature_dim()
-        if dim is not None and getattr(self.net, "feature_dim", None) not in (None, dim):
+        if cfg["data"]["input"] == "embeddings":
+            enc, got = self.net.encoder, self.dataset.dims()
+            wrong = [f"{train_data}/{name}_emb.scp holds {n}-dimensional embeddings but model.encoder_args."
+                     f"{name}_dim is {want}" for name, n, want in (("audio", got[0], enc.audio_dim),
+                                                                    ("face", got[1], enc.face_dim)) if n != want]
+            if wrong:
+                raise AvtkError("; ".join(wrong))
+        elif dim is not None and getattr(self.net, "feature_dim", None) not in (None, dim):
             raise AvtkError(f"{train_data}/feats.scp has {dim}-dimensional features but the model "
                             f"({cfg['model']['encoder']}) expects {self.net.feature_dim}")
+        if fresh and hasattr(self.net, "set_means"):  # an audio-visual network centres by the training means
+            self.net.set_means(*self.dataset.means())
         l = cfg["loss"]
         self.loss = build_loss(l["name"], embed_dim=self.net.encoder.embed_dim, num_classes=len(self.speakers),
                                margin=l["margin"], scale=l["scale"], subcenters=l["subcenters"])
@@ -162,6 +171,10 @@ class Trainer:
             raise AvtkError(f"{self.val_trials}: all {len(trials)} trials are {'target' if targets else 'nontarget'}; "
                             "a validation EER needs both target and nontarget trials")
         kind = self.cfg["data"]["input"]
+        if kind == "embeddings":
+            raise AvtkError(f"--val-trials {self.val_trials}: an audio-visual network over embeddings has no "
+                            "validation during training; embed the trials' utterances with avtk "
+                            "extract-joint-embeddings and score them")
         name = {"feats": "feats.scp", "wav": "wav.scp", "frames": "frames.scp"}[kind]
         dd = datadir.load(self.val_data)
         have = read_wav_scp(self.val_data) if kind == "wav" else (dd.table(name) or {})
@@ -296,6 +309,8 @@ class Trainer:
         augment=False); or normalised (batch, 3, H, W) images of a batch of face frames."""
         crops = crops.to(self.device, non_blocking=True)
         with torch.no_grad():
+            if self.cfg["data"]["input"] == "embeddings":
+                return crops
             if self.cfg["data"]["input"] == "frames":
                 return self.net.normalize(crops)
             if self.cfg["data"]["input"] == "wav":

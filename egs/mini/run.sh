@@ -12,6 +12,9 @@ exp=exp
 id_speakers=15  # stage 11: test speakers enrolled for identification (the others are impostors)
 top_n=20        # AS-Norm cohort size (the cohort is the 40 training speakers' mean embeddings)
 lm_conf=conf/ecapa_mini_lm.yaml  # stage 3: large-margin fine-tuning of the speaker network (none: skip it)
+speaker_nets=ecapa  # stage 3: speaker networks, comma-separated: ecapa (always) and campplus (conf/<net>_mini.yaml)
+av_conf=conf/av_joint_mini.yaml  # stage 12: the joint audio-visual embedding
+faceless=30     # stage 12: percent of the test utterances whose face frames are removed
 
 help_message="Usage: $0 [options]
   Runs every stage by default; --stage N --stop-stage M runs stages N..M (each reads what earlier ones wrote).
@@ -31,16 +34,31 @@ help_message="Usage: $0 [options]
     10 retrain the speaker network on the cleaned list and compare test EERs -> exp/ecapa_clean/
     11 speaker identification: enroll --id-speakers test speakers from 2 sessions each, identify every other
        test utterance (the remaining speakers are impostors) -> exp/identify/, a table in exp/RESULTS.md
-  Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --id-speakers --lm-conf (none: no LM)"
+    12 the joint audio-visual embedding (--av-conf) over the frozen speaker and face networks, against score
+       fusion, on all test trials and with the face frames of --faceless % of the test utterances removed
+       -> exp/av_joint/, a table in exp/RESULTS.md
+  Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --id-speakers --lm-conf (none: no LM)
+    --speaker-nets (more speaker networks in stages 3, 5, 6 and 8: ecapa,campplus) --av-conf --faceless"
 
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
 [ "$nj" -ge 1 ] || { echo "$0: option --nj must be >= 1, not $nj" >&2; exit 1; }
+case $faceless in ''|*[!0-9]*) echo "$0: option --faceless must be a percentage 0-100, not '$faceless'" >&2; exit 1 ;; esac
+[ "$faceless" -le 100 ] || { echo "$0: option --faceless must be a percentage 0-100, not $faceless" >&2; exit 1; }
 
 # the speaker systems (exp/<name>) and the one that fusion, calibration and cleansing use
 speaker_systems=ecapa spk=ecapa
 if [ "$lm_conf" != none ]; then speaker_systems="ecapa ecapa_lm" spk=ecapa_lm; fi
+extra_nets=  # --speaker-nets beyond ecapa: trained in stage 3, embedded and scored with the others
+for net in $(echo "$speaker_nets" | tr ',' ' '); do
+  case $net in
+    ecapa) ;;
+    campplus) extra_nets="$extra_nets $net" ;;
+    *) echo "$0: option --speaker-nets: unknown network '$net' (known: ecapa, campplus)" >&2; exit 1 ;;
+  esac
+done
+speaker_systems="$speaker_systems$extra_nets"
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*" >&2; }
 # The lines of a parallel stage's output must add up to its input's.
@@ -106,6 +124,11 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     avtk train --config "$lm_conf" --init-model "$exp/ecapa/avg_model.pt" --train-data "$data/train" \
       --exp "$exp/ecapa_lm"
   fi
+  for net in $extra_nets; do
+    log "Stage 3: train the speaker network $net (conf/${net}_mini.yaml)"
+    avtk train --config "conf/${net}_mini.yaml" --train-data "$data/train" --exp "$exp/$net" \
+      --val-trials "$data/test/trials"
+  done
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
@@ -211,6 +234,11 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     [ "$spk" = ecapa_lm ] && name="$name + LM"
     row "$name" "AS-Norm, calibrated on dev" "$exp/fusion/test_audio_calibrated.txt" --calibrated
     row "$name" "AS-Norm, QMF on dev" "$exp/fusion/test_audio_qmf.txt" --calibrated
+    for net in $extra_nets; do
+      label=$net; [ "$net" = campplus ] && label="CAM++ (1.07 M)"
+      row "audio: $label" "cosine" "$exp/$net/scores/test_cosine.txt"
+      row "audio: $label" "AS-Norm" "$exp/$net/scores/test_asnorm.txt"
+    done
     row "face: 16x16 pixels (trivial)" "cosine" "$exp/baseline/scores_face.txt"
     row "face: iresnet18 w=8" "cosine" "$exp/iresnet/scores/test_cosine.txt"
     row "face: iresnet18 w=8" "AS-Norm" "$exp/iresnet/scores/test_asnorm.txt"
@@ -308,6 +336,85 @@ if [ "$stage" -le 11 ] && [ "$stop_stage" -ge 11 ]; then
     idrow "fusion: logistic regression (dev), AS-Norm (LLR > 0)" "$id/fused_logreg.txt" "$id/audio.spk2utt"
   } >> "$exp/RESULTS.md"
   tail -8 "$exp/RESULTS.md"
+fi
+
+if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
+  log "Stage 12: the joint audio-visual embedding ($av_conf) over $spk and iresnet"
+  av=$exp/av_joint
+  mkdir -p "$av/data/train" "$av/emb/split$nj" "$av/scores" "$av/faceless"
+  # training input: the speaker network's embeddings of 8 random 2 s crops per training utterance (the whole
+  # utterances are memorised by it), the face network's embeddings of the training utterances
+  split_scp "$data/train/feats.scp" $(for n in $(seq "$nj"); do echo "$av/emb/split$nj/feats_train.$n.scp"; done)
+  $cmd JOB=1:"$nj" "$exp/log/av_crops.JOB.log" \
+    avtk extract-embeddings --seed-crops 8 --crop-seconds 2 --model "$exp/$spk/avg_model.pt" \
+      "scp:$av/emb/split$nj/feats_train.JOB.scp" "ark,scp:$PWD/$av/data/train/audio_emb.JOB.ark,$PWD/$av/data/train/audio_emb.JOB.scp"
+  for n in $(seq "$nj"); do cat "$av/data/train/audio_emb.$n.scp"; done | sort > "$av/data/train/audio_emb.scp"
+  check_count "$av/data/train/audio_emb.scp" "$data/train/feats.scp"
+  cp "$data/train/utt2spk" "$av/data/train/utt2spk"
+  cp "$exp/iresnet/emb/train.scp" "$av/data/train/face_emb.scp"
+  avtk train --config "$av_conf" --train-data "$av/data/train" --exp "$av"
+  # --faceless % of the test utterances lose their face frames (empty frame directories), and the face network
+  # embeds the test set again: those utterances are listed in faceless/face.no_face
+  n=$(( $(wc -l < "$data/test/utt2spk") * faceless / 100 ))
+  avtk subset-data-dir --random "$n" --seed "$seed" "$data/test" "$av/faceless/data"
+  rm -rf "$av/faceless/frames"
+  for u in $(cut -d' ' -f1 "$av/faceless/data/utt2spk"); do mkdir -p "$av/faceless/frames/$u"; done
+  awk -v d="$PWD/$av/faceless/frames" 'NR == FNR {gone[$1]; next} ($1 in gone) {print $1, d "/" $1; next} {print}' \
+    "$av/faceless/data/utt2spk" "$data/test/frames.scp" > "$av/faceless/frames.scp"
+  avtk extract-embeddings --model "$exp/iresnet/avg_model.pt" "scp:$av/faceless/frames.scp" \
+    "ark,scp:$PWD/$av/faceless/face.ark,$PWD/$av/faceless/face.scp"
+  cat "$av/faceless/face.scp" "$av/faceless/face.no_face" > "$av/faceless/face.all"
+  check_count "$av/faceless/face.all" "$data/test/frames.scp"
+  rm "$av/faceless/face.all"
+  a=$exp/$spk f=$exp/iresnet
+  cohort=(--cohort "scp:$av/emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n")
+  avtk extract-joint-embeddings --model "$av/avg_model.pt" --face-emb "scp:$f/emb/train.scp" \
+    "scp:$a/emb/train.scp" "ark,scp:$PWD/$av/emb/train.ark,$PWD/$av/emb/train.scp"
+  for cond in all faceless; do
+    faces=$f/emb/test.scp
+    [ "$cond" = faceless ] && faces=$av/faceless/face.scp
+    avtk extract-joint-embeddings --model "$av/avg_model.pt" --face-emb "scp:$faces" \
+      "scp:$a/emb/test.scp" "ark,scp:$PWD/$av/emb/test_$cond.ark,$PWD/$av/emb/test_$cond.scp"
+    avtk score --trials "$data/test/trials" --mean-from "scp:$av/emb/train.scp" \
+      "scp:$av/emb/test_$cond.scp" "$av/scores/${cond}_joint_cosine.txt"
+    avtk score --trials "$data/test/trials" --mean-from "scp:$av/emb/train.scp" "${cohort[@]}" \
+      "scp:$av/emb/test_$cond.scp" "$av/scores/${cond}_joint_asnorm.txt"
+    # score fusion of the same faces: trials without a face fall back to the audio score (mean) or to the audio
+    # calibration (logistic regression, stage 7's model)
+    avtk score --allow-missing --trials "$data/test/trials" --mean-from "scp:$f/emb/train.scp" \
+      "scp:$faces" "$av/scores/${cond}_face_cosine.txt"
+    avtk score --allow-missing --trials "$data/test/trials" --mean-from "scp:$f/emb/train.scp" \
+      --cohort "scp:$f/emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n" \
+      "scp:$faces" "$av/scores/${cond}_face_asnorm.txt"
+    avtk fuse --method mean --allow-missing --trials "$data/test/trials" --out "$av/scores/${cond}_mean.txt" \
+      "$a/scores/test_cosine.txt" "$av/scores/${cond}_face_cosine.txt"
+    avtk fuse --model "$exp/fusion/logreg.yaml" --allow-missing --trials "$data/test/trials" \
+      --out "$av/scores/${cond}_logreg.txt" "$a/scores/test_asnorm.txt" "$av/scores/${cond}_face_asnorm.txt"
+  done
+  eer() { avtk compute-metrics "$1" | awk '/^EER/ {e = $2} /minDCF\(p=0.01\)/ {d = $2} END {printf "%s | %s", e, d}'; }
+  avrow() {  # system, scoring, scores file of all faces, of the faceless condition
+    echo "| $1 | $2 | $(eer "$3") | $(eer "$4") |"
+  }
+  aname="audio: ECAPA-TDNN C=256"
+  [ "$spk" = ecapa_lm ] && aname="$aname + LM"
+  {
+    echo
+    echo "Joint audio-visual embedding (stage 12): test trials with all faces, and with the face frames of" \
+      "$faceless % of the test utterances removed ($(wc -l < "$av/faceless/face.no_face") utterances," \
+      "$(awk 'NR == FNR {gone[$1]; next} ($1 in gone) || ($2 in gone)' "$av/faceless/face.no_face" "$data/test/trials" | wc -l)" \
+      "of $(wc -l < "$data/test/trials") trials without a face on one side or both)"
+    echo
+    echo "| system | scoring | EER % (all faces) | minDCF p=0.01 | EER % ($faceless % faceless) | minDCF p=0.01 |"
+    echo "|---|---|---|---|---|---|"
+    avrow "$aname" "cosine" "$a/scores/test_cosine.txt" "$a/scores/test_cosine.txt"
+    avrow "face: iresnet18 w=8 (trials with both faces)" "cosine" "$av/scores/all_face_cosine.txt" "$av/scores/faceless_face_cosine.txt"
+    avrow "fusion: seed mean (a+v)/2, audio alone without a face" "cosine" "$av/scores/all_mean.txt" "$av/scores/faceless_mean.txt"
+    avrow "fusion: logistic regression (dev), audio calibration without a face" "AS-Norm, calibrated" \
+      "$av/scores/all_logreg.txt" "$av/scores/faceless_logreg.txt"
+    avrow "joint audio-visual embedding" "cosine" "$av/scores/all_joint_cosine.txt" "$av/scores/faceless_joint_cosine.txt"
+    avrow "joint audio-visual embedding" "AS-Norm" "$av/scores/all_joint_asnorm.txt" "$av/scores/faceless_joint_asnorm.txt"
+  } >> "$exp/RESULTS.md"
+  tail -10 "$exp/RESULTS.md"
 fi
 
 log "done"

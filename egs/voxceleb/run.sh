@@ -19,8 +19,10 @@ speaker_conf=conf/ecapa_l.yaml
 lm_conf=auto         # stage 3: large-margin fine-tuning after training; auto: <speaker_conf>_lm.yaml when it
                      # exists (conf/ecapa_l_lm.yaml, conf/resnet34_lm.yaml), none: no LM
 face_conf=conf/iresnet18.yaml
+av_conf=conf/av_joint.yaml  # stage 11: the joint audio-visual embedding over the two networks (none: skip it)
 train_opts=          # section.key=value overrides for both trainings, e.g. "runtime.epochs=40 data.num_workers=4"
 lm_opts=             # section.key=value overrides for the large-margin fine-tuning
+av_opts=             # section.key=value overrides for the joint audio-visual embedding (stage 11)
 gpus=8               # GPUs per node for torchrun (0: plain CPU training, one process)
 nnodes=1             # torchrun multi-node: run this script on every node with its --node-rank (see --help)
 node_rank=0
@@ -52,6 +54,9 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
     8  the metrics table -> exp/RESULTS.md
     9  audio-visual cleansing -> exp/cleanse/train_all_clean.txt, data/<train>_clean
     10 retrain the speaker network on the cleaned list and compare O/E/H EERs
+    11 the joint audio-visual embedding (--av-conf) over the speaker and face networks' embeddings: trained on
+       4 random 2 s crops per training utterance, embedded, scored (cosine, AS-Norm) -> exp/av_joint/, rows
+       in exp/RESULTS.md (node 0 only; one process, on the GPU when there is one)
   Several nodes (--nnodes N): start this script on every node, with the same options, the same exp/ and
   data/ on a shared file system, and its --node-rank 0..N-1. Node 0 runs every stage. The other nodes run
   only the torchrun trainings (3, 4 and the retraining of 10; none with --pretrained): before each they wait
@@ -63,7 +68,7 @@ help_message="Usage: $0 --layout seed --vox2 DIR --vox1 DIR [options]
   slurm.pl asks Slurm for --gres=gpu:1); its speech jobs read and decode ahead (extract-embeddings
   --num-workers 4).
   Options: --stage --stop-stage --layout --vox2 --vox1 --vox2-dev --trials-dir --musan --rirs --pretrained --speaker-conf
-           --lm-conf --lm-opts --face-conf --train-opts --gpus --nnodes --node-rank --master-addr --master-port --sync-timeout
+           --lm-conf --lm-opts --face-conf --av-conf --av-opts --train-opts --gpus --nnodes --node-rank --master-addr --master-port --sync-timeout
            --sync-poll --nj --device --top-n --cal-set"
 
 . ./path.sh
@@ -251,6 +256,14 @@ fi
 
 face_systems() { echo face; [ -f exp/face_glint/avg_model.pt ] && echo face_glint; true; }
 
+# row SET SYSTEM SCORING SCORES [--calibrated]: a line of the metrics table of exp/RESULTS.md
+row() {
+  [ -f "$4" ] || return 0
+  avtk compute-metrics ${5:-} "$4" | awk -v set="$1" -v sys="$2" -v sc="$3" '
+    /^EER/ {eer=$2} /minDCF\(p=0.01\)/ {d1=$2} /minDCF\(p=0.05\)/ {d5=$2} /^Cllr/ {cllr=$2}
+    END {printf "| %s | %s | %s | %s | %s | %s | %s |\n", set, sys, sc, eer, d1, d5, (cllr == "" ? "-" : cllr)}'
+}
+
 # embed MODEL_EXP SET TABLE: $cmd JOB=1:$nj extraction of data/SET/TABLE into MODEL_EXP/emb/SET.scp
 embed() {
   local exp_dir=$1 x=$2 table=$3 dir=$1/emb input=${3%.scp}
@@ -325,12 +338,6 @@ fi
 
 if run_stage 8; then
   log "Stage 8: metrics table"
-  row() {  # set, system, scoring, scores file, [--calibrated]
-    [ -f "$4" ] || return 0
-    avtk compute-metrics ${5:-} "$4" | awk -v set="$1" -v sys="$2" -v sc="$3" '
-      /^EER/ {eer=$2} /minDCF\(p=0.01\)/ {d1=$2} /minDCF\(p=0.05\)/ {d5=$2} /^Cllr/ {cllr=$2}
-      END {printf "| %s | %s | %s | %s | %s | %s | %s |\n", set, sys, sc, eer, d1, d5, (cllr == "" ? "-" : cllr)}'
-  }
   {
     echo "# VoxCeleb results"
     echo
@@ -386,6 +393,51 @@ if run_stage 10; then
     done
   fi
   stage_done 10
+fi
+
+if run_stage 11; then
+  av=exp/av_joint
+  if [ "$av_conf" = none ]; then
+    log "Stage 11: no joint audio-visual embedding (--av-conf none)"
+  elif [ ! -f "exp/face/emb/$train.scp" ]; then
+    die "Stage 11: exp/face/emb/$train.scp is missing: the joint embedding trains on the face network's embeddings of data/$train (stage 5 embeds them when data/$train/frames.scp exists)"
+  else
+    log "Stage 11: the joint audio-visual embedding ($av_conf) over exp/$spk and exp/face"
+    mkdir -p "$av/data/train" "$av/emb" "$av/scores"
+    # training input: the speaker network's embeddings of 4 random 2 s crops per training utterance (its
+    # embeddings of whole training utterances are memorised), and the face network's
+    speech_table=feats.scp
+    [ -n "$pretrained" ] && speech_table=wav.scp
+    split_to "data/$train/$speech_table" "$av/crops/split$nj" "${speech_table%.scp}"
+    $ext_cmd JOB=1:"$nj" "exp/log/av_crops.JOB.log" \
+      avtk extract-embeddings --model "exp/$spk/avg_model.pt" --device "$device" --seed-crops 4 --crop-seconds 2 \
+        "scp:$av/crops/split$nj/${speech_table%.scp}.JOB.scp" "ark,scp:$PWD/$av/crops/crops.JOB.ark,$PWD/$av/crops/crops.JOB.scp"
+    for n in $(seq "$nj"); do cat "$av/crops/crops.$n.scp"; done | sort > "$av/data/train/audio_emb.scp"
+    check_count "$av/data/train/audio_emb.scp" "data/$train/$speech_table"
+    cp "data/$train/utt2spk" "$av/data/train/utt2spk"
+    cp "exp/face/emb/$train.scp" "$av/data/train/face_emb.scp"
+    avtk train --config "$av_conf" --train-data "$av/data/train" --exp "$av" $av_opts
+    for x in $train $(sets); do
+      [ -f "exp/face/emb/$x.scp" ] || continue
+      avtk extract-joint-embeddings --model "$av/avg_model.pt" --face-emb "scp:exp/face/emb/$x.scp" \
+        "scp:exp/$spk/emb/$x.scp" "ark,scp:$PWD/$av/emb/$x.ark,$PWD/$av/emb/$x.scp"
+    done
+    echo >> exp/RESULTS.md
+    echo "Joint audio-visual embedding (stage 11, $av_conf over $spk and face):" >> exp/RESULTS.md
+    echo >> exp/RESULTS.md
+    echo "| set | system | scoring | EER % | minDCF p=0.01 | minDCF p=0.05 | Cllr |" >> exp/RESULTS.md
+    echo "|---|---|---|---|---|---|---|" >> exp/RESULTS.md
+    for x in $(sets); do
+      [ -f "$av/emb/$x.scp" ] || continue
+      avtk score --trials "data/$x/trials" "scp:$av/emb/$x.scp" "$av/scores/${x}_cosine.txt"
+      avtk score --trials "data/$x/trials" --cohort "scp:$av/emb/$train.scp" --cohort-utt2spk "data/$train/utt2spk" \
+        --top-n "$top_n" "scp:$av/emb/$x.scp" "$av/scores/${x}_asnorm.txt"
+      row "$x" "joint audio-visual" cosine "$av/scores/${x}_cosine.txt" >> exp/RESULTS.md
+      row "$x" "joint audio-visual" AS-Norm "$av/scores/${x}_asnorm.txt" >> exp/RESULTS.md
+    done
+    tail -5 exp/RESULTS.md
+  fi
+  stage_done 11
 fi
 
 log "done (node $node_rank of $nnodes)"

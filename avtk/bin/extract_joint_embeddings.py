@@ -1,0 +1,98 @@
+"""Embed utterances with a joint audio-visual network (gated_fusion) from their speaker and face embeddings."""
+import logging
+
+from avtk.command import count, make_parser
+
+
+def get_parser():
+    p = make_parser(
+        "One audio-visual embedding per utterance from a network that `avtk train` trained with model.encoder: "
+        "gated_fusion (avtk/models/joint.py), over the embeddings of the same frozen speaker and face networks "
+        "it was trained on. Every utterance of the audio table gets an embedding; one without a face embedding "
+        "gets the audio branch's, and is listed in the --no-face file. Face embeddings of utterances that are "
+        "not in the audio table are ignored (counted in a WARNING). Score the output with avtk score, like any "
+        "other embeddings."
+    )
+    p.add_argument("--model", required=True, help="the gated_fusion network: EXP/avg_model.pt or a checkpoint")
+    p.add_argument("--face-emb", required=True, metavar="RSPECIFIER",
+                   help="the face network's embeddings, e.g. scp:exp/iresnet/emb/test.scp")
+    p.add_argument("--no-face", metavar="FILE",
+                   help="write the utterances without a face embedding here (default: the output scp, or ark, "
+                        "with its extension replaced by .no_face)")
+    p.add_argument("--batch-size", type=count(1), default=1024, help="utterances per forward pass")
+    p.add_argument("rspecifier", help="the speaker network's embeddings, e.g. scp:exp/ecapa/emb/test.scp (a "
+                                      "(1+N, dim) --seed-crops matrix gives its whole-utterance row)")
+    p.add_argument("wspecifier", help="output table, e.g. ark,scp:exp/av/emb/test.ark,exp/av/emb/test.scp")
+    return p
+
+
+def main(args):
+    import numpy as np
+    import torch
+
+    from avtk.data.table import write_dict
+    from avtk.embed import load_network
+    from avtk.errors import AvtkError
+    from avtk.io.ark import load_table, open_reader, open_writer
+    from avtk.io.atomic import atomic_group, side_path
+    from avtk.models.joint import JointNet, pack
+
+    log = logging.getLogger(__name__)
+    net, _, _ = load_network(args.model)
+    if not isinstance(net, JointNet):
+        raise AvtkError(f"{args.model}: a {net.encoder.__class__.__name__} network, not an audio-visual one "
+                        "(model.encoder: gated_fusion); embed speech and faces with avtk extract-embeddings")
+    enc = net.encoder
+    faces = load_table(args.face_emb)
+    for utt, v in faces.items():
+        if np.shape(v) != (enc.face_dim,):
+            raise AvtkError(f"{args.face_emb}: utterance {utt}: a face embedding of shape {np.shape(v)}, but "
+                            f"{args.model} takes ({enc.face_dim},)")
+    no_face_path = args.no_face
+    if no_face_path is None:
+        from avtk.io.ark import parse_specifier
+
+        ark, scp, _ = parse_specifier(args.wspecifier, "wspecifier")
+        target = scp or ark
+        if target in ("-", "") or target.endswith("|"):
+            raise AvtkError(f"{args.wspecifier} writes to a stream: give --no-face FILE")
+        no_face_path = side_path(target, ".no_face")
+    order, no_face = [], []
+
+    def flush(writer, keys, audio):
+        rows = pack(np.stack(audio), [faces.get(k) for k in keys], enc.face_dim)
+        with torch.no_grad():
+            out = net(torch.from_numpy(rows)).numpy()
+        for k, e in zip(keys, out):
+            writer[k] = e
+
+    with atomic_group(no_face_path):  # the table and the list appear together, or neither does
+        with open_writer(args.wspecifier) as writer:
+            keys, audio = [], []
+            for utt, x in open_reader(args.rspecifier):
+                x = np.atleast_2d(x)
+                if x.shape[1] != enc.audio_dim:
+                    raise AvtkError(f"{args.rspecifier}: utterance {utt}: speaker embeddings of dimension "
+                                    f"{x.shape[1]}, but {args.model} takes {enc.audio_dim}")
+                order.append(utt)
+                if utt not in faces:
+                    no_face.append(utt)
+                keys.append(utt)
+                audio.append(x[0])
+                if len(keys) == args.batch_size:
+                    flush(writer, keys, audio)
+                    keys, audio = [], []
+            if keys:
+                flush(writer, keys, audio)
+        write_dict(no_face_path, {u: "no_face" for u in no_face})
+    unused = len(set(faces) - set(order))
+    if unused:
+        log.warning("%d face embeddings of %s have no speaker embedding in %s: ignored", unused, args.face_emb,
+                    args.rspecifier)
+    if no_face:
+        log.warning("%d of %d utterances have no face embedding: embedded by the audio branch (listed in %s), "
+                    "e.g. %s", len(no_face), len(order), no_face_path, no_face[0])
+    if not order:
+        log.warning("wrote no embeddings: %s is empty", args.rspecifier)
+    log.info("wrote %d audio-visual embeddings (%d with a face) to %s", len(order), len(order) - len(no_face),
+             args.wspecifier)
