@@ -34,5 +34,6 @@ def test_bench_script_prints_its_ratios(script):
 def test_every_bench_script_is_smoke_tested_or_named():
     scripts = {p.name for p in (REPO / "bench").glob("*.py")} - {"timing.py"}
     # score.py has one fixed Vox1-E size (about 30 s); finetune.py trains 5 networks even with --quick (about 70 CPU
-    # seconds; its parts are tested in test_finetune.py): README only
-    assert scripts - set(SMOKE) == {"score.py", "finetune.py"}
+    # seconds; its parts are tested in test_finetune.py): README only; joint_embedding.py reads a finished egs/mini
+    # run: test_recipe_mini runs it on the recipe's outputs
+    assert scripts - set(SMOKE) == {"score.py", "finetune.py", "joint_embedding.py"}

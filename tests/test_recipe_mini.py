@@ -6,6 +6,7 @@ noise, and the retraining on the cleaned list.
 Marked `recipe` (about 12 minutes on 2 cores): run with `python -m pytest -q -m recipe tests`."""
 import re
 import shutil
+import sys
 
 import kaldiio
 import pytest
@@ -207,6 +208,11 @@ def test_stage12_joint_embedding_beats_each_modality_and_embeds_utterances_witho
     assert len(emb) == 240
     assert {u for u, e in emb.items() if not e[192:].any()} == gone
     assert (recipe / "exp/av_joint/emb/test_faceless.no_face").read_text().split()[::2] == sorted(gone)
+    # bench/joint_embedding.py reads this run: its untrained gated network is the mean fusion exactly
+    out = run([sys.executable, REPO / "bench/joint_embedding.py", recipe, "--seeds", "1"], cwd=REPO).stdout
+    mean = re.search(r"seed mean fusion \(audio alone if no face\)\s+([\d.]+)", out).group(1)
+    assert re.search(r"gated, untrained \(equal weights\)\s+" + re.escape(mean), out), out
+    assert "gated, trained on crops" in out and "projected, trained on whole utterances" in out
 
 
 def test_stage6_resumes_from_files_on_disk(recipe, ran):

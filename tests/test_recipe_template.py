@@ -210,6 +210,7 @@ def test_bad_options_stop_with_one_error_before_writing(corpus, tmp_path, args, 
     assert tree_digest(root) == digest
 
 
+@pytest.mark.recipe
 def test_audio_only_end_to_end(corpus, audio_run):
     root, digest = corpus
     run_dir, log = audio_run
@@ -240,6 +241,7 @@ def test_audio_only_end_to_end(corpus, audio_run):
     assert sum(line.startswith("| test_b | speaker |") for line in table) == 3
 
 
+@pytest.mark.recipe
 def test_audio_visual_end_to_end(corpus, av_run):
     root, digest = corpus
     run_dir, log = av_run
@@ -263,13 +265,7 @@ def test_audio_visual_end_to_end(corpus, av_run):
     assert "| test | face | AS-Norm |" in table
 
 
-def _train_takes_init_model():
-    from avtk.bin.train import get_parser
-
-    return any("--init-model" in a.option_strings for a in get_parser()._actions)
-
-
-@pytest.mark.xfail(not _train_takes_init_model(), reason="avtk train --init-model is not in this tree yet")
+@pytest.mark.recipe
 def test_fine_tuning_starts_from_the_init_model(audio_run, tmp_path):
     src_dir, _ = audio_run
     run_dir = copy_recipe(tmp_path / "ft")

@@ -105,6 +105,7 @@ def test_missing_data_paths_stop_with_what_to_pass(tree, tmp_path):
     assert proc.returncode == 1 and "data/vox2_train/wav.scp is missing: run stage 0 first" in proc.stderr
 
 
+@pytest.mark.recipe  # every stage end to end (about 2 minutes): with the mini recipe in CI's second step
 def test_every_stage_on_the_official_layout(tree):
     proc = recipe_run(tree)
     recipe = tree / "recipe"
