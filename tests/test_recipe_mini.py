@@ -40,7 +40,7 @@ def test_unknown_option_fails(recipe):
 
 def test_bad_option_values_fail_before_any_stage(recipe):
     proc = run(["./run.sh", "--speaker-nets", "ecapa,xvector"], cwd=recipe, check=False)
-    assert proc.returncode == 1 and "--speaker-nets: unknown network 'xvector' (known: ecapa, campplus)" in proc.stderr
+    assert proc.returncode == 1 and "--speaker-nets: unknown network 'xvector' (known: ecapa, campplus, resnet221, resnet293)" in proc.stderr
     proc = run(["./run.sh", "--faceless", "101"], cwd=recipe, check=False)
     assert proc.returncode == 1 and "--faceless must be a percentage 0-100, not 101" in proc.stderr
     assert not (recipe / "corpus").exists()

@@ -12,7 +12,8 @@ exp=exp
 id_speakers=15  # stage 11: test speakers enrolled for identification (the others are impostors)
 top_n=20        # AS-Norm cohort size (the cohort is the 40 training speakers' mean embeddings)
 lm_conf=conf/ecapa_mini_lm.yaml  # stage 3: large-margin fine-tuning of the speaker network (none: skip it)
-speaker_nets=ecapa  # stage 3: speaker networks, comma-separated: ecapa (always) and campplus (conf/<net>_mini.yaml)
+speaker_nets=ecapa  # stage 3: speaker networks, comma-separated: ecapa (always), campplus, resnet221, resnet293
+                    # (conf/<net>_mini.yaml)
 av_conf=conf/av_joint_mini.yaml  # stage 12: the joint audio-visual embedding
 faceless=30     # stage 12: percent of the test utterances whose face frames are removed
 
@@ -38,7 +39,8 @@ help_message="Usage: $0 [options]
        fusion, on all test trials and with the face frames of --faceless % of the test utterances removed
        -> exp/av_joint/, a table in exp/RESULTS.md
   Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --id-speakers --lm-conf (none: no LM)
-    --speaker-nets (more speaker networks in stages 3, 5, 6 and 8: ecapa,campplus) --av-conf --faceless"
+    --speaker-nets (more speaker networks in stages 3, 5, 6 and 8: ecapa,campplus,resnet221,resnet293) --av-conf
+    --faceless"
 
 . ./path.sh
 . ./cmd.sh
@@ -54,8 +56,9 @@ extra_nets=  # --speaker-nets beyond ecapa: trained in stage 3, embedded and sco
 for net in $(echo "$speaker_nets" | tr ',' ' '); do
   case $net in
     ecapa) ;;
-    campplus) extra_nets="$extra_nets $net" ;;
-    *) echo "$0: option --speaker-nets: unknown network '$net' (known: ecapa, campplus)" >&2; exit 1 ;;
+    campplus|resnet221|resnet293) extra_nets="$extra_nets $net" ;;
+    *) echo "$0: option --speaker-nets: unknown network '$net' (known: ecapa, campplus, resnet221, resnet293)" >&2
+       exit 1 ;;
   esac
 done
 speaker_systems="$speaker_systems$extra_nets"
@@ -235,7 +238,11 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     row "$name" "AS-Norm, calibrated on dev" "$exp/fusion/test_audio_calibrated.txt" --calibrated
     row "$name" "AS-Norm, QMF on dev" "$exp/fusion/test_audio_qmf.txt" --calibrated
     for net in $extra_nets; do
-      label=$net; [ "$net" = campplus ] && label="CAM++ (1.07 M)"
+      case $net in
+        campplus) label="CAM++ (1.07 M)" ;;
+        resnet221) label="ResNet221 w=4 (0.79 M)" ;;
+        resnet293) label="ResNet293 w=4 (0.87 M)" ;;
+      esac
       row "audio: $label" "cosine" "$exp/$net/scores/test_cosine.txt"
       row "audio: $label" "AS-Norm" "$exp/$net/scores/test_asnorm.txt"
     done
