@@ -407,6 +407,9 @@ def export_model(model_path, out_path, fmt=None, check=True):
     if fmt not in FORMATS:
         raise AvtkError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     net, cfg, blob = load_network(model_path)
+    if getattr(net, "modality", None) == "audio-visual":
+        raise AvtkError(f"{model_path}: a joint audio-visual network (gated_fusion) is not exported: it embeds "
+                        "two networks' embeddings, not audio or images; use avtk extract-joint-embeddings")
     speaker = not is_face(net)
     if speaker and getattr(net.frontend, "dither", 0.0):
         log.warning("%s: the front end dithers (dither %g); the exported graph does not", model_path,

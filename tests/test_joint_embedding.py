@@ -49,7 +49,8 @@ def test_modality_dropout_removes_faces_in_training_only_and_never_both_modaliti
     audio_gone = np.all(e[:, :AUDIO_DIM] == 0, axis=1)
     face_gone = np.all(e[:, AUDIO_DIM:] == 0, axis=1)
     assert not np.any(audio_gone & face_gone)
-    assert abs(face_gone.mean() - 0.4) < 0.03 and abs(audio_gone.mean() - 0.3) < 0.03
+    # face_dropout of all samples, audio_dropout of those that keep their face
+    assert abs(face_gone.mean() - 0.4) < 0.03 and abs(audio_gone.sum() / (~face_gone).sum() - 0.3) < 0.03
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     e_eval = enc.eval()(rows).detach().numpy()
     assert not np.any(np.all(e_eval[:, AUDIO_DIM:] == 0, axis=1))
@@ -206,3 +207,75 @@ def test_the_speech_and_face_commands_refuse_a_joint_model(corpus, trained, tmp_
     err = one_error(avtk("extract-embeddings", "--model", exp / "avg_model.pt", f"scp:{test}/audio_emb.scp",
                          f"ark:{tmp_path}/o.ark", check=False))
     assert f"{exp}/avg_model.pt: a joint audio-visual network (gated_fusion) embeds speaker and face embeddings" in err
+
+
+def test_outputs_that_collide_with_each_other_or_an_input_are_refused_and_nothing_is_written(corpus, trained, tmp_path):
+    root, _, _, test, _, _ = corpus
+    exp, _ = trained
+    model = ["--model", exp / "avg_model.pt", "--face-emb", f"scp:{test}/face_emb.scp"]
+    before = (test / "face_emb.scp").read_text()
+    o = tmp_path / "o"
+    for extra, out, named in (
+            (["--no-face", f"{o}.scp"], f"ark,scp:{o}.ark,{o}.scp", f"{o}.scp: is written twice by this command"),
+            ([], f"ark,scp:{o}.ark,{o}.no_face", f"{o}.no_face: is written twice by this command"),
+            (["--no-face", f"{o}.ark"], f"ark:{o}.ark", f"{o}.ark: is written twice by this command"),
+            (["--no-face", f"{o}.ark"], f"ark,scp:{o}.ark,{o}.scp", f"{o}.ark: is written twice by this command"),
+            (["--no-face", test / "face_emb.scp"], f"ark,scp:{o}.ark,{o}.scp",
+             f"{test}/face_emb.scp: is also an input of this command"),
+            (["--no-face", f"{o}.nf"], f"ark,scp:{o}.ark,{test}/audio_emb.scp",
+             f"{test}/audio_emb.scp: is also an input of this command")):
+        err = one_error(avtk("extract-joint-embeddings", *model, *extra, f"scp:{test}/audio_emb.scp", out, check=False))
+        assert named in err, (extra, out, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+    assert (test / "face_emb.scp").read_text() == before
+    assert len(kaldiio.load_scp(str(test / "audio_emb.scp"))) == 16
+
+
+def test_degenerate_embeddings_are_errors_naming_the_utterance(corpus, trained, tmp_path):
+    import shutil
+
+    root, train, _, test, _, conf = corpus
+    exp, _ = trained
+    model = ["--model", exp / "avg_model.pt", "--face-emb", f"scp:{test}/face_emb.scp"]
+    # a double beyond float32's range is infinite in avtk's float32 computations
+    import kaldiio as k
+
+    with k.WriteHelper(f"ark,scp:{tmp_path}/big64.ark,{tmp_path}/big64.scp") as w:
+        w["tst0-0"] = np.full(AUDIO_DIM, 1e300, dtype=np.float64)
+    err = one_error(avtk("extract-joint-embeddings", *model, f"scp:{tmp_path}/big64.scp", f"ark:{tmp_path}/o.ark",
+                         "--no-face", tmp_path / "nf", check=False))
+    assert "key 'tst0-0'" in err and "value beyond float32's range (avtk computes in float32) at index 0" in err
+    # a 0-row matrix; a speaker embedding equal to the network's training mean (no direction after centring)
+    with k.WriteHelper(f"ark,scp:{tmp_path}/zero.ark,{tmp_path}/zero.scp") as w:
+        w["tst0-0"] = np.zeros((0, AUDIO_DIM), dtype=np.float32)
+    err = one_error(avtk("extract-joint-embeddings", *model, f"scp:{tmp_path}/zero.scp", f"ark:{tmp_path}/o.ark",
+                         "--no-face", tmp_path / "nf", check=False))
+    assert "utterance tst0-0: an empty (0-row) matrix, not an embedding" in err
+    mean = torch.load(exp / "avg_model.pt", weights_only=False)["model"]["encoder.audio_mean"].numpy()
+    write_table(tmp_path / "mean", {"tst0-1": mean})  # tst0-1 has no face: its embedding would be all zeros
+    err = one_error(avtk("extract-joint-embeddings", *model, f"scp:{tmp_path}/mean.scp", f"ark:{tmp_path}/o.ark",
+                         "--no-face", tmp_path / "nf", check=False))
+    assert "tst0-1" in err and "all zeros" in err
+    assert not (tmp_path / "o.ark").exists() and not (tmp_path / "nf").exists()
+    # training: an all-zero face embedding, a utt2spk line of three fields
+    bad = tmp_path / "bad"
+    shutil.copytree(train, bad)
+    faces = {u: np.asarray(v) for u, v in kaldiio.load_scp(str(train / "face_emb.scp")).items()}
+    first = sorted(faces)[0]
+    faces[first] = np.zeros(FACE_DIM)
+    write_table(bad / "face_emb", faces)
+    err = one_error(avtk("train", "--config", conf, "--train-data", bad, "--exp", tmp_path / "e1", check=False))
+    assert f"{bad}/face_emb.scp" in err and first in err and "all zeros" in err
+    shutil.copy(train / "face_emb.scp", bad / "face_emb.scp")
+    lines = (bad / "utt2spk").read_text().splitlines()
+    lines[1] = lines[1].replace(" ", " extra ", 1)
+    (bad / "utt2spk").write_text("\n".join(lines) + "\n")
+    err = one_error(avtk("train", "--config", conf, "--train-data", bad, "--exp", tmp_path / "e2", check=False))
+    assert f"{bad}/utt2spk:2: malformed line: expected exactly 2 fields" in err
+
+
+def test_a_joint_model_is_not_exported(corpus, trained, tmp_path):
+    exp, _ = trained
+    err = one_error(avtk("export", "--model", exp / "avg_model.pt", tmp_path / "x.pt", check=False))
+    assert "a joint audio-visual network (gated_fusion) is not exported" in err
+    assert not (tmp_path / "x.pt").exists()

@@ -342,3 +342,26 @@ def test_data_dir_output_under_a_file(tmp_path, argv, out, error):
     proc = avtk(*argv, cwd=tmp_path, check=False)
     assert the_error(proc, argv[0]) == error
     assert (tmp_path / "blk").read_text() == "a file\n"
+
+
+def test_a_command_never_writes_one_file_twice_or_over_its_input(tmp_path):
+    """atomic_group's rule for every command's outputs: two outputs that are one file (by any name: a relative
+    path, a symlink), or an output that is an input, are an AvtkError naming it, and no output appears."""
+    (tmp_path / "in.scp").write_text("a x\n")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "one.txt")
+    with pytest.raises(AvtkError, match=r"link\.txt: is written twice by this command \(also as .*one\.txt\)"):
+        with atomic.atomic_group():
+            with atomic.atomic_open(tmp_path / "one.txt") as f:
+                f.write("first\n")
+            with atomic.atomic_open(tmp_path / "link.txt") as f:
+                f.write("second\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.scp", "link.txt"]
+    with pytest.raises(AvtkError, match=r"in\.scp: is also an input of this command"):
+        with atomic.atomic_group(inputs=[tmp_path / "in.scp"]):
+            with arkio.open_writer(f"ark,scp:{tmp_path}/o.ark,{tmp_path}/in.scp") as w:
+                w["a"] = np.ones(3, dtype=np.float32)
+    assert (tmp_path / "in.scp").read_text() == "a x\n" and not (tmp_path / "o.ark").exists()
+    with pytest.raises(AvtkError, match=r"in\.scp: is also an input of this command"):
+        with atomic.atomic_group(tmp_path / "in.scp", inputs=[tmp_path / "in.scp"]):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.scp", "link.txt"]

@@ -41,8 +41,16 @@ def test_unknown_option_fails(recipe):
 def test_bad_option_values_fail_before_any_stage(recipe):
     proc = run(["./run.sh", "--speaker-nets", "ecapa,xvector"], cwd=recipe, check=False)
     assert proc.returncode == 1 and "--speaker-nets: unknown network 'xvector' (known: ecapa, campplus, resnet221, resnet293)" in proc.stderr
-    proc = run(["./run.sh", "--faceless", "101"], cwd=recipe, check=False)
-    assert proc.returncode == 1 and "--faceless must be a percentage 0-100, not 101" in proc.stderr
+    for nets, message in (("-n", "unknown network '-n'"), ("*", "unknown network '*'"),
+                          ("campplus,ecapa,campplus", "'campplus' is named twice")):
+        proc = run(["./run.sh", "--speaker-nets", nets], cwd=recipe, check=False)
+        assert proc.returncode == 1 and f"--speaker-nets: {message}" in proc.stderr, proc.stderr
+    for value in ("101", "-1", "99999999999999999999", "1.5", ""):
+        proc = run(["./run.sh", "--faceless", value], cwd=recipe, check=False)
+        # parse_options.sh refuses what is not an integer, run.sh what is not a percentage
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and proc.stderr.strip().endswith(
+            (f"--faceless must be a percentage 0-100, not '{value}'", f"--faceless takes an integer, not '{value}'")), \
+            proc.stderr
     assert not (recipe / "corpus").exists()
 
 

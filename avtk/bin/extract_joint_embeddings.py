@@ -31,9 +31,9 @@ def main(args):
     import torch
 
     from avtk.data.table import write_dict
-    from avtk.embed import load_network
+    from avtk.embed import check_outputs, load_network
     from avtk.errors import AvtkError
-    from avtk.io.ark import load_table, open_reader, open_writer
+    from avtk.io.ark import load_table, open_reader, open_writer, parse_specifier
     from avtk.io.atomic import atomic_group, side_path
     from avtk.models.joint import JointNet, pack
 
@@ -50,27 +50,39 @@ def main(args):
                             f"{args.model} takes ({enc.face_dim},)")
     no_face_path = args.no_face
     if no_face_path is None:
-        from avtk.io.ark import parse_specifier
-
         ark, scp, _ = parse_specifier(args.wspecifier, "wspecifier")
         target = scp or ark
         if target in ("-", "") or target.endswith("|"):
             raise AvtkError(f"{args.wspecifier} writes to a stream: give --no-face FILE")
         no_face_path = side_path(target, ".no_face")
+    elif no_face_path == "-":
+        raise AvtkError("--no-face -: give a file (standard output is not a list file here)")
     order, no_face = [], []
 
     def flush(writer, keys, audio):
         rows = pack(np.stack(audio), [faces.get(k) for k in keys], enc.face_dim)
         with torch.no_grad():
             out = net(torch.from_numpy(rows)).numpy()
+        # embeddings are unit vectors; one that is not came from a degenerate input (a side equal to the
+        # training mean, or values whose square overflows): the one rule of avtk.scoring.check_embeddings first
+        check_outputs(out, keys)
+        norms = np.linalg.norm(out, axis=1)
+        if (np.abs(norms - 1) > 1e-3).any():
+            i = int(np.flatnonzero(np.abs(norms - 1) > 1e-3)[0])
+            raise AvtkError(f"utterance {keys[i]}: a degenerate embedding (norm {norms[i]:.3g}, not 1): its speaker or "
+                            f"face embedding equals the network's training mean or is too large")
         for k, e in zip(keys, out):
             writer[k] = e
 
-    with atomic_group(no_face_path):  # the table and the list appear together, or neither does
+    inputs = [p for spec in (args.rspecifier, args.face_emb) for p in parse_specifier(spec, "rspecifier")[:2]
+              if p and p != "-" and not p.rstrip().endswith("|")]
+    with atomic_group(no_face_path, inputs=inputs):  # the table and the list appear together, or neither does
         with open_writer(args.wspecifier) as writer:
             keys, audio = [], []
             for utt, x in open_reader(args.rspecifier):
                 x = np.atleast_2d(x)
+                if x.shape[0] == 0:
+                    raise AvtkError(f"{args.rspecifier}: utterance {utt}: an empty (0-row) matrix, not an embedding")
                 if x.shape[1] != enc.audio_dim:
                     raise AvtkError(f"{args.rspecifier}: utterance {utt}: speaker embeddings of dimension "
                                     f"{x.shape[1]}, but {args.model} takes {enc.audio_dim}")

@@ -373,6 +373,18 @@ def _load(data_dir, skip=(), drop_repeats=False):
     return DataDir(data_dir, tables)
 
 
+def read_table(path, name):
+    """{key: value} of one data-dir file `name` (a key of SPECS, e.g. "utt2spk") at `path`, by the rules `load`
+    applies to it (field counts, text, duplicate keys; unsorted lines are fine): where a directory holds that
+    one file without the rest of a data dir (an embeddings dir: utt2spk beside the scps)."""
+    report = _Report(limit=1)
+    entries = _scan(os.fspath(path), SPECS[name], report)
+    fatal = [message for check, message in report.items if check[1] != "sort"]
+    if fatal:
+        raise AvtkError(fatal[0])
+    return {k: e.value for k, e in entries.items()}
+
+
 def load(data_dir):
     """Load a data directory (wav.scp and utt2spk required; every other known file when present).
 

@@ -305,7 +305,8 @@ class TableWriter:
             if self._scp is not None:
                 self._scp.close()
             # inside an atomic_group, the group renames the files when all its outputs are complete
-            deferred = atomic.defer(self.scp_path or self.ark_path, self._publish, self._discard)
+            deferred = atomic.defer(self.scp_path or self.ark_path, self._publish, self._discard,
+                                    also=[self.ark_path] if self.scp_path else [])
             if not deferred:
                 self._publish()
         except OSError as err:
@@ -518,20 +519,28 @@ def _range_slices(span, shape, where):
 
 
 def check_finite_value(array, where):
-    """`array` itself when it holds no NaN or infinity; else an AvtkError `where: NaN or infinite value at
+    """`array` itself when it holds no NaN or infinity (and, in doubles, no value beyond float32's range, which
+    avtk's float32 computations would make infinite); else an AvtkError `where: NaN or infinite value at
     row R (of N), column C` (vectors: `at index I`). Every table value read here passes this check (module
     doc), as must any feature matrix loaded another way (e.g. `kaldiio.load_mat` of one scp value)."""
     if isinstance(array, tuple):  # kaldiio reads a wav file, or a RIFF ark entry, as (rate, samples)
         raise AvtkError(f"{where}: holds audio (a wave file), not a Kaldi matrix or vector")
     values = np.asarray(array)
-    if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
+    if not np.issubdtype(values.dtype, np.floating):
         return array
-    first = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
-    count = int((~np.isfinite(values)).sum())
+    bad = ~np.isfinite(values)
+    what = "NaN or infinite value"
+    if not bad.any() and values.dtype.itemsize > 4:  # doubles: avtk computes in float32, where these are inf
+        bad = np.abs(values) > np.finfo(np.float32).max
+        what = "value beyond float32's range (avtk computes in float32)"
+    if not bad.any():
+        return array
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    count = int(bad.sum())
     at = f"at index {first[0]}" if values.ndim == 1 else \
         f"at row {first[0]} (of {values.shape[0]}), column {first[1]}" if values.ndim == 2 else f"at {first}"
     more = f" ({count} such values)" if count > 1 else ""
-    raise AvtkError(f"{where}: NaN or infinite value {at}{more}")
+    raise AvtkError(f"{where}: {what} {at}{more}")
 
 
 def _checked_ark_key(key, entry, where):
@@ -815,8 +824,9 @@ def _gather(entries):
             if not (rec[:, :10] == header).all():
                 return None
             values = np.ascontiguousarray(rec[:, 10:]).view(dtype)
-            if not np.isfinite(values).all():
-                return None
+            if not np.isfinite(values).all() or (dtype.itemsize > 4 and
+                                                 (np.abs(values) > np.finfo(np.float32).max).any()):
+                return None  # the per-entry reader names it (check_finite_value)
             matrix[sel[a:a + _BULK_ROWS]] = values
         del windows, data
     return matrix

@@ -127,43 +127,62 @@ _GROUPS = []  # the open atomic_group()s of this process, innermost last
 
 
 class _Group:
-    """The renames deferred by an `atomic_group`: path -> (commit, discard), in the order written."""
+    """The renames deferred by an `atomic_group`: path -> (commit, discard), in the order written; the real
+    paths of the files they publish, and of the command's inputs, to refuse writing one file twice or over
+    an input."""
 
-    def __init__(self):
+    def __init__(self, inputs=()):
         self.pending = {}
+        self.published = {}  # real path -> the path as the command named it
+        self.inputs = {os.path.realpath(p): os.fspath(p) for p in inputs if p is not None}
 
-    def defer(self, path, commit, discard):
+    def defer(self, path, commit, discard, also=()):
+        for name in (path, *also):
+            real = os.path.realpath(name)
+            clash = ("is also an input of this command" if real in self.inputs else
+                     f"is written twice by this command (also as {self.published[real]})" if real in self.published
+                     else None)
+            if clash:
+                with contextlib.suppress(OSError):
+                    discard()
+                raise AvtkError(f"{name}: {clash}; give each output its own file")
+        for name in (path, *also):
+            self.published[os.path.realpath(name)] = os.fspath(name)
         self.pending[os.fspath(path)] = (commit, discard)
 
 
-def defer(path, commit, discard):
-    """Inside an `atomic_group`: run `commit()` (the renames that publish `path`) when the group succeeds, and
-    `discard()` (remove the temporary files) when it fails; returns True. Outside one: returns False."""
+def defer(path, commit, discard, also=()):
+    """Inside an `atomic_group`: run `commit()` (the renames that publish `path`, and the files `also`) when the
+    group succeeds, and `discard()` (remove the temporary files) when it fails; returns True. Outside one:
+    returns False. A path the group already publishes, or one of its inputs, is an AvtkError (after discard)."""
     if not _GROUPS:
         return False
-    _GROUPS[-1].defer(path, commit, discard)
+    _GROUPS[-1].defer(path, commit, discard, also)
     return True
 
 
 @contextlib.contextmanager
-def atomic_group(*paths, dirs=()):
+def atomic_group(*paths, dirs=(), inputs=()):
     """Write the outputs of one command as a group: all of them appear, or none does.
 
     `paths` (files; None entries are ignored) are checked and prepared first (`prepare`: a parent that is a
     file or a directory where a file goes is an AvtkError before any work); so are the directories `dirs`
-    (written by `atomic_dir`). Inside the block, the writers of
+    (written by `atomic_dir`). Two outputs that are one file, or an output that is one of the files `inputs`,
+    are an AvtkError naming it, and nothing is written. Inside the block, the writers of
     this module and `TableWriter` keep their temporary files when they close; on a clean exit the group renames
     them over their final names in the order written, on an error (an AvtkError, a KeyboardInterrupt, any
     exception) it removes them. Special files (``/dev/full``) are written in place as always, so a full disk
     there fails the block before anything is renamed. Groups nest: an inner group defers to the outer one.
     """
+    group = _Group(inputs)
     for path in paths:
+        if path is not None and os.path.realpath(path) in group.inputs:
+            raise AvtkError(f"{path}: is also an input of this command; give each output its own file")
         if path is not None and not is_special(path):
             prepare(path)
     for path in dirs:
         if path is not None:
             prepare(os.fspath(path).rstrip("/"), is_dir=True)
-    group = _Group()
     _GROUPS.append(group)
     try:
         yield group

@@ -59,9 +59,9 @@ class GatedFusion(nn.Module):
         a, f, has_face = self.unpack(x)
         has_audio = torch.ones_like(has_face)
         if self.training and (self.face_dropout or self.audio_dropout):
-            r = torch.rand(len(x), device=x.device)
-            drop_face = r < self.face_dropout
-            has_audio = ~(has_face & ~drop_face & (r < self.face_dropout + self.audio_dropout))
+            r = torch.rand(2, len(x), device=x.device)
+            drop_face = r[0] < self.face_dropout
+            has_audio = ~(has_face & ~drop_face & (r[1] < self.audio_dropout))  # of those keeping a face
             has_face = has_face & ~drop_face
         a = F.normalize(a - self.audio_mean, dim=1) * has_audio[:, None]
         f = F.normalize(f - self.face_mean, dim=1) * has_face[:, None]

@@ -107,8 +107,12 @@ def clear_previous_run(exp):
                                                    "config_history.yaml", "train_skipped.txt")]
     gone = 0
     for path in stale:
-        if os.path.exists(path):
-            os.remove(path)
+        if os.path.lexists(path):
+            try:
+                os.remove(path)
+            except OSError as err:
+                raise AvtkError(f"{path}: cannot remove this file of a previous run ({err.strerror}); remove it or "
+                                "choose another --exp") from None
             gone += 1
     return gone
 

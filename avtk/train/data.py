@@ -371,13 +371,11 @@ class EmbeddingDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir, cfg, seed):
         from avtk.io.ark import load_table
 
-        from avtk.data.table import read_dict
-
         self.data_dir, self.seed = os.fspath(data_dir), seed
         path = os.path.join(self.data_dir, "utt2spk")
         if not os.path.isfile(path):
             raise AvtkError(f"{path}: missing (data.input is embeddings: utt2spk, audio_emb.scp and face_emb.scp)")
-        utt2spk = read_dict(path)
+        utt2spk = datadir.read_table(path, "utt2spk")
         self.speakers = sorted(set(utt2spk.values()))
         if len(self.speakers) < 2:
             raise AvtkError(f"{path}: {len(self.speakers)} speakers; training classifies at least 2")
@@ -385,10 +383,10 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         self.utts = sorted(utt2spk)
         self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
         paths = {name: os.path.join(self.data_dir, name) for name in ("audio_emb.scp", "face_emb.scp")}
-        for name, path in paths.items():
+        for (name, path), network in zip(paths.items(), ("speaker", "face")):
             if not os.path.isfile(path):
-                raise AvtkError(f"{path}: missing (data.input is embeddings: the scp of the {name[:4]} encoder's "
-                                "embeddings of these utterances, from avtk extract-embeddings)")
+                raise AvtkError(f"{path}: missing (data.input is embeddings: the {network} network's embeddings of "
+                                "these utterances, from avtk extract-embeddings)")
         audio, face = load_table(f"scp:{paths['audio_emb.scp']}"), load_table(f"scp:{paths['face_emb.scp']}")
         missing = [u for u in self.utts if u not in audio]
         if missing:
@@ -417,6 +415,16 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         if not self.has_face.all():
             log.info("%d of %d training utterances have no face embedding: they train the audio branch",
                      int((~self.has_face).sum()), len(self.utts))
+        extra = len(set(face) - set(utt2spk))
+        if extra:
+            log.info("%s: %d face embeddings of utterances that are not in utt2spk: not used", paths["face_emb.scp"],
+                     extra)
+        # the one rule for embeddings (avtk.scoring.check_embeddings): no all-zero vector, no direction
+        from avtk.scoring import check_embeddings
+
+        check_embeddings(self.audio, self.utts, paths["audio_emb.scp"])
+        present = np.flatnonzero(self.has_face)
+        check_embeddings(self.face[present], [self.utts[i] for i in present], paths["face_emb.scp"])
 
     def __len__(self):
         return len(self.utts)

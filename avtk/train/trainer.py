@@ -442,8 +442,8 @@ class Trainer:
             make_dirs(self.exp)  # a file in the way is an AvtkError naming it
             make_dirs(os.path.join(self.exp, "checkpoints"))  # before the first epoch, not after it
             if state is None:
+                gone = ckpt.clear_previous_run(self.exp)  # first: a file it cannot remove leaves config.yaml as it was
                 save_config(self.cfg, os.path.join(self.exp, "config.yaml"))
-                gone = ckpt.clear_previous_run(self.exp)
                 if gone:
                     log.warning("%s held %d files of a previous run (checkpoints, validation.txt, avg_model.pt); "
                                 "removed them: this run starts afresh (--resume continues a run)", self.exp, gone)

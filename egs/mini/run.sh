@@ -46,17 +46,22 @@ help_message="Usage: $0 [options]
 . ./cmd.sh
 . utils/parse_options.sh
 [ "$nj" -ge 1 ] || { echo "$0: option --nj must be >= 1, not $nj" >&2; exit 1; }
-case $faceless in ''|*[!0-9]*) echo "$0: option --faceless must be a percentage 0-100, not '$faceless'" >&2; exit 1 ;; esac
-[ "$faceless" -le 100 ] || { echo "$0: option --faceless must be a percentage 0-100, not $faceless" >&2; exit 1; }
+case $faceless in
+  [0-9]|[1-9][0-9]|100) ;;
+  *) echo "$0: option --faceless must be a percentage 0-100, not '$faceless'" >&2; exit 1 ;;
+esac
 
 # the speaker systems (exp/<name>) and the one that fusion, calibration and cleansing use
 speaker_systems=ecapa spk=ecapa
 if [ "$lm_conf" != none ]; then speaker_systems="ecapa ecapa_lm" spk=ecapa_lm; fi
 extra_nets=  # --speaker-nets beyond ecapa: trained in stage 3, embedded and scored with the others
-for net in $(echo "$speaker_nets" | tr ',' ' '); do
+IFS=, read -r -a nets <<< "$speaker_nets"
+for net in "${nets[@]}"; do
   case $net in
     ecapa) ;;
-    campplus|resnet221|resnet293) extra_nets="$extra_nets $net" ;;
+    campplus|resnet221|resnet293)
+      case " $extra_nets " in *" $net "*) echo "$0: option --speaker-nets: '$net' is named twice" >&2; exit 1 ;; esac
+      extra_nets="$extra_nets $net" ;;
     *) echo "$0: option --speaker-nets: unknown network '$net' (known: ecapa, campplus, resnet221, resnet293)" >&2
        exit 1 ;;
   esac
