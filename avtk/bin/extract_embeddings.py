@@ -1,6 +1,5 @@
 """Extract one embedding per utterance (speech: full length, batched by length; faces: N frames) into ark/scp."""
 import logging
-import os
 
 from avtk.command import count, device, make_parser, number
 
@@ -137,16 +136,9 @@ def _speech(args, model, input_type, kind, path, log):
 
 
 def _no_face_path(args):
-    if args.no_face:
-        return args.no_face
-    from avtk.errors import AvtkError
-    from avtk.io.ark import parse_specifier
+    from avtk.io.ark import side_file
 
-    ark, scp, _ = parse_specifier(args.wspecifier, "wspecifier")
-    target = scp or ark
-    if target in ("-", "") or target.endswith("|"):
-        raise AvtkError(f"{args.wspecifier} writes to a stream: give --no-face FILE")
-    return os.path.splitext(target)[0] + ".no_face"
+    return side_file(args.wspecifier, ".no_face", args.no_face)
 
 
 def _faces(args, model, kind, path, log):

@@ -33,8 +33,8 @@ def main(args):
     from avtk.data.table import write_dict
     from avtk.embed import check_outputs, load_network
     from avtk.errors import AvtkError
-    from avtk.io.ark import load_table, open_reader, open_writer, parse_specifier
-    from avtk.io.atomic import atomic_group, side_path
+    from avtk.io.ark import load_table, open_reader, open_writer, parse_specifier, side_file
+    from avtk.io.atomic import atomic_group
     from avtk.models.joint import JointNet, pack
 
     log = logging.getLogger(__name__)
@@ -48,15 +48,7 @@ def main(args):
         if np.shape(v) != (enc.face_dim,):
             raise AvtkError(f"{args.face_emb}: utterance {utt}: a face embedding of shape {np.shape(v)}, but "
                             f"{args.model} takes ({enc.face_dim},)")
-    no_face_path = args.no_face
-    if no_face_path is None:
-        ark, scp, _ = parse_specifier(args.wspecifier, "wspecifier")
-        target = scp or ark
-        if target in ("-", "") or target.endswith("|"):
-            raise AvtkError(f"{args.wspecifier} writes to a stream: give --no-face FILE")
-        no_face_path = side_path(target, ".no_face")
-    elif no_face_path == "-":
-        raise AvtkError("--no-face -: give a file (standard output is not a list file here)")
+    no_face_path = side_file(args.wspecifier, ".no_face", args.no_face)
     order, no_face = [], []
 
     def flush(writer, keys, audio):

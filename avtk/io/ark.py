@@ -390,6 +390,21 @@ class TableWriter:
         return False
 
 
+def side_file(wspecifier, ext, given=None, option="--no-face"):
+    """`given`, else the side file of the output table `wspecifier`: its scp (else its ark) with the extension
+    replaced by `ext` (atomic.side_path). An output to a stream (`-`, a pipe) has no side file: AvtkError
+    asking for `option FILE`; so is `given` "-"."""
+    if given == "-":
+        raise AvtkError(f"{option} -: give a file (standard output is not a list file here)")
+    if given:
+        return given
+    ark, scp, _ = parse_specifier(wspecifier, "wspecifier")
+    target = scp or ark
+    if target in ("-", "") or _is_output_pipe(target):
+        raise AvtkError(f"{wspecifier} writes to a stream: give {option} FILE")
+    return atomic.side_path(target, ext)
+
+
 def open_writer(wspecifier):
     """A `TableWriter` for `wspecifier` (context manager; `writer[key] = array`)."""
     return TableWriter(wspecifier)
