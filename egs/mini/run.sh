@@ -379,6 +379,7 @@ if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
   check_count "$av/faceless/face.all" "$data/test/frames.scp"
   rm "$av/faceless/face.all"
   a=$exp/$spk f=$exp/iresnet
+  # the joint network centres its inputs itself: its embeddings are scored without --mean-from
   cohort=(--cohort "scp:$av/emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n")
   avtk extract-joint-embeddings --model "$av/avg_model.pt" --face-emb "scp:$f/emb/train.scp" \
     "scp:$a/emb/train.scp" "ark,scp:$PWD/$av/emb/train.ark,$PWD/$av/emb/train.scp"
@@ -387,9 +388,8 @@ if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
     [ "$cond" = faceless ] && faces=$av/faceless/face.scp
     avtk extract-joint-embeddings --model "$av/avg_model.pt" --face-emb "scp:$faces" \
       "scp:$a/emb/test.scp" "ark,scp:$PWD/$av/emb/test_$cond.ark,$PWD/$av/emb/test_$cond.scp"
-    avtk score --trials "$data/test/trials" --mean-from "scp:$av/emb/train.scp" \
-      "scp:$av/emb/test_$cond.scp" "$av/scores/${cond}_joint_cosine.txt"
-    avtk score --trials "$data/test/trials" --mean-from "scp:$av/emb/train.scp" "${cohort[@]}" \
+    avtk score --trials "$data/test/trials" "scp:$av/emb/test_$cond.scp" "$av/scores/${cond}_joint_cosine.txt"
+    avtk score --trials "$data/test/trials" "${cohort[@]}" \
       "scp:$av/emb/test_$cond.scp" "$av/scores/${cond}_joint_asnorm.txt"
     # score fusion of the same faces: trials without a face fall back to the audio score (mean) or to the audio
     # calibration (logistic regression, stage 7's model)
