@@ -168,7 +168,7 @@ def test_qmf_rows_and_identification_table(recipe, ran):
     for system in [k for k in rows if k[1].endswith("QMF") or k[1].endswith("QMF on dev")]:
         assert 0 < float(rows[system][4]) < 1.0, (system, rows[system])  # Cllr of a useful calibration
     assert len([k for k in rows if "QMF" in k[1]]) == 2
-    ident = (recipe / "exp/RESULTS.md").read_text().split("\nIdentification (stage 11)")[1]
+    ident = (recipe / "exp/RESULTS.md").read_text().split("\nIdentification (stage 11)")[1].split("\nJoint audio-visual")[0]
     table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
              for line in ident.splitlines() if line.startswith("| ") and not line.startswith("| system")}
     assert len(table) == 5 and {v[0] for v in table.values()} == {"210 (60)"}, table
