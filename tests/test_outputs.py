@@ -365,3 +365,28 @@ def test_a_command_never_writes_one_file_twice_or_over_its_input(tmp_path):
         with atomic.atomic_group(tmp_path / "in.scp", inputs=[tmp_path / "in.scp"]):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.scp", "link.txt"]
+
+
+@pytest.mark.parametrize("command", ["compute-fbank", "extract-embeddings", "score"])
+def test_an_output_over_the_commands_input_is_refused_and_the_input_kept(inputs, tmp_path, command):
+    """The commands that read a table and write another name their inputs to their atomic_group: writing the
+    output over one is an error naming it, and the input is untouched (a Kaldi slip: feats.scp over wav.scp)."""
+    import soundfile
+
+    d = tmp_path
+    soundfile.write(d / "a.wav", np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32), 16000)
+    (d / "wav.scp").write_text(f"u0 {d}/a.wav\n")
+    if command == "compute-fbank":
+        victim, args = d / "wav.scp", ["compute-fbank", f"scp:{d}/wav.scp", f"ark,scp:{d}/o.ark,{d}/wav.scp"]
+    elif command == "extract-embeddings":
+        victim = d / "wav.scp"
+        args = ["extract-embeddings", "--model", inputs / "model.pt", f"scp:{d}/wav.scp", f"ark,scp:{d}/o.ark,{d}/wav.scp"]
+    else:
+        (d / "trials").write_text((inputs / "trials").read_text())
+        victim, args = d / "trials", ["score", "--trials", d / "trials", f"scp:{inputs}/emb.scp", d / "trials"]
+    before = victim.read_bytes()
+    proc = avtk(*args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{victim}: is also an input of this command; give each output its own file" in proc.stderr
+    assert victim.read_bytes() == before
+    assert sorted(p.name for p in d.iterdir()) == sorted({"a.wav", "wav.scp", victim.name})

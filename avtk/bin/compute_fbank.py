@@ -172,7 +172,10 @@ def main(args):
 
     audio = AudioReader(wav_scp, args.resample, segments=args.segments, sample_rate=frontend.sample_rate, max_cached=4,
                         sort=False)
-    with atomic_group(args.skipped, num_frames_file):  # the features, the frame counts and the skip list, or none
+    from avtk.io.ark import input_files
+
+    # the features, the frame counts and the skip list, or none; none of them over an input
+    with atomic_group(args.skipped, num_frames_file, inputs=input_files(args.rspecifier, args.segments)):
         _compute(args, wav_scp, audio, frontend, generator, device, num_frames_file)
     return 0
 

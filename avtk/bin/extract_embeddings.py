@@ -79,9 +79,12 @@ def main(args):
     if args.segments and input_type != "wav":
         raise AvtkError(f"--segments applies to a wav.scp, but {args.rspecifier} holds {input_type}")
     log.info("input: %s (%s)", input_type, args.rspecifier)
+    from avtk.io.ark import input_files
     from avtk.io.atomic import atomic_group
 
-    with atomic_group(args.skipped, args.no_face if input_type == "frames" else None):  # all outputs, or none
+    # all outputs, or none; none of them over the input
+    with atomic_group(args.skipped, args.no_face if input_type == "frames" else None,
+                      inputs=input_files(args.rspecifier, args.segments)):
         if input_type == "frames":
             return _faces(args, model, kind, path, log)
         _speech(args, model, input_type, kind, path, log)

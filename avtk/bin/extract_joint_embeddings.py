@@ -33,7 +33,7 @@ def main(args):
     from avtk.data.table import write_dict
     from avtk.embed import check_outputs, load_network
     from avtk.errors import AvtkError
-    from avtk.io.ark import load_table, open_reader, open_writer, parse_specifier, side_file
+    from avtk.io.ark import input_files, load_table, open_reader, open_writer, side_file
     from avtk.io.atomic import atomic_group
     from avtk.models.joint import JointNet, pack
 
@@ -66,9 +66,7 @@ def main(args):
         for k, e in zip(keys, out):
             writer[k] = e
 
-    inputs = [p for spec in (args.rspecifier, args.face_emb) for p in parse_specifier(spec, "rspecifier")[:2]
-              if p and p != "-" and not p.rstrip().endswith("|")]
-    with atomic_group(no_face_path, inputs=inputs):  # the table and the list appear together, or neither does
+    with atomic_group(no_face_path, inputs=input_files(args.rspecifier, args.face_emb)):  # the table and the list appear together, or neither does
         with open_writer(args.wspecifier) as writer:
             keys, audio = [], []
             for utt, x in open_reader(args.rspecifier):

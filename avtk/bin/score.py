@@ -107,7 +107,10 @@ def main(args):
 
     names = {1: " target", 0: " nontarget"}
     labels = [""] * len(trials) if trials.labels is None else [names[int(x)] for x in trials.labels]
-    with atomic_group(args.scores, args.write_quality):
+    from avtk.io.ark import input_files
+
+    with atomic_group(args.scores, args.write_quality,
+                      inputs=input_files(args.rspecifier, args.trials, args.cohort, args.mean_from)):
         with atomic_open(args.scores) as f:
             f.writelines(f"{e} {t} {s:.6f}{lab}\n"
                          for e, t, s, lab in zip(trials.enroll, trials.test, scores.tolist(), labels))

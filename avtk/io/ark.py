@@ -390,6 +390,22 @@ class TableWriter:
         return False
 
 
+def input_files(*specifiers):
+    """The files that the rspecifiers (and plain paths) `specifiers` name: an scp's or ark's path; standard
+    input, pipes and None are left out. For `atomic_group(inputs=...)`: an output must not be one of them."""
+    files = []
+    for spec in specifiers:
+        if spec is None:
+            continue
+        spec = os.fspath(spec)
+        if re.match(r"(scp|ark)[,:]", spec):
+            ark, scp, _ = parse_specifier(spec, "rspecifier")
+            files += [p for p in (ark, scp) if p and p != "-" and not _is_input_pipe(p)]
+        elif spec != "-":
+            files.append(spec)
+    return files
+
+
 def side_file(wspecifier, ext, given=None, option="--no-face"):
     """`given`, else the side file of the output table `wspecifier`: its scp (else its ark) with the extension
     replaced by `ext` (atomic.side_path). An output to a stream (`-`, a pipe) has no side file: AvtkError
