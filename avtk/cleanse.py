@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avtk.errors import AvtkError
-from avtk.io.ark import VectorTable
+from avtk.io.ark import VectorTable, empty_embedding_error
 from avtk.scoring import check_centred, check_embeddings
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def utterance_matrix(table, utts, where, required, frames=False):
     vector per utterance) a matrix is an AvtkError naming the table and the utterance (a feature table given
     as embeddings). Every vector is then L2-normalised (so vectors and matrices, and extractors of any
     scale, are on one footing). A missing key is an AvtkError naming the
-    utterance when `required`, else left out (so is a 0-row matrix, which is counted as missing).
+    utterance when `required`, else left out. An empty embedding ((0,), (0, dim): no face is no entry, not
+    an empty one) is an AvtkError naming the table and the utterance, the rule of `avtk.io.ark.load_vectors`.
     Non-finite values and zero vectors (`avtk.scoring.check_embeddings`, the rule `avtk score` applies) and
     mismatched dimensions are errors naming the utterance.
     """
@@ -114,17 +115,15 @@ def utterance_matrix(table, utts, where, required, frames=False):
                 raise AvtkError(f"{where}: no embedding for utterance {utt!r}")
             continue
         x = np.asarray(value, dtype=np.float64)
+        if x.size == 0:
+            raise empty_embedding_error(where, utt, x.shape)
         if x.ndim == 2 and not frames:
             raise AvtkError(f"{where}: utterance {utt!r}: a matrix of shape {x.shape} where an embedding vector "
                             "is expected (a feature table given as embeddings?)")
         if x.ndim == 2:
-            if x.shape[0] == 0 or x.shape[1] == 0:
-                if required:
-                    raise AvtkError(f"{where}: empty embedding for utterance {utt!r}")
-                continue
             check_embeddings(x[None], [utt], where)
             x = (x / np.linalg.norm(x, axis=1, keepdims=True)).mean(axis=0)
-        elif x.ndim != 1 or x.size == 0:
+        elif x.ndim != 1:
             raise AvtkError(f"{where}: utterance {utt!r}: expected a vector or a matrix, got shape {x.shape}")
         check_embeddings(x[None], [utt], where)
         if dim is None:

@@ -300,14 +300,15 @@ def crops(x, n, length):
 
 
 def embed_with_crops(net, items, input_type, device, max_frames, skipped, n_crops, crop_len):
-    """Yield (key, (1 + n_crops, dim) matrix): the whole-utterance embedding, then one per crop."""
+    """Yield (key, (1 + n_crops, dim) matrix): the whole-utterance embedding, then one per crop. An item of
+    no frames has no crops: `embed` skips it (its (key, 0) appended to `skipped`), as without crops."""
     parts = {}
 
     def expanded():
         for key, x in items:
             parts[key] = []
             yield (key, 0), x
-            for i, c in enumerate(crops(x, n_crops, crop_len), 1):
+            for i, c in enumerate(crops(x, n_crops, crop_len) if len(x) else [], 1):
                 yield (key, i), c
 
     for (key, i), e in embed(net, expanded(), input_type, device, max_frames, skipped):

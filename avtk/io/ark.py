@@ -873,7 +873,12 @@ def load_vectors(rspecifier):
     vectors gathered by offset, without a per-entry call. Anything else (text arks, matrices and crop sets,
     pipes, standard input, compressed values, ranges, the `p` option, other text than plain ASCII) and every
     fault (a truncated ark, a NaN, a duplicate key, a malformed line) goes to the per-entry reader
-    (`open_reader`), which reads or reports it by the module's rules, with the same messages."""
+    (`open_reader`), which reads or reports it by the module's rules, with the same messages.
+
+    Every entry must be an embedding: a vector of dimension >= 1, or a crop set (1+K, dim) with >= 1 row and
+    dim >= 1 (`extract-embeddings --seed-crops`). An empty entry ((0,), (0, dim), (n, 0)) is an AvtkError
+    `RSPECIFIER: utterance 'u': an empty embedding of shape S ...`, the one rule for every command that reads
+    embeddings (score, enroll, identify, cleanse and their --mean-from/--cohort tables)."""
     ark, scp, options = parse_specifier(rspecifier, "rspecifier")
     name = scp if scp is not None else ark
     if "p" not in options and name != "-" and not _is_input_pipe(name) and os.path.isfile(name):
@@ -882,6 +887,19 @@ def load_vectors(rspecifier):
             index = {k: i for i, k in enumerate(entries[0])}
             matrix = _gather(entries) if len(index) == len(entries[0]) else None
             if matrix is not None:
+                if matrix.shape[1] == 0:  # one header for all: every vector is empty
+                    raise empty_embedding_error(rspecifier, entries[0][0], (0,))
                 return VectorTable(entries[0], matrix, index)
     log.debug("%s: not a clean table of binary vectors; reading it entry by entry", rspecifier)
-    return load_table(rspecifier)
+    table = load_table(rspecifier)
+    for key, value in table.items():
+        if np.size(value) == 0:
+            raise empty_embedding_error(rspecifier, key, np.shape(value))
+    return table
+
+
+def empty_embedding_error(rspecifier, key, shape):
+    """The AvtkError for an empty embedding (`shape` with a 0 in it) of utterance `key` of table `rspecifier`:
+    the rule of `load_vectors`."""
+    return AvtkError(f"{rspecifier}: utterance {key!r}: an empty embedding of shape {tuple(shape)} (an embedding is a "
+                    "vector of dimension >= 1, or a crop set (1+K, dim) of >= 1 row)")
