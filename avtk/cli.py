@@ -8,6 +8,7 @@ from pathlib import Path
 
 from avtk import __version__
 from avtk.errors import AvtkError
+from avtk.io.atomic import command_inputs
 
 BIN_DIR = Path(__file__).resolve().parent / "bin"
 
@@ -68,7 +69,8 @@ def run_command(command, argv):
         return 1
     setup_logging(command, getattr(args, "verbose", 0))
     try:
-        rc = module.main(args)
+        with command_inputs():  # no output of the command may replace a file it read (avtk.io.atomic)
+            rc = module.main(args)
     except AvtkError as err:
         logging.getLogger().error("%s", err)
         return 1

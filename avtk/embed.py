@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from avtk.errors import AvtkError
-from avtk.io.atomic import torch_save
+from avtk.io.atomic import note_input, torch_save
 
 log = logging.getLogger(__name__)
 WINDOW = 512  # utterances sorted together
@@ -50,6 +50,7 @@ def read_model_file(path):
     except Exception as err:  # torch.load raises pickle, zip, EOF and OS errors alike on a foreign file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AvtkError(f"{path}: not an avtk model file (cannot load it: {reason})") from None
+    note_input(path)  # an input of the running command: no output may replace it
     if not isinstance(blob, dict) or "model" not in blob or not isinstance(blob.get("config"), dict) \
             or "model" not in blob["config"]:
         raise AvtkError(f"{path}: not an avtk model file (expected the keys 'model' and 'config' that avtk train "

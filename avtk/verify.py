@@ -88,7 +88,8 @@ def set_threshold(model_path, threshold, source):
         "source": str(source),
         "score": "dot product of mean L2-normalised frame embeddings" if face else "cosine of embeddings",
     }
-    torch_save(blob, model_path)
+    # the model file is read and rewritten on purpose: --set-threshold stores the threshold in it
+    torch_save(blob, model_path, replaces_input=True)
     return blob["verify"]
 
 

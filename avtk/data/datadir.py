@@ -36,7 +36,7 @@ from typing import Callable, Optional
 from avtk.errors import AvtkError
 from avtk.data.table import (decode_lines, duplicate_key, open_binary, read_dict, text_lines, utt2spk_to_spk2utt,
                               write_dict)
-from avtk.io.atomic import atomic_open, make_dirs
+from avtk.io.atomic import atomic_open, make_dirs, refuse_input
 
 log = logging.getLogger(__name__)
 
@@ -632,17 +632,23 @@ def _select(dd, utts, names=None):
     return out
 
 
-def _write_dir(dst, tables, src_desc):
+def _write_dir(dst, tables, src_desc, in_place=False):
     """Write the tables into dst; remove known data files there that are not being written (stale). A file
-    where dst (or a parent) should be is an AvtkError naming it (`make_dirs`)."""
+    where dst (or a parent) should be is an AvtkError naming it (`make_dirs`). An input of the command in dst
+    (`subset-data-dir --utt-list DST/wav.scp`) is an AvtkError before anything is written or removed
+    (`avtk.io.atomic.refuse_input`), unless `in_place` (`fix`, which rewrites its own data dir)."""
     make_dirs(dst)
+    if not in_place:
+        for name in KNOWN:
+            if name in tables or os.path.isfile(os.path.join(dst, name)):
+                refuse_input(os.path.join(dst, name))
     for name in KNOWN:
         path = os.path.join(dst, name)
         if name not in tables and os.path.isfile(path):
             log.info("%s: removing stale %s (not in %s)", dst, name, src_desc)
             os.remove(path)
     for name, table in tables.items():
-        write_dict(os.path.join(dst, name), table)
+        write_dict(os.path.join(dst, name), table, replaces_input=in_place)
 
 
 def _same_dir(a, b):
@@ -693,7 +699,7 @@ def fix(data_dir):
     removed["speakers"] = len(old_spks - new_spks)
     if removed["speakers"]:
         log.info("%s: removed %d speakers without utterances: %s", d, removed["speakers"], _preview(old_spks - new_spks))
-    _write_dir(d, tables, d)
+    _write_dir(d, tables, d, in_place=True)  # fix-data-dir rewrites the tables it read, on purpose
     log.info(
         "%s: kept %d of %d utterances, %d speakers; originals in %s",
         d, len(keep), len(dd.tables["utt2spk"]), len(new_spks), backup,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import yaml
 
 from avtk.errors import AvtkError
-from avtk.io.atomic import atomic_open
+from avtk.io.atomic import atomic_open, note_input
 
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
@@ -85,11 +85,14 @@ def decode_lines(raw_lines, keys_only=False):
 
 
 def open_binary(path, what=""):
-    """The file opened "rb"; an unreadable file is an AvtkError ("cannot read {what}{path}: reason")."""
+    """The file opened "rb"; an unreadable file is an AvtkError ("cannot read {what}{path}: reason"). The file
+    is an input of the running command: no atomic writer of it replaces it (`avtk.io.atomic.note_input`)."""
     try:
-        return open(path, "rb")
+        f = open(path, "rb")
     except OSError as err:
         raise AvtkError(f"cannot read {what}{path}: {err.strerror or err}") from None
+    note_input(path)
+    return f
 
 
 def text_lines(path, what="", keys_only=False):
@@ -199,13 +202,14 @@ def read_dict(path, min_fields=2):
     return table
 
 
-def write_dict(path, table, sort=True):
+def write_dict(path, table, sort=True, replaces_input=False):
     """Write {key: value} (lists are joined by spaces; an empty value leaves the key alone), atomically,
-    sorted by key (C order)."""
+    sorted by key (C order). An input of the running command is not replaced unless `replaces_input`
+    (`avtk.io.atomic.atomic_open`)."""
     items = table.items() if hasattr(table, "items") else table
     if sort:
         items = sorted(items, key=lambda kv: kv[0])
-    with atomic_open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", replaces_input=replaces_input, encoding="utf-8") as f:
         for key, value in items:
             if isinstance(value, (list, tuple)):
                 value = " ".join(str(v) for v in value)

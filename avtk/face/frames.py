@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from avtk.errors import AvtkError
+from avtk.io.atomic import note_input
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -68,6 +69,7 @@ def read_frame(utt, path, size=None):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # PIL raises these on truncated, foreign or huge files
         raise AvtkError(f"utterance {utt}: cannot read frame {path}: {err}") from None
+    note_input(path)  # an input of the running command: no output may replace it
     if rgb is None:
         raise AvtkError(f"utterance {utt}: frame {path} has PIL mode {mode} ("
                         + ({"I": "32-bit integer pixels", "F": "32-bit float pixels"}[mode]

@@ -308,6 +308,9 @@ class TableWriter:
             deferred = atomic.defer(self.scp_path or self.ark_path, self._publish, self._discard,
                                     also=[self.ark_path] if self.scp_path else [])
             if not deferred:
+                for name in (self.ark_path, self.scp_path):
+                    if name is not None and not atomic.is_special(name):
+                        atomic.refuse_input(name)  # an input of this command is never replaced
                 self._publish()
         except OSError as err:
             error = self._write_error(err)
@@ -514,9 +517,11 @@ def _open_input(name, where):
         pipe = _InputPipe(name[:-1].strip(), where)
         return pipe.stdout, pipe
     try:
-        return open(name, "rb"), None
+        f = open(name, "rb")
     except OSError as err:
         raise AvtkError(f"{where}: cannot read {name}: {err.strerror or err}") from None
+    atomic.note_input(name)  # no output of this command may replace it
+    return f, None
 
 
 _SCP_VALUE = re.compile(r"^(?P<path>.*?):(?P<offset>\d+)(?P<range>\[[^\]]*\])?$")
@@ -683,6 +688,7 @@ class TableReader:
                     fds.clear()
                     try:
                         fds[path] = _CheckedFile(open(path, "rb"))
+                        atomic.note_input(path)  # the ark behind the scp is an input too
                     except OSError as err:
                         self._fail(f"{where}: key {key!r} ({self.scp}:{lineno}): cannot read {path}: "
                                    f"{err.strerror or err}")
@@ -777,6 +783,7 @@ def _scp_entries(scp):
     plain ASCII with distinct keys; None for anything else (left to the per-entry reader)."""
     with open(scp, "rb") as f:
         data = f.read()
+    atomic.note_input(scp)
     if _NOT_PLAIN.search(data):
         return None
     found = _SCP_LINE.findall(data)
@@ -793,6 +800,7 @@ def _scp_entries(scp):
 def _ark_entries(ark, header_size=10):
     """(keys, [ark], path numbers, offsets) of a binary ark of vectors of one format and size, walked
     header to header; None for anything else."""
+    atomic.note_input(ark)
     with open(ark, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
@@ -837,6 +845,7 @@ def _gather(entries):
             data = np.memmap(path, np.uint8, "r")
         except (OSError, ValueError):
             return None
+        atomic.note_input(path)  # the ark behind the scp is an input too
         offs = offsets[sel]
         if expected is None:
             expected = bytes(data[offs[0]:offs[0] + 10]) if offs[0] < len(data) else b""

@@ -13,6 +13,13 @@ the work, and inside the group each writer here (and `avtk.io.ark.TableWriter`) 
 place when it closes; the group renames them all only when the whole block succeeded, and removes them all
 otherwise, so a failure on the last output leaves none of the others looking complete. Side files listing
 skipped ids are written by `write_skipped`.
+
+No writer here replaces a file that the running command has read as an input. While `command_inputs` is open
+(`avtk.cli` opens it around every command) the shared readers (text tables, arks and the arks an scp points to,
+audio, face frames, model files) record each file they open (`note_input`); a writer about to rename over one of
+them (by its path, a symlink or a hard link) refuses: ``OUTPUT: is also an input of this command (read as
+INPUT); give each output its own file`` (`refuse_input`), its temporary file removed and the input untouched.
+A command that rewrites its input on purpose (`avtk fix-data-dir`) says so with ``replaces_input=True``.
 """
 import contextlib
 import errno
@@ -20,6 +27,7 @@ import glob
 import os
 import re
 import shutil
+import stat
 
 from avtk.errors import AvtkError
 
@@ -123,6 +131,82 @@ def make_dirs(path, what=None):
         raise write_error(what, err) from None
 
 
+_READ = None  # the inputs of the running command: {real path: path as read}; None outside `command_inputs`
+_READ_INODES = {}  # (st_dev, st_ino) -> path as read, for the same inputs (a hard link has another real path)
+
+
+@contextlib.contextmanager
+def command_inputs():
+    """Record, for the block (one command), the files the shared readers open (`note_input`), so that no writer
+    of this module replaces one. Outside such a block nothing is recorded (a library user or a long-lived
+    process may read a file and later write it on purpose)."""
+    global _READ, _READ_INODES
+    saved = _READ, _READ_INODES
+    _READ, _READ_INODES = {}, {}
+    try:
+        yield
+    finally:
+        _READ, _READ_INODES = saved
+
+
+def note_input(path):
+    """Record regular file `path` as an input of the running command (inside `command_inputs`; else a no-op):
+    its real path and its (st_dev, st_ino). Streams (``-``), pipes, directories, special files and missing
+    files are not recorded (the reader reports a missing one)."""
+    if _READ is None or path is None:
+        return
+    try:
+        name = os.fsdecode(path)
+        info = os.stat(name)
+    except (OSError, TypeError, ValueError):
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    _READ.setdefault(os.path.realpath(name), name)
+    _READ_INODES.setdefault((info.st_dev, info.st_ino), name)
+
+
+def input_of(path, given=None):
+    """The name under which the running command read the file that writing `path` would replace (a recorded
+    input, `note_input`, or one of `given`: {real path: name}, an `atomic_group`'s inputs), or None. The same
+    file by a symlink, another relative spelling or a hard link is found. A special file (written in place,
+    never replaced) is never an input here."""
+    path = os.fspath(path)
+    real = os.path.realpath(path)
+    for table in (given or {}, _READ or {}):
+        if real in table:
+            return table[real]
+    if not _READ_INODES:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    name = _READ_INODES.get((info.st_dev, info.st_ino))
+    try:  # still that file (its inode not reused by another since it was read)
+        same = name is not None and os.path.samefile(name, path)
+    except OSError:
+        same = False
+    return name if same else None
+
+
+def input_clash(path, read_as):
+    """The one wording of an output over an input: ``PATH: is also an input of this command (read as NAME); give
+    each output its own file`` (the parenthesis only when the input was named otherwise)."""
+    path, read_as = os.fspath(path), os.fspath(read_as)
+    shown = "" if read_as == path else f" (read as {read_as})"
+    return f"{path}: is also an input of this command{shown}; give each output its own file"
+
+
+def refuse_input(path, given=None):
+    """AvtkError (`input_clash`) if writing `path` would replace an input of the running command (`input_of`)."""
+    read_as = input_of(path, given)
+    if read_as is not None:
+        raise AvtkError(input_clash(path, read_as))
+
+
 _GROUPS = []  # the open atomic_group()s of this process, innermost last
 
 
@@ -133,31 +217,53 @@ class _Group:
 
     def __init__(self, inputs=()):
         self.pending = {}
+        self.names = {}  # path -> the files its commit replaces (path and its `also`)
+        self.may_replace = set()  # paths written with replaces_input=True
         self.published = {}  # real path -> the path as the command named it
         self.inputs = {os.path.realpath(p): os.fspath(p) for p in inputs if p is not None}
 
-    def defer(self, path, commit, discard, also=()):
+    def defer(self, path, commit, discard, also=(), replaces_input=False):
         for name in (path, *also):
             real = os.path.realpath(name)
-            clash = ("is also an input of this command" if real in self.inputs else
-                     f"is written twice by this command (also as {self.published[real]})" if real in self.published
-                     else None)
+            read_as = None if replaces_input else input_of(name, self.inputs)
+            clash = (input_clash(name, read_as) if read_as is not None else
+                     f"{name}: is written twice by this command (also as {self.published[real]}); give each output "
+                     "its own file" if real in self.published else None)
             if clash:
                 with contextlib.suppress(OSError):
                     discard()
-                raise AvtkError(f"{name}: {clash}; give each output its own file")
+                raise AvtkError(clash)
         for name in (path, *also):
             self.published[os.path.realpath(name)] = os.fspath(name)
         self.pending[os.fspath(path)] = (commit, discard)
+        self.names[os.fspath(path)] = (path, *also)
+        if replaces_input:
+            self.may_replace.add(os.fspath(path))
+
+    def merge(self, inner):
+        """Take over the deferred renames of nested group `inner`."""
+        self.pending.update(inner.pending)
+        self.names.update(inner.names)
+        self.may_replace |= inner.may_replace
+
+    def check_inputs(self):
+        """Before the first rename: AvtkError if a pending output would replace an input read since it was
+        written (`refuse_input`)."""
+        for path, names in self.names.items():
+            if path not in self.may_replace:
+                for name in names:
+                    if not is_special(name):
+                        refuse_input(name, self.inputs)
 
 
-def defer(path, commit, discard, also=()):
+def defer(path, commit, discard, also=(), replaces_input=False):
     """Inside an `atomic_group`: run `commit()` (the renames that publish `path`, and the files `also`) when the
     group succeeds, and `discard()` (remove the temporary files) when it fails; returns True. Outside one:
-    returns False. A path the group already publishes, or one of its inputs, is an AvtkError (after discard)."""
+    returns False. A path the group already publishes, or an input of the command (`input_of`; unless
+    `replaces_input`), is an AvtkError (after discard)."""
     if not _GROUPS:
         return False
-    _GROUPS[-1].defer(path, commit, discard, also)
+    _GROUPS[-1].defer(path, commit, discard, also, replaces_input)
     return True
 
 
@@ -176,9 +282,8 @@ def atomic_group(*paths, dirs=(), inputs=()):
     """
     group = _Group(inputs)
     for path in paths:
-        if path is not None and os.path.realpath(path) in group.inputs:
-            raise AvtkError(f"{path}: is also an input of this command; give each output its own file")
         if path is not None and not is_special(path):
+            refuse_input(path, group.inputs)
             prepare(path)
     for path in dirs:
         if path is not None:
@@ -194,10 +299,11 @@ def atomic_group(*paths, dirs=(), inputs=()):
         raise
     _GROUPS.remove(group)
     if _GROUPS:  # nested: the outer group decides
-        _GROUPS[-1].pending.update(group.pending)
+        _GROUPS[-1].merge(group)
         return
     items, i = list(group.pending.items()), 0
     try:
+        group.check_inputs()
         for i, (_, (commit, _)) in enumerate(items):
             commit()
     except BaseException:
@@ -229,11 +335,13 @@ def _rename(tmp, path, replace_dir=False):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, replaces_input=False):
     """Yield a temporary path to write; it replaces `path` on success and is removed on failure.
 
     An OSError about the output (see `is_write_error`) becomes AvtkError ``cannot write PATH: REASON``.
-    A special file (``/dev/null``) is yielded itself and written in place.
+    A special file (``/dev/null``) is yielded itself and written in place. An input of the running command
+    (`input_of`) is not replaced: AvtkError (`refuse_input`) before the rename, unless `replaces_input` (a
+    command that rewrites its input on purpose).
     """
     path = os.fspath(path)
     if is_special(path):
@@ -249,8 +357,10 @@ def atomic_path(path):
     deferred = False
     try:
         yield tmp
-        deferred = defer(path, lambda: _rename(tmp, path), lambda: _remove(tmp))
+        deferred = defer(path, lambda: _rename(tmp, path), lambda: _remove(tmp), replaces_input=replaces_input)
         if not deferred:
+            if not replaces_input:
+                refuse_input(path)
             _rename(tmp, path)
     except OSError as err:
         if is_write_error(err, tmp, path):
@@ -262,12 +372,13 @@ def atomic_path(path):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="w", **kwargs):
+def atomic_open(path, mode="w", replaces_input=False, **kwargs):
     """Like open(path, mode) for writing, but the file appears under its name only when closed cleanly.
 
-    Errors as `atomic_path` (a full disk met while writing or closing names `path`).
+    Errors as `atomic_path` (a full disk met while writing or closing names `path`; an input of the command
+    is not replaced unless `replaces_input`).
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replaces_input) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
 
@@ -304,12 +415,13 @@ def write_skipped(path, skipped, total, what, log):
     log.warning("skipped %d of %d %s (ids in %s)", len(skipped), total, what, path)
 
 
-def torch_save(obj, path):
+def torch_save(obj, path, replaces_input=False):
     """`torch.save(obj, path)` atomically, through a Python file so that a full disk is an OSError (torch's own
-    file writer reports it as a RuntimeError) and so the `atomic_path` error naming `path`."""
+    file writer reports it as a RuntimeError) and so the `atomic_path` error naming `path` (an input of the
+    command is not replaced unless `replaces_input`)."""
     import torch
 
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", replaces_input=replaces_input) as f:
         torch.save(obj, f)
 
 
@@ -318,7 +430,7 @@ def atomic_dir(path):
     """Yield a temporary directory to fill; it replaces directory `path` on success, is removed on failure.
 
     One rename per directory, not per file: the way to write many small files (face frames) atomically.
-    Errors as `atomic_path`.
+    Errors as `atomic_path`; a directory holding an input of the command (`under_inputs`) is not replaced.
     """
     path = os.fspath(path).rstrip("/")
     prepare(path, is_dir=True)
@@ -328,6 +440,9 @@ def atomic_dir(path):
         _remove(tmp)
         os.makedirs(tmp)
         yield tmp
+        inside = under_inputs(path)
+        if inside:
+            raise AvtkError(input_clash(path, inside[0]))
         deferred = defer(path, lambda: _rename(tmp, path, replace_dir=True), lambda: _remove(tmp))
         if not deferred:
             _rename(tmp, path, replace_dir=True)
@@ -338,3 +453,12 @@ def atomic_dir(path):
     finally:
         if not deferred:
             _remove(tmp)
+
+
+def under_inputs(directory):
+    """The recorded inputs of the running command (`note_input`) inside `directory`, by the names they were read
+    under: replacing the directory would remove them."""
+    if not _READ:
+        return []
+    top = os.path.join(os.path.realpath(directory), "")
+    return [name for real, name in _READ.items() if real.startswith(top)]

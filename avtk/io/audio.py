@@ -53,7 +53,7 @@ import torch
 from avtk.data.table import read_lines
 from avtk.errors import AvtkError
 from avtk.io import media
-from avtk.io.atomic import atomic_path
+from avtk.io.atomic import atomic_path, note_input
 from avtk.io.resample import resample as _resample
 
 SAMPLE_RATE = 16000
@@ -246,6 +246,7 @@ def _open_file(path, where):
         f = sf.SoundFile(path)
     except (RuntimeError, TypeError, ValueError, OSError) as err:
         raise AvtkError(f"{where}cannot read audio file {path}: {_sf_error(err)}") from None
+    note_input(path)  # an input of the running command: no output may replace it
     try:
         _check_declared(path, f.extra_info, f.frames, f.samplerate, where)
     except AvtkError:
@@ -277,6 +278,7 @@ def read_file(path, utt=None):
     where = "" if utt is None else f"utterance {utt}: "
     if is_media(path):
         _check_exists(path, where)
+        note_input(path)  # an input of the running command: no output may replace it
         try:
             data, rate = media.read_audio(path)
         except AvtkError as err:

@@ -364,5 +364,7 @@ def save_config(cfg, path):
     """Write a config as YAML, atomically."""
     from avtk.io.atomic import atomic_open
 
-    with atomic_open(path) as f:
+    # EXP/config.yaml may be the --config of this very run (a rerun from a run's record): it was read whole
+    # before and is replaced by the resolved config, on purpose
+    with atomic_open(path, replaces_input=True) as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
