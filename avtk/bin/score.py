@@ -75,17 +75,15 @@ def main(args):
     if missing and not args.allow_missing:
         raise AvtkError(missing_message(trials, missing, mask, args.trials, args.rspecifier)
                         + " (--allow-missing skips such trials)")
+    skipped = None  # the lines of SCORES.missing, written with the scores (one atomic group)
     if missing:
         if mask.all():
             raise AvtkError(missing_message(trials, missing, mask, args.trials, args.rspecifier)
                             + ": no trial is left to score")
-        with atomic_open(missing_file) as f:
-            f.writelines(f"{trials.enroll[i]} {trials.test[i]}\n" for i in mask.nonzero()[0])
+        skipped = [f"{trials.enroll[i]} {trials.test[i]}\n" for i in mask.nonzero()[0]]
         log.warning("skipped %d of %d trials: %d utterances have no embedding in %s (e.g. %s); listed in %s",
                     int(mask.sum()), len(trials), len(missing), args.rspecifier, missing[0], missing_file)
         trials = subset_trials(trials, ~mask)
-    elif args.allow_missing and os.path.exists(missing_file):
-        os.remove(missing_file)  # a list from an earlier run would describe other scores
 
     mean = None
     if args.subtract_mean:
@@ -109,8 +107,15 @@ def main(args):
     labels = [""] * len(trials) if trials.labels is None else [names[int(x)] for x in trials.labels]
     from avtk.io.ark import input_files
 
-    with atomic_group(args.scores, args.write_quality,
+    # with --allow-missing, SCORES.missing is an output too: it must be no input, nor --write-quality
+    with atomic_group(args.scores, args.write_quality, missing_file if args.allow_missing else None,
                       inputs=input_files(args.rspecifier, args.trials, args.cohort, args.mean_from)):
+        if skipped is not None:
+            with atomic_open(missing_file) as f:
+                f.writelines(skipped)
+        elif args.allow_missing and os.path.isfile(missing_file) and not (
+                args.write_quality and os.path.realpath(args.write_quality) == os.path.realpath(missing_file)):
+            os.remove(missing_file)  # a list from an earlier run would describe other scores
         with atomic_open(args.scores) as f:
             f.writelines(f"{e} {t} {s:.6f}{lab}\n"
                          for e, t, s, lab in zip(trials.enroll, trials.test, scores.tolist(), labels))
