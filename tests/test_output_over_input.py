@@ -228,3 +228,22 @@ def test_the_registry_rules(tmp_path):
     with atomic.atomic_open(a) as f:  # the command is over
         f.write("after\n")
     assert a.read_text() == "after\n"
+
+
+def test_bulk_media_files_are_recorded_up_to_a_cap_and_only_by_the_command_process(tmp_path, monkeypatch):
+    """Wavs and frames (bulk=True) are recorded by inode, at most _BULK_CAP per command (a training run over
+    millions of frames must not grow without bound), and a data-loader worker (another pid) records nothing."""
+    from avtk.io import atomic
+
+    files = []
+    for name in ("a.wav", "b.wav", "c.wav"):
+        (tmp_path / name).write_bytes(b"RIFF")
+        files.append(tmp_path / name)
+    monkeypatch.setattr(atomic, "_BULK_CAP", 2)
+    with atomic.command_inputs():
+        for path in files:
+            atomic.note_input(path, bulk=True)
+        assert [atomic.input_of(p) for p in files] == [str(files[0]), str(files[1]), None]
+        monkeypatch.setattr(atomic._INPUTS, "pid", -1)  # as in a forked worker
+        atomic.note_input(tmp_path / "c.wav")
+        assert atomic.input_of(tmp_path / "c.wav") is None

@@ -69,7 +69,7 @@ def read_frame(utt, path, size=None):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # PIL raises these on truncated, foreign or huge files
         raise AvtkError(f"utterance {utt}: cannot read frame {path}: {err}") from None
-    note_input(path)  # an input of the running command: no output may replace it
+    note_input(path, bulk=True)  # an input of the running command: no output may replace it
     if rgb is None:
         raise AvtkError(f"utterance {utt}: frame {path} has PIL mode {mode} ("
                         + ({"I": "32-bit integer pixels", "F": "32-bit float pixels"}[mode]

@@ -24,12 +24,15 @@ A command that rewrites its input on purpose (`avtk fix-data-dir`) says so with 
 import contextlib
 import errno
 import glob
+import logging
 import os
 import re
 import shutil
 import stat
 
 from avtk.errors import AvtkError
+
+log = logging.getLogger(__name__)
 
 # errno values that are about the file system being written, whichever file the error names
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
@@ -131,8 +134,21 @@ def make_dirs(path, what=None):
         raise write_error(what, err) from None
 
 
-_READ = None  # the inputs of the running command: {real path: path as read}; None outside `command_inputs`
-_READ_INODES = {}  # (st_dev, st_ino) -> path as read, for the same inputs (a hard link has another real path)
+class _Inputs:
+    """The files the running command has read: {real path: name as read} for tables, scp/ark and model files,
+    {(st_dev, st_ino): name as read} for those and the bulk media files (wavs, face frames; at most
+    `_BULK_CAP` of them, so that a training run over millions of frames does not grow without bound); `pid`:
+    the process of the command (data-loader workers record nothing: they write no outputs)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.real = {}
+        self.inodes = {}
+        self.bulk = 0
+
+
+_INPUTS = None  # the _Inputs of the running command; None outside `command_inputs`
+_BULK_CAP = 200_000  # media files recorded per command (~150-250 bytes each: at most ~50 MB)
 
 
 @contextlib.contextmanager
@@ -140,30 +156,37 @@ def command_inputs():
     """Record, for the block (one command), the files the shared readers open (`note_input`), so that no writer
     of this module replaces one. Outside such a block nothing is recorded (a library user or a long-lived
     process may read a file and later write it on purpose)."""
-    global _READ, _READ_INODES
-    saved = _READ, _READ_INODES
-    _READ, _READ_INODES = {}, {}
+    global _INPUTS
+    saved, _INPUTS = _INPUTS, _Inputs()
     try:
         yield
     finally:
-        _READ, _READ_INODES = saved
+        _INPUTS = saved
 
 
-def note_input(path):
-    """Record regular file `path` as an input of the running command (inside `command_inputs`; else a no-op):
-    its real path and its (st_dev, st_ino). Streams (``-``), pipes, directories, special files and missing
-    files are not recorded (the reader reports a missing one)."""
-    if _READ is None or path is None:
+def note_input(path, bulk=False):
+    """Record regular file `path` as an input of the running command (inside `command_inputs`, in its process;
+    else a no-op): its (st_dev, st_ino) and, unless `bulk` (a wav or frame of a corpus: one stat, no
+    realpath, at most `_BULK_CAP` per command), its real path. Streams (``-``), pipes, directories, special
+    files and missing files are not recorded (the reader reports a missing one)."""
+    inputs = _INPUTS
+    if inputs is None or path is None or inputs.pid != os.getpid() or (bulk and inputs.bulk >= _BULK_CAP):
         return
     try:
         name = os.fsdecode(path)
         info = os.stat(name)
     except (OSError, TypeError, ValueError):
         return
-    if not stat.S_ISREG(info.st_mode):
+    key = (info.st_dev, info.st_ino)
+    if not stat.S_ISREG(info.st_mode) or key in inputs.inodes:
         return
-    _READ.setdefault(os.path.realpath(name), name)
-    _READ_INODES.setdefault((info.st_dev, info.st_ino), name)
+    inputs.inodes[key] = name
+    if not bulk:
+        inputs.real.setdefault(os.path.realpath(name), name)
+    else:
+        inputs.bulk += 1
+        if inputs.bulk == _BULK_CAP:
+            log.info("read %d media files: those read from now on are not checked against the outputs", _BULK_CAP)
 
 
 def input_of(path, given=None):
@@ -173,10 +196,11 @@ def input_of(path, given=None):
     never replaced) is never an input here."""
     path = os.fspath(path)
     real = os.path.realpath(path)
-    for table in (given or {}, _READ or {}):
+    inputs = _INPUTS
+    for table in (given or {}, inputs.real if inputs else {}):
         if real in table:
             return table[real]
-    if not _READ_INODES:
+    if not inputs or not inputs.inodes:
         return None
     try:
         info = os.stat(path)
@@ -184,7 +208,7 @@ def input_of(path, given=None):
         return None
     if not stat.S_ISREG(info.st_mode):
         return None
-    name = _READ_INODES.get((info.st_dev, info.st_ino))
+    name = inputs.inodes.get((info.st_dev, info.st_ino))
     try:  # still that file (its inode not reused by another since it was read)
         same = name is not None and os.path.samefile(name, path)
     except OSError:
@@ -458,7 +482,7 @@ def atomic_dir(path):
 def under_inputs(directory):
     """The recorded inputs of the running command (`note_input`) inside `directory`, by the names they were read
     under: replacing the directory would remove them."""
-    if not _READ:
+    if not _INPUTS:
         return []
     top = os.path.join(os.path.realpath(directory), "")
-    return [name for real, name in _READ.items() if real.startswith(top)]
+    return [name for real, name in _INPUTS.real.items() if real.startswith(top)]

@@ -246,7 +246,7 @@ def _open_file(path, where):
         f = sf.SoundFile(path)
     except (RuntimeError, TypeError, ValueError, OSError) as err:
         raise AvtkError(f"{where}cannot read audio file {path}: {_sf_error(err)}") from None
-    note_input(path)  # an input of the running command: no output may replace it
+    note_input(path, bulk=True)  # an input of the running command: no output may replace it
     try:
         _check_declared(path, f.extra_info, f.frames, f.samplerate, where)
     except AvtkError:
@@ -278,7 +278,7 @@ def read_file(path, utt=None):
     where = "" if utt is None else f"utterance {utt}: "
     if is_media(path):
         _check_exists(path, where)
-        note_input(path)  # an input of the running command: no output may replace it
+        note_input(path, bulk=True)  # an input of the running command: no output may replace it
         try:
             data, rate = media.read_audio(path)
         except AvtkError as err:
