@@ -33,7 +33,7 @@ def main(args):
     from avtk.data.table import write_dict
     from avtk.embed import check_outputs, load_network
     from avtk.errors import AvtkError
-    from avtk.io.ark import input_files, load_table, open_reader, open_writer, side_file
+    from avtk.io.ark import empty_embedding_error, input_files, load_vectors, open_reader, open_writer, side_file
     from avtk.io.atomic import atomic_group
     from avtk.models.joint import JointNet, pack
 
@@ -43,7 +43,7 @@ def main(args):
         raise AvtkError(f"{args.model}: a {net.encoder.__class__.__name__} network, not an audio-visual one "
                         "(model.encoder: gated_fusion); embed speech and faces with avtk extract-embeddings")
     enc = net.encoder
-    faces = load_table(args.face_emb)
+    faces = load_vectors(args.face_emb)  # the one rule of embedding tables: no empty entry
     for utt, v in faces.items():
         if np.shape(v) != (enc.face_dim,):
             raise AvtkError(f"{args.face_emb}: utterance {utt}: a face embedding of shape {np.shape(v)}, but "
@@ -70,9 +70,9 @@ def main(args):
         with open_writer(args.wspecifier) as writer:
             keys, audio = [], []
             for utt, x in open_reader(args.rspecifier):
+                if np.size(x) == 0:
+                    raise empty_embedding_error(args.rspecifier, utt, np.shape(x))
                 x = np.atleast_2d(x)
-                if x.shape[0] == 0:
-                    raise AvtkError(f"{args.rspecifier}: utterance {utt}: an empty (0-row) matrix, not an embedding")
                 if x.shape[1] != enc.audio_dim:
                     raise AvtkError(f"{args.rspecifier}: utterance {utt}: speaker embeddings of dimension "
                                     f"{x.shape[1]}, but {args.model} takes {enc.audio_dim}")

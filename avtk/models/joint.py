@@ -75,23 +75,44 @@ class GatedFusion(nn.Module):
 
 class JointNet(nn.Module):
     """The network of a `gated_fusion` config: SpeakerNet's interface over packed embedding rows (no front end,
-    no normalisation); `set_means` centres the inputs by the training data's means."""
+    no normalisation); `set_means` centres the inputs by the training data's means.
+
+    With model.speaker_net and model.face_net (the model sections of a speaker and a face network, filled by
+    `avtk train` from finetune.speaker_model and finetune.face_model) it also holds those networks as `speaker`
+    and `face`, and `encode` takes their inputs: fine-tuning them through the gate (data.input: av)."""
 
     modality = "audio-visual"
 
-    def __init__(self, encoder="gated_fusion", encoder_args=None):
+    def __init__(self, encoder="gated_fusion", encoder_args=None, speaker_net=None, face_net=None):
         super().__init__()
-        from avtk.models import build_encoder
+        from avtk.models import build_encoder, build_network
 
         self.encoder = build_encoder(encoder, **(encoder_args or {}))
+        self.speaker = self.face = None
+        if speaker_net is not None or face_net is not None:
+            if speaker_net is None or face_net is None:
+                raise AvtkError("model.speaker_net and model.face_net go together (the networks fine-tuned "
+                                "through gated_fusion): give both or neither")
+            self.speaker, self.face = build_network(speaker_net), build_network(face_net)
+            wrong = [f"model.{name}_net embeds {net.encoder.embed_dim} dimensions but model.encoder_args."
+                     f"{name}_dim is {want}" for name, net, want in (("speaker", self.speaker, self.encoder.audio_dim),
+                                                                     ("face", self.face, self.encoder.face_dim))
+                     if net.encoder.embed_dim != want]
+            if wrong:
+                raise AvtkError("; ".join(wrong).replace("speaker_dim", "audio_dim"))
 
     @classmethod
     def from_config(cls, model_cfg):
-        return cls(model_cfg["encoder"], model_cfg["encoder_args"])
+        return cls(model_cfg["encoder"], model_cfg["encoder_args"], model_cfg.get("speaker_net"),
+                   model_cfg.get("face_net"))
 
     @property
     def feature_dim(self):
-        return self.encoder.in_dim
+        return self.encoder.in_dim if self.speaker is None else self.speaker.feature_dim
+
+    @property
+    def input_size(self):
+        return None if self.face is None else self.face.input_size
 
     def set_means(self, audio_mean, face_mean):
         """Centre the inputs by these (audio_dim,) and (face_dim,) means (the training embeddings')."""
@@ -101,11 +122,27 @@ class JointNet(nn.Module):
     def normalize(self, x, lengths=None):
         return x
 
+    def rows(self, inputs):
+        """Packed rows (batch, audio_dim + face_dim + 1) of the held networks' inputs (normalised speech
+        features (batch, frames, dim), normalised face images (batch, K, 3, H, W), face flag (batch,)): the
+        speaker embedding, the mean of the K L2-normalised face embeddings as avtk.embed.face_means makes it
+        (zeros where the flag is 0: those images are not run, so batch norm never sees them) and the flag."""
+        feats, images, flag = inputs
+        audio = self.speaker.encode(feats)
+        face = audio.new_zeros(len(flag), self.encoder.face_dim)
+        present = flag > 0.5
+        if present.any():
+            x = images[present]
+            emb = F.normalize(self.face.encode(x.flatten(0, 1)).float(), dim=1)
+            face[present] = emb.view(x.shape[0], x.shape[1], -1).mean(1).to(face.dtype)
+        return torch.cat([audio, face, flag[:, None].to(audio.dtype)], 1)
+
     def encode(self, x, lengths=None):
-        return self.encoder(x)
+        """Embeddings of packed rows, or (with held networks) of a tuple of their inputs (`rows`)."""
+        return self.encoder(self.rows(x) if isinstance(x, tuple) else x)
 
     def forward(self, x):
-        return self.encoder(x)
+        return self.encode(x)
 
 
 def pack(audio, faces, face_dim):

@@ -39,6 +39,10 @@ SCHEMA = {
         "frontend_args": Key({}, "mapping"),
         "cmn": Key(True, "bool"),                       # subtract each utterance's (or crop's) mean feature
         "channels": Key("rgb", "str", choices=("rgb", "bgr")),  # face encoders: rgb (insightface), bgr (V-Vox2)
+        # gated_fusion with data.input av: the model sections of the speaker and face networks it fine-tunes,
+        # filled by avtk train from finetune.speaker_model and finetune.face_model (not written by hand)
+        "speaker_net": Key(None, "mapping"),
+        "face_net": Key(None, "mapping"),
     },
     "loss": {
         "name": Key("aam_softmax", "str"),
@@ -65,8 +69,12 @@ SCHEMA = {
     "data": {
         # feats: feats.scp (ark); wav: wav.scp, fbank on the fly; frames: frames.scp (face encoders; one random
         # frame per utterance per step); embeddings: audio_emb.scp and face_emb.scp (audio-visual encoders over
-        # frozen encoders' embeddings, avtk.train.data.EmbeddingDataset). null: the encoder's own
-        "input": Key(None, "str", choices=("feats", "wav", "frames", "embeddings")),
+        # frozen encoders' embeddings, avtk.train.av_data.EmbeddingDataset); av: a speech crop (feats.scp or
+        # wav.scp, data.speech_input) and face frames (frames.scp) per sample, to fine-tune the speaker and face
+        # networks through an audio-visual encoder (avtk.train.av_data.AVDataset). null: the encoder's own
+        "input": Key(None, "str", choices=("feats", "wav", "frames", "embeddings", "av")),
+        "speech_input": Key("feats", "str", choices=("feats", "wav")),  # av: the speech side's input
+        "face_frames": Key(2, "int", ">= 1"),           # av: face frames per sample (their embeddings' mean)
         "crop_seconds": Key(2.0, "float", "> 0"),       # random training crops (wrap-padded when shorter)
         "min_seconds": Key(0.5, "float", ">= 0"),       # shorter utterances are skipped, counted and listed in
                                                         # EXP/train_skipped.txt (never fewer than 1 frame)
@@ -100,6 +108,10 @@ SCHEMA = {
         "classifier_init": Key("random", "str", choices=("random", "mean", "keep")),
         "classifier_init_utts": Key(20, "int", ">= 1"),  # mean: utterances per class (one crop each)
         "freeze_encoder_epochs": Key(0, "int", ">= 0"),  # the first N epochs train the classifier alone
+        # data.input av: the avtk model files of the speaker and face networks that gated_fusion fine-tunes
+        # (their weights start the run; their model sections become model.speaker_net and model.face_net)
+        "speaker_model": Key(None, "str"),
+        "face_model": Key(None, "str"),
     },
     "runtime": {
         "epochs": Key(10, "int", ">= 1"),
@@ -315,12 +327,21 @@ def _resolve_modality(cfg):
                                         ("data", "input", "feats", "frames")):
         if cfg[section][key] is None:
             cfg[section][key] = faces if face else "embeddings" if kind == "audio-visual" and key == "input" else speech
-    takes = {"face": ("frames",), "audio-visual": ("embeddings",)}.get(kind, ("feats", "wav"))
+    takes = {"face": ("frames",), "audio-visual": ("embeddings", "av")}.get(kind, ("feats", "wav"))
     if cfg["data"]["input"] not in takes:
         raise AvtkError(f"config data.input is {cfg['data']['input']} but model.encoder "
                         f"{cfg['model']['encoder']} is a{'n' if kind[0] == 'a' else ''} {kind} encoder "
-                        f"(face encoders take data.input: frames, audio-visual ones embeddings, speech encoders "
-                        f"feats or wav)")
+                        f"(face encoders take data.input: frames, audio-visual ones embeddings or av, speech "
+                        f"encoders feats or wav)")
+    ft = cfg["finetune"]
+    given = [k for k in ("speaker_model", "face_model") if ft[k] is not None]
+    if cfg["data"]["input"] == "av" and len(given) < 2:
+        raise AvtkError("config data.input is av (fine-tuning the speaker and face networks through "
+                        f"{cfg['model']['encoder']}) but finetune.{' and finetune.'.join(k for k in ('speaker_model', 'face_model') if k not in given)} "
+                        "is not set: name the avtk model files of both networks")
+    if given and cfg["data"]["input"] != "av":
+        raise AvtkError(f"config finetune.{given[0]} is set but data.input is {cfg['data']['input']}: the speaker "
+                        "and face networks are fine-tuned through an audio-visual encoder with data.input: av")
 
 
 def _check(cfg, where):

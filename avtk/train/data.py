@@ -356,107 +356,16 @@ class FrameDataset(torch.utils.data.Dataset):
         return torch.from_numpy(image), int(self.labels[index]), index
 
 
-class EmbeddingDataset(torch.utils.data.Dataset):
-    """Items (index, epoch) -> (packed float32 row, label, index) for an audio-visual network over frozen
-    encoders' embeddings (avtk.models.joint): DATA/audio_emb.scp and DATA/face_emb.scp beside utt2spk.
-
-    audio_emb.scp: every utterance of utt2spk, a (dim,) vector or a (1+K, dim) matrix (`avtk
-    extract-embeddings --seed-crops K`: the whole utterance, then K crops; a sample takes one of the K crops at
-    random, as training takes random crops, and the means use the whole rows). face_emb.scp: the utterances
-    that have a face (the others train the audio branch; counted in the log). Dimensions must agree across
-    utterances and with the network (`feature_dim`); values are finite (avtk.io.ark's reader)."""
-
-    skipped, skip_reason = [], ""
-
-    def __init__(self, data_dir, cfg, seed):
-        from avtk.io.ark import load_table
-
-        self.data_dir, self.seed = os.fspath(data_dir), seed
-        path = os.path.join(self.data_dir, "utt2spk")
-        if not os.path.isfile(path):
-            raise AvtkError(f"{path}: missing (data.input is embeddings: utt2spk, audio_emb.scp and face_emb.scp)")
-        utt2spk = datadir.read_table(path, "utt2spk")
-        self.speakers = sorted(set(utt2spk.values()))
-        if len(self.speakers) < 2:
-            raise AvtkError(f"{path}: {len(self.speakers)} speakers; training classifies at least 2")
-        spk_index = {s: i for i, s in enumerate(self.speakers)}
-        self.utts = sorted(utt2spk)
-        self.labels = np.array([spk_index[utt2spk[u]] for u in self.utts], dtype=np.int64)
-        paths = {name: os.path.join(self.data_dir, name) for name in ("audio_emb.scp", "face_emb.scp")}
-        for (name, path), network in zip(paths.items(), ("speaker", "face")):
-            if not os.path.isfile(path):
-                raise AvtkError(f"{path}: missing (data.input is embeddings: the {network} network's embeddings of "
-                                "these utterances, from avtk extract-embeddings)")
-        audio, face = load_table(f"scp:{paths['audio_emb.scp']}"), load_table(f"scp:{paths['face_emb.scp']}")
-        missing = [u for u in self.utts if u not in audio]
-        if missing:
-            raise AvtkError(f"{paths['audio_emb.scp']}: no entry for {len(missing)} utterances of utt2spk, "
-                            f"e.g. {missing[0]}")
-        first = np.atleast_2d(audio[self.utts[0]])
-        self.audio = np.zeros((len(self.utts),) + first.shape, dtype=np.float32)
-        for i, u in enumerate(self.utts):
-            x = np.atleast_2d(audio[u])
-            if x.shape != first.shape:
-                raise AvtkError(f"{paths['audio_emb.scp']}: utterance {u} has shape {x.shape}, but "
-                                f"{self.utts[0]} has {first.shape}: every utterance needs the same")
-            self.audio[i] = x
-        dims = {np.shape(v) for v in face.values()}
-        if len(dims) > 1 or any(len(d) != 1 for d in dims):
-            raise AvtkError(f"{paths['face_emb.scp']}: face embeddings must be vectors of one dimension, found "
-                            f"shapes {sorted(dims)}")
-        face_dim = dims.pop()[0] if dims else 0
-        self.face = np.zeros((len(self.utts), face_dim), dtype=np.float32)
-        self.has_face = np.array([u in face for u in self.utts])
-        for i in np.flatnonzero(self.has_face):
-            self.face[i] = face[self.utts[i]]
-        if not self.has_face.any():
-            raise AvtkError(f"{paths['face_emb.scp']}: none of the {len(self.utts)} utterances of utt2spk has a face "
-                            "embedding; the audio-visual network needs faces to train its face branch")
-        if not self.has_face.all():
-            log.info("%d of %d training utterances have no face embedding: they train the audio branch",
-                     int((~self.has_face).sum()), len(self.utts))
-        extra = len(set(face) - set(utt2spk))
-        if extra:
-            log.info("%s: %d face embeddings of utterances that are not in utt2spk: not used", paths["face_emb.scp"],
-                     extra)
-        # the one rule for embeddings (avtk.scoring.check_embeddings): no all-zero vector, no direction
-        from avtk.scoring import check_embeddings
-
-        check_embeddings(self.audio, self.utts, paths["audio_emb.scp"])
-        present = np.flatnonzero(self.has_face)
-        check_embeddings(self.face[present], [self.utts[i] for i in present], paths["face_emb.scp"])
-
-    def __len__(self):
-        return len(self.utts)
-
-    def feature_dim(self):
-        return self.audio.shape[2] + self.face.shape[1] + 1
-
-    def dims(self):
-        """(audio_dim, face_dim) of the tables."""
-        return self.audio.shape[2], self.face.shape[1]
-
-    def means(self):
-        """(audio mean (audio_dim,), face mean (face_dim,)): of the whole-utterance rows and present faces."""
-        return self.audio[:, 0].mean(0), self.face[self.has_face].mean(0)
-
-    def __getitem__(self, item):
-        return self.sample(*item)
-
-    def sample(self, index, epoch, speed=None, augment=True):
-        """(row, label, index) of (index, epoch): one crop's audio embedding (the whole row when augment=False
-        or there are no crops), the face embedding and the flag."""
-        rows = self.audio.shape[1]
-        row = 0 if rows == 1 or not augment else 1 + int(np.random.default_rng([self.seed, epoch, index]).integers(rows - 1))
-        packed = np.concatenate([self.audio[index, row], self.face[index], [float(self.has_face[index])]])
-        return torch.from_numpy(packed.astype(np.float32)), int(self.labels[index]), index
-
-
 def make_dataset(data_dir, cfg, seed, augment=None, image_size=None, frames_of=None):
-    """The training set of data.input: frames (face), feats or wav (speech), embeddings (audio-visual).
+    """The training set of data.input: frames (face), feats or wav (speech), embeddings or av (audio-visual:
+    avtk.train.av_data).
     `frames_of(samples)` is the network front end's frame count (wav input; default Kaldi's 25/10 ms)."""
-    if cfg["data"]["input"] == "embeddings":
-        return EmbeddingDataset(data_dir, cfg, seed)
+    if cfg["data"]["input"] in ("embeddings", "av"):
+        from avtk.train.av_data import AVDataset, EmbeddingDataset
+
+        if cfg["data"]["input"] == "embeddings":
+            return EmbeddingDataset(data_dir, cfg, seed)
+        return AVDataset(data_dir, cfg, seed, augment=augment, image_size=image_size, frames_of=frames_of)
     if cfg["data"]["input"] == "frames":
         return FrameDataset(data_dir, cfg, seed, image_size)
     return CropDataset(data_dir, cfg, seed, augment=augment, frames_of=frames_of)
@@ -493,9 +402,11 @@ class ShardedBatches:
 
 
 def collate(items):
-    """A batch (crops, labels, indices) of dataset items, or the first Failed among them."""
+    """A batch (crops, labels, indices) of dataset items, or the first Failed among them. Items whose crop is
+    a tuple of tensors (avtk.train.av_data.AVDataset) give a tuple of stacked tensors."""
     failed = [item for item in items if isinstance(item, Failed)]
     if failed:
         return failed[0]
     crops, labels, index = zip(*items)
-    return torch.stack(crops), torch.tensor(labels), torch.tensor(index)
+    crops = tuple(map(torch.stack, zip(*crops))) if isinstance(crops[0], tuple) else torch.stack(crops)
+    return crops, torch.tensor(labels), torch.tensor(index)

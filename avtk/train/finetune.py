@@ -47,7 +47,7 @@ def record_init(cfg, init_model=None):
 def check_needs_model(cfg):
     """AvtkError when a fine-tuning key asks for an initial model that the config lacks."""
     ft = cfg["finetune"]
-    if ft["init_model"] is not None:
+    if ft["init_model"] is not None or cfg["data"]["input"] == "av":  # av: speaker_model and face_model
         return
     for key, value, off in (("classifier_init", ft["classifier_init"], "random"),
                             ("freeze_encoder_epochs", ft["freeze_encoder_epochs"], 0)):
@@ -159,25 +159,31 @@ def mean_items(labels, num_speeds, per_class, seed):
     return [(i, k) for i in sorted(chosen) for k in speeds]
 
 
+def _plain_batches(dataset, per_class, seed, batch_size, num_workers):
+    """Batches (crops, labels, indices) of `mean_items` of `dataset`, un-augmented; an unreadable one is an
+    AvtkError."""
+    from avtk.train.data import Failed, collate
+
+    items = mean_items(dataset.labels, len(getattr(dataset, "speeds", ())), per_class, seed)
+    loader = torch.utils.data.DataLoader(_PlainCrops(dataset, items), batch_size=batch_size, collate_fn=collate,
+                                         num_workers=num_workers)
+    for batch in loader:
+        if isinstance(batch, Failed):
+            raise AvtkError(batch.message)
+        yield batch
+
+
 @torch.no_grad()
 def class_means(net, dataset, num_classes, features, device, batch_size, num_workers=0, per_class=20, seed=0):
     """(float32 (num_classes, embed_dim) mean L2-normalised embeddings, int64 (num_classes,) counts) of
     `dataset`'s classes under `net` in eval mode: one un-augmented training crop of up to `per_class`
     utterances per speaker (at each speed with speed perturbation). `features(crops)` turns a batch of crops
     into the encoder's input. A class without a sample has a zero row and count 0."""
-    from avtk.train.data import Failed, collate
-
-    items = mean_items(dataset.labels, len(getattr(dataset, "speeds", ())), per_class, seed)
-    loader = torch.utils.data.DataLoader(_PlainCrops(dataset, items), batch_size=batch_size, collate_fn=collate,
-                                         num_workers=num_workers)
     sums, counts = None, torch.zeros(num_classes, dtype=torch.int64)
     was_training = net.training
     net.eval()
     try:
-        for batch in loader:
-            if isinstance(batch, Failed):
-                raise AvtkError(batch.message)
-            crops, labels, _ = batch
+        for crops, labels, _ in _plain_batches(dataset, per_class, seed, batch_size, num_workers):
             emb = F.normalize(net.encode(features(crops)).float(), dim=1).cpu()
             sums = torch.zeros(num_classes, emb.shape[1]) if sums is None else sums
             sums.index_add_(0, labels, emb)
@@ -185,6 +191,27 @@ def class_means(net, dataset, num_classes, features, device, batch_size, num_wor
     finally:
         net.train(was_training)
     return sums / counts.clamp(min=1).unsqueeze(1).float(), counts
+
+
+@torch.no_grad()
+def joint_means(net, dataset, features, batch_size, num_workers=0, per_class=20, seed=0):
+    """(audio mean float32 (audio_dim,), face mean (face_dim,)): the means that a JointNet holding its speaker
+    and face networks centres by, of the embeddings those networks give (in eval mode, `JointNet.rows`) of one
+    un-augmented crop of up to `per_class` utterances per speaker; the face mean over utterances with a
+    face. `features(crops)` turns a batch into the networks' inputs."""
+    dim = net.encoder.audio_dim
+    audio, face, n, faces = 0.0, 0.0, 0, 0.0
+    was_training = net.training
+    net.eval()
+    try:
+        for crops, _, _ in _plain_batches(dataset, per_class, seed, batch_size, num_workers):
+            rows = net.rows(features(crops)).float().cpu()
+            flag = rows[:, -1:]
+            audio, face = audio + rows[:, :dim].sum(0), face + (rows[:, dim:-1] * flag).sum(0)
+            n, faces = n + len(rows), faces + float(flag.sum())
+    finally:
+        net.train(was_training)
+    return (audio / n).numpy(), (face / max(faces, 1.0)).numpy()
 
 
 def set_mean_classifier(loss, means, counts):
@@ -203,14 +230,56 @@ def set_mean_classifier(loss, means, counts):
                     missing, len(counts))
 
 
+def joint_networks(cfg):
+    """Fill model.speaker_net and model.face_net of a data.input av config from the model sections of the files
+    finetune.speaker_model and finetune.face_model (avtk.embed.read_model_file: a missing or foreign file is
+    an AvtkError naming it). A speaker file must hold a speech network, a face file a face network."""
+    from avtk.embed import read_model_file
+    from avtk.models import modality
+
+    if cfg["data"]["input"] != "av":
+        return
+    for key, want in (("speaker", "speech"), ("face", "face")):
+        path = cfg["finetune"][f"{key}_model"]
+        model = read_model_file(path)["config"]["model"]
+        if modality(model["encoder"]) != want:
+            raise AvtkError(f"finetune.{key}_model {path}: a {modality(model['encoder'])} network "
+                            f"({model['encoder']}), not a {want} one")
+        cfg["model"][f"{key}_net"] = {k: v for k, v in model.items() if k not in ("speaker_net", "face_net")}
+
+
+def load_joint_networks(net, cfg):
+    """Load the weights of finetune.speaker_model and finetune.face_model into `net.speaker` and `net.face`
+    (a JointNet built from a config `joint_networks` filled): misfitting or non-finite weights are an
+    AvtkError naming the file (avtk.embed.weights_misfit, check_weights)."""
+    from avtk.embed import check_weights, read_model_file, weights_misfit
+
+    for key in ("speaker", "face"):
+        path, part = cfg["finetune"][f"{key}_model"], getattr(net, key)
+        weights = read_model_file(path)["model"]
+        misfit = weights_misfit(part, weights)
+        if misfit:
+            raise AvtkError(f"finetune.{key}_model {path}: its weights do not fit its own model section: {misfit}")
+        part.load_state_dict(weights)
+        check_weights(part, path)
+
+
+def encoder_modules(net):
+    """The modules that optim.encoder_lr_scale and finetune.freeze_encoder_epochs act on: the encoder, or the
+    speaker and face networks that an audio-visual network fine-tunes (avtk.models.joint.JointNet)."""
+    if getattr(net, "speaker", None) is not None:
+        return [net.speaker, net.face]
+    return [net.encoder]
+
+
 def param_groups(net, loss, cfg):
     """The optimiser's parameter groups: one group of everything, or, with optim.encoder_lr_scale != 1 or
-    finetune.freeze_encoder_epochs > 0, the encoder's parameters (named "encoder") and the rest (front end,
-    classifier). Each group's lr is the schedule's times `group_lr_scale`."""
+    finetune.freeze_encoder_epochs > 0, the encoder's parameters (named "encoder"; `encoder_modules`) and the
+    rest (front end, classifier, the gate). Each group's lr is the schedule's times `group_lr_scale`."""
     params = list(net.parameters()) + list(loss.parameters())
     if cfg["optim"]["encoder_lr_scale"] == 1 and not cfg["finetune"]["freeze_encoder_epochs"]:
         return params
-    encoder = list(net.encoder.parameters())
+    encoder = [p for m in encoder_modules(net) for p in m.parameters()]
     ids = {id(p) for p in encoder}
     return [{"params": encoder, "name": "encoder"}, {"params": [p for p in params if id(p) not in ids], "name": "head"}]
 

@@ -17,7 +17,7 @@ from avtk.errors import AvtkError
 from avtk.io.atomic import make_dirs
 from avtk.train import checkpoint as ckpt
 from avtk.train import finetune
-from avtk.train.config import RESUME_MAY_CHANGE, flatten, save_config
+from avtk.train.config import DEFAULTS, RESUME_MAY_CHANGE, flatten, save_config
 from avtk.train.data import Failed, ShardedBatches, collate, make_dataset
 from avtk.train.distributed import setup, teardown
 from avtk.train.schedule import learning_rate
@@ -53,11 +53,16 @@ def _optimizer(cfg, params):
 
 def _augmenter(cfg):
     a = cfg["augment"]
-    if cfg["data"]["input"] != "wav" or not a["wave"]:
+    if _speech_input(cfg) != "wav" or not a["wave"]:
         return None
     from avtk.augment import WaveAugment
 
     return WaveAugment(noise_dir=a["noise_dir"], music_dir=a["music_dir"], speech_dir=a["speech_dir"], rir_dir=a["rir_dir"])
+
+
+def _speech_input(cfg):
+    """feats or wav: the speech input of a speech network, or of the one an audio-visual network fine-tunes."""
+    return cfg["data"]["speech_input"] if cfg["data"]["input"] == "av" else cfg["data"]["input"]
 
 
 class Trainer:
@@ -84,8 +89,9 @@ class Trainer:
         from avtk.models.losses import MarginScheduler
         from avtk.models.speaker_net import TrainModule
 
+        finetune.joint_networks(cfg)  # data.input av: model.speaker_net and face_net from their files
         self.net = build_network(cfg["model"])
-        frontend = getattr(self.net, "frontend", None)
+        frontend = getattr(getattr(self.net, "speaker", None) or self.net, "frontend", None)
         self.dataset = make_dataset(train_data, cfg, rt["seed"], augment=_augmenter(cfg),
                                     image_size=getattr(self.net, "input_size", None),
                                     frames_of=getattr(frontend, "num_frames", None))
@@ -106,8 +112,10 @@ class Trainer:
         elif dim is not None and getattr(self.net, "feature_dim", None) not in (None, dim):
             raise AvtkError(f"{train_data}/feats.scp has {dim}-dimensional features but the model "
                             f"({cfg['model']['encoder']}) expects {self.net.feature_dim}")
+        if fresh and cfg["data"]["input"] == "av":
+            finetune.load_joint_networks(self.net, cfg)
         if fresh and hasattr(self.net, "set_means"):  # an audio-visual network centres by the training means
-            self.net.set_means(*self.dataset.means())
+            self.net.set_means(*self._joint_means())
         l = cfg["loss"]
         self.loss = build_loss(l["name"], embed_dim=self.net.encoder.embed_dim, num_classes=len(self.speakers),
                                margin=l["margin"], scale=l["scale"], subcenters=l["subcenters"])
@@ -115,6 +123,8 @@ class Trainer:
         self.module = TrainModule(self.net, self.loss).to(self.device)
         if fresh and self.init_model:
             self._init_from_model()
+        elif fresh and cfg["data"]["input"] == "av" and cfg["finetune"]["classifier_init"] != "random":
+            self._init_classifier()
         self.optimizer = _optimizer(cfg, finetune.param_groups(self.net, self.loss, cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.batches = ShardedBatches(len(self.dataset), cfg["data"]["batch_size"], self.dist.rank, self.dist.world, rt["seed"])
@@ -133,13 +143,28 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- state
 
-    def _init_from_model(self):
-        """Fine-tuning: the network from finetune.init_model, the classifier as finetune.classifier_init says
-        (the class means are computed by rank 0 alone: DDP copies its weights to the other ranks at start)."""
+    def _joint_means(self, net=None):
+        """The training means an audio-visual network centres by: of the embedding tables, or (data.input av)
+        of its (or `net`'s) speaker and face networks' embeddings of the training data (finetune.joint_means)."""
+        if self.cfg["data"]["input"] != "av":
+            return self.dataset.means()
+        t0 = time.time()
+        net = (net or self.net).to(self.device)
+        means = finetune.joint_means(net, self.dataset, lambda c: self._features(c, None, 0, False),
+                                     self.cfg["data"]["batch_size"], self.cfg["data"]["num_workers"],
+                                     self.cfg["finetune"]["classifier_init_utts"], self.cfg["runtime"]["seed"])
+        log.info("audio-visual: centring means of the speaker and face networks' embeddings (%.1f s)", time.time() - t0)
+        return means
+
+    def _init_classifier(self, blob=None):
+        """The classifier as finetune.classifier_init says (the class means are computed by rank 0 alone: DDP
+        copies its weights to the other ranks at start)."""
         ft = self.cfg["finetune"]
-        blob = finetune.load_network(self.net, self.cfg, self.init_model)
         how = ft["classifier_init"]
         if how == "keep":
+            if blob is None:
+                raise AvtkError("finetune.classifier_init = 'keep' needs finetune.init_model (a model file with a "
+                                "classifier of these classes); use mean or random")
             finetune.keep_classifier(self.loss, blob, self.speakers, self.init_model)
         elif how == "mean" and self.dist.main:
             t0 = time.time()
@@ -150,6 +175,13 @@ class Trainer:
             finetune.set_mean_classifier(self.loss, means, counts)
             log.info("classifier: the mean embeddings of %d crops of %d classes (%.1f s)", int(counts.sum()),
                      int((counts > 0).sum()), time.time() - t0)
+
+    def _init_from_model(self):
+        """Fine-tuning: the network from finetune.init_model, the classifier as finetune.classifier_init says."""
+        ft = self.cfg["finetune"]
+        blob = finetune.load_network(self.net, self.cfg, self.init_model)
+        how = ft["classifier_init"]
+        self._init_classifier(blob)
         log.info("fine-tuning from %s (sha256 %s): network loaded, classifier %s%s%s", self.init_model,
                  ft["init_checksum"], {"random": "random", "mean": "from class means", "keep": "kept"}[how],
                  f", encoder frozen for {ft['freeze_encoder_epochs']} epoch(s)" if ft["freeze_encoder_epochs"] else "",
@@ -171,10 +203,10 @@ class Trainer:
             raise AvtkError(f"{self.val_trials}: all {len(trials)} trials are {'target' if targets else 'nontarget'}; "
                             "a validation EER needs both target and nontarget trials")
         kind = self.cfg["data"]["input"]
-        if kind == "embeddings":
-            raise AvtkError(f"--val-trials {self.val_trials}: an audio-visual network over embeddings has no "
-                            "validation during training; embed the trials' utterances with avtk "
-                            "extract-joint-embeddings and score them")
+        if kind in ("embeddings", "av"):
+            raise AvtkError(f"--val-trials {self.val_trials}: an audio-visual network has no validation during "
+                            "training; embed the trials' utterances with avtk extract-joint-embeddings and score "
+                            "them")
         name = {"feats": "feats.scp", "wav": "wav.scp", "frames": "frames.scp"}[kind]
         dd = datadir.load(self.val_data)
         have = read_wav_scp(self.val_data) if kind == "wav" else (dd.table(name) or {})
@@ -299,25 +331,59 @@ class Trainer:
 
         epochs = ckpt.epochs_saved(self.exp)[-self.cfg["runtime"]["average_last"]:]
         avg = ckpt.average([ckpt.checkpoint_path(self.exp, e) for e in epochs])
+        if self.cfg["data"]["input"] == "av":
+            avg = self._write_joint_networks(avg, epochs)
         save_model(os.path.join(self.exp, "avg_model.pt"), avg, self.cfg, self.speakers, epochs)
         log.info("wrote %s/avg_model.pt (average of epochs %s)", self.exp, ", ".join(map(str, epochs)))
+
+    def _write_joint_networks(self, avg, epochs):
+        """data.input av: EXP/speaker_model.pt and EXP/face_model.pt, the fine-tuned (averaged) speaker and face
+        networks as model files of their own (extract-embeddings embeds with them what avtk
+        extract-joint-embeddings takes), and `avg` with the centring means of their embeddings."""
+        from avtk.embed import save_model
+
+        net = copy.deepcopy(self.net)  # the live network stays as trained (its checksum is logged per rank)
+        net.load_state_dict(avg)
+        net.set_means(*self._joint_means(net))
+        for key, data_input in (("speaker", _speech_input(self.cfg)), ("face", "frames")):
+            cfg = copy.deepcopy(self.cfg)
+            cfg["model"] = {**copy.deepcopy(DEFAULTS["model"]), **cfg["model"][f"{key}_net"]}
+            cfg["data"]["input"] = data_input
+            path = os.path.join(self.exp, f"{key}_model.pt")
+            save_model(path, getattr(net, key).state_dict(), cfg, self.speakers, epochs)
+            log.info("wrote %s (the %s network of avg_model.pt)", path, key)
+        return net.state_dict()
 
     # ----------------------------------------------------------------------------------- loop
 
     def _features(self, crops, index, epoch, augment=True):
         """Normalised (batch, frames, dim) features of a batch of crops, SpecAugment applied per crop (unless
-        augment=False); or normalised (batch, 3, H, W) images of a batch of face frames."""
+        augment=False); normalised (batch, 3, H, W) images of a batch of face frames; or (data.input av) the
+        tuple (speech features, normalised images (batch, K, 3, H, W), face flags (batch,)) of JointNet.rows."""
+        kind = self.cfg["data"]["input"]
+        if kind == "av":
+            speech, frames, flag = crops
+            frames = frames.to(self.device, non_blocking=True)
+            with torch.no_grad():
+                images = self.net.face.normalize(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
+            return (self._speech_features(self.net.speaker, speech, index, epoch, augment), images,
+                    flag.to(self.device, non_blocking=True))
+        if kind == "embeddings":
+            return crops.to(self.device, non_blocking=True)
+        if kind == "frames":
+            with torch.no_grad():
+                return self.net.normalize(crops.to(self.device, non_blocking=True))
+        return self._speech_features(self.net, crops, index, epoch, augment)
+
+    def _speech_features(self, net, crops, index, epoch, augment):
+        """_features of speech crops for the speech network `net` (the trained one, or a JointNet's speaker)."""
         crops = crops.to(self.device, non_blocking=True)
         with torch.no_grad():
-            if self.cfg["data"]["input"] == "embeddings":
-                return crops
-            if self.cfg["data"]["input"] == "frames":
-                return self.net.normalize(crops)
-            if self.cfg["data"]["input"] == "wav":
-                feats, _ = self.net.features(crops)
+            if _speech_input(self.cfg) == "wav":
+                feats, _ = net.features(crops)
             else:
                 feats = crops
-            feats = self.net.normalize(feats)
+            feats = net.normalize(feats)
             if self.cfg["augment"]["spec_augment"] and augment:
                 from avtk.augment import spec_augment_batch
 
@@ -330,7 +396,8 @@ class Trainer:
         self.batches.set_epoch(epoch)
         self.module.train()
         if finetune.encoder_frozen(cfg, epoch):
-            self.net.encoder.eval()  # frozen: its batch-norm statistics too
+            for module in finetune.encoder_modules(self.net):
+                module.eval()  # frozen: its batch-norm statistics too
         steps = len(self.batches)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         bar = None
