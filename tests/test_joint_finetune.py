@@ -160,3 +160,14 @@ def test_data_errors_are_one_line(setup, tmp_path):
     err = one_error(avtk("train", "--config", setup["conf"], "--train-data", data, "--exp", tmp_path / "e",
                          "--val-trials", setup["root"] / "data/test/trials", check=False))
     assert "an audio-visual network has no validation during training" in err
+
+
+def test_a_fresh_run_refuses_to_start_from_a_file_it_would_replace(setup, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(setup["exp"], exp)
+    before = (exp / "speaker_model.pt").read_bytes()
+    err = one_error(avtk("train", "--config", setup["conf"], "--train-data", setup["train"], "--exp", exp,
+                         f"finetune.speaker_model={exp}/speaker_model.pt", check=False))
+    assert (f"finetune.speaker_model {exp}/speaker_model.pt: is a file of the run in --exp {exp}, which a fresh run "
+            "replaces") in err
+    assert (exp / "speaker_model.pt").read_bytes() == before and (exp / "checkpoints/epoch_002.pt").is_file()

@@ -98,15 +98,30 @@ def load_last(exp, before=None):
     return None, None
 
 
+def run_files(exp):
+    """The files of a run in exp that a fresh run replaces: epoch checkpoints, last_good.pt, validation.txt,
+    avg_model.pt (and an audio-visual run's speaker_model.pt and face_model.pt), config_history.yaml and
+    train_skipped.txt."""
+    return [checkpoint_path(exp, e) for e in epochs_saved(exp)] + [
+        os.path.join(exp, name) for name in ("checkpoints/last_good.pt", "validation.txt", "avg_model.pt",
+                                             "speaker_model.pt", "face_model.pt", "config_history.yaml",
+                                             "train_skipped.txt")]
+
+
+def check_not_run_file(exp, key, path):
+    """AvtkError when the model file `path` (of config key `key`) is one of exp's `run_files`: a fresh run
+    there would remove or replace it."""
+    for own in run_files(exp):
+        if os.path.exists(own) and os.path.samefile(own, path):
+            raise AvtkError(f"{key} {path}: is a file of the run in --exp {exp}, which a fresh run replaces; copy it "
+                            "out of the experiment directory first, or train into another --exp")
+
+
 def clear_previous_run(exp):
-    """Remove a previous run's epoch checkpoints, last_good.pt, validation.txt, avg_model.pt, config_history.yaml
-    and train_skipped.txt from exp;
-    returns how many files went. A fresh run must not average, prune or resume against them."""
-    stale = [checkpoint_path(exp, e) for e in epochs_saved(exp)]
-    stale += [os.path.join(exp, name) for name in ("checkpoints/last_good.pt", "validation.txt", "avg_model.pt",
-                                                   "config_history.yaml", "train_skipped.txt")]
+    """Remove a previous run's `run_files` from exp; returns how many files went. A fresh run must not average,
+    prune or resume against them."""
     gone = 0
-    for path in stale:
+    for path in run_files(exp):
         if os.path.lexists(path):
             try:
                 os.remove(path)

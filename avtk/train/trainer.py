@@ -73,6 +73,9 @@ class Trainer:
         fresh = not (resume and ckpt.epochs_saved(exp))
         if fresh:
             finetune.check_needs_model(cfg)
+            for key in ("init_model", "speaker_model", "face_model"):
+                if cfg["finetune"][key] is not None and os.path.isfile(cfg["finetune"][key]):
+                    ckpt.check_not_run_file(exp, f"finetune.{key}", cfg["finetune"][key])
         rt = cfg["runtime"]
         self.dist = setup(rt["device"], rt["dist_timeout_minutes"])
         self.device = self.dist.device
