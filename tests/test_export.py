@@ -173,11 +173,12 @@ PEER_NETS = {  # small widths of the peers' networks (tests/test_models.py count
     "resnet34": "{in_dim: 80, base_width: 4, embed_dim: 16}",
     "resnet221": "{in_dim: 80, base_width: 4, embed_dim: 16}",
     "campplus": "{in_dim: 80, base_width: 4, init_channels: 16, growth_rate: 8, bn_size: 2, embed_dim: 16}",
+    "eres2netv2": "{in_dim: 80, base_width: 4, embed_dim: 16}",
 }
 
 
 @pytest.mark.usefixtures("one_thread")  # 2 threads on a loaded 2-core machine: 10x slower small convolutions
-@pytest.mark.parametrize("kind", ["kaldi_fbank", "seed", "resnet34", "resnet221", "campplus", "face"])
+@pytest.mark.parametrize("kind", ["kaldi_fbank", "seed", "resnet34", "resnet221", "campplus", "eres2netv2", "face"])
 def test_torchscript_graph_names_no_device(models, tmp_path, kind):
     """The exported graph creates its index and mask tensors from its inputs, so no device is baked in and the
     same file runs on a GPU (torch.arange(n, device=...) in a traced forward records a CPU constant)."""
@@ -191,7 +192,7 @@ def test_torchscript_graph_names_no_device(models, tmp_path, kind):
     graph = str(torch.jit.load(str(tmp_path / "m.ts")).inlined_graph)
     assert "aten::" in graph and not DEVICE_CONSTANT.findall(graph), [
         line.strip() for line in graph.splitlines() if "Device" in line][:5]
-    if kind in ("resnet221", "campplus"):
+    if kind in ("resnet221", "campplus", "eres2netv2"):
         _check_peer_network_graphs(path, tmp_path)
 
 

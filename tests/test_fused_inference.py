@@ -9,7 +9,7 @@ from torch import nn
 
 from avtk.embed import embed, embed_faces, prepare_for_inference
 from avtk.errors import AvtkError
-from avtk.models import CamPlusPlus, EcapaTdnn, ResNet34, ResNet221, build_encoder
+from avtk.models import CamPlusPlus, EcapaTdnn, ERes2NetV2, ResNet34, ResNet221, build_encoder
 from avtk.models.ecapa import FusedEcapaTdnn
 from avtk.models.ecapa import fuse_for_inference as fuse_ecapa
 from avtk.models.face_net import FaceNet
@@ -18,7 +18,7 @@ from avtk.models.iresnet import FusedIResNet
 from avtk.models.iresnet import fuse_for_inference as fuse_iresnet
 from avtk.models.speaker_net import SpeakerNet
 from conftest import randomize_bn
-from test_models import SMALL_CAMPP, randomize_stats
+from test_models import SMALL_CAMPP, SMALL_ERES2NET, randomize_stats
 
 TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,6 +94,7 @@ def n_batchnorms(module):
     pytest.param(lambda: ResNet34(in_dim=80, embed_dim=64, base_width=8), id="resnet34"),
     pytest.param(lambda: ResNet221(in_dim=80, embed_dim=32, base_width=4), id="resnet221"),
     pytest.param(lambda: CamPlusPlus(**{**SMALL_CAMPP, "in_dim": 80}), id="campplus"),
+    pytest.param(lambda: ERes2NetV2(**{**SMALL_ERES2NET, "in_dim": 80}), id="eres2netv2"),
 ])
 def test_folded_resnets_and_campplus_equal_eager_and_leave_the_model_alone(encoder):
     model = randomize_stats(encoder())

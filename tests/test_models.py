@@ -1,5 +1,5 @@
 """Speaker networks and losses: sizes and checkpoint names of the seed and the peers' networks (CAM++, ResNet34/221/293
-as WeSpeaker configures them), exact variable-length batching, AAM."""
+as WeSpeaker configures them, ERes2NetV2 as 3D-Speaker does), exact variable-length batching, AAM."""
 import math
 
 import pytest
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from avtk.errors import AvtkError
-from avtk.models import (ENCODERS, LOSSES, AamSoftmax, CamPlusPlus, EcapaTdnn, MarginScheduler, ResNet34, ResNet221,
-                         ResNet293, build_encoder, build_loss)
+from avtk.models import (ENCODERS, LOSSES, AamSoftmax, CamPlusPlus, EcapaTdnn, ERes2NetV2, MarginScheduler, ResNet34,
+                         ResNet221, ResNet293, build_encoder, build_loss)
 from avtk.models.ecapa import split_seed_state_dict
 from conftest import randomize_bn
 
@@ -37,6 +37,7 @@ def randomize_stats(model, seed=0):
 
 # Small widths of the peers' networks for the masking, folding and export tests (the counts use the full sizes).
 SMALL_CAMPP = dict(in_dim=40, embed_dim=32, base_width=4, init_channels=16, growth_rate=8, bn_size=2)
+SMALL_ERES2NET = dict(in_dim=40, embed_dim=32, base_width=8)  # branches of 3, 6, 13 and 26 channels
 
 
 def padded_vs_single(model, lengths, dim, seed=0):
@@ -167,6 +168,7 @@ def test_resnet34_size_and_names():
     pytest.param(lambda: ResNet221(in_dim=40, embed_dim=16, base_width=4), id="resnet221"),
     pytest.param(lambda: ResNet293(in_dim=40, embed_dim=16, base_width=2), id="resnet293"),
     pytest.param(lambda: CamPlusPlus(**SMALL_CAMPP), id="campplus"),
+    pytest.param(lambda: ERes2NetV2(**SMALL_ERES2NET), id="eres2netv2"),
 ])
 def test_resnets_and_campplus_padded_batch_equals_items_alone(model):
     """Odd and even lengths exercise ceil(L / 2) at each stride (CAM++: its strided tdnn); 201, 297 and 233 input
@@ -192,6 +194,10 @@ def test_resnets_and_campplus_padded_batch_equals_items_alone(model):
     ("resnet293", {}, 28_626_016, 28.62e6),
     ("resnet34", {}, 6_634_336, 6.63e6),
     ("campplus", {"embed_dim": 192}, 6_848_544, None),
+    # 3D-Speaker egs/voxceleb/sv-eres2netv2/conf/eres2netv2.yaml (m_channels 64, embedding 192; baseWidth 26,
+    # scale 2, expansion 2 its model's defaults): the embedding network alone, no classifier; its model file
+    # counts 17.86 M, its tables 17.8 M
+    ("eres2netv2", {}, 17_859_632, 17.86e6),
 ])
 def test_peer_networks_match_the_published_parameter_counts(name, args, expected, published):
     with torch.device("meta"):  # shapes only: no memory, no initialisation
@@ -222,6 +228,46 @@ def test_campplus_layout_and_wespeaker_key_names():
     assert "xvector.dense.nonlinear.batchnorm.weight" not in keys
     assert keys["head.layer2.0.shortcut.0.weight"].shape == (32, 32, 1, 1) and "head.conv2.weight" in keys
     assert model.head.layer1[0].conv1.stride == (2, 1)  # the FCM strides on frequency only
+
+
+def test_eres2netv2_layout_and_3dspeaker_key_names():
+    with torch.device("meta"):
+        model = ERes2NetV2(in_dim=80)
+    keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert keys["conv1.weight"] == (64, 1, 3, 3)
+    # branches of floor(planes x 26 / 64) channels: 26, 52, 104, 208; two per block; outputs 2 x planes
+    assert keys["layer1.0.conv1.weight"] == (52, 64, 1, 1) and keys["layer1.0.convs.1.weight"] == (26, 26, 3, 3)
+    assert keys["layer1.0.conv3.weight"] == (128, 52, 1, 1) and keys["layer1.0.shortcut.0.weight"] == (128, 64, 1, 1)
+    assert "layer1.1.shortcut.0.weight" not in keys and "layer1.0.convs.2.weight" not in keys
+    assert keys["layer4.2.convs.1.weight"] == (208, 208, 3, 3) and keys["layer4.2.conv3.weight"] == (1024, 416, 1, 1)
+    assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[1].conv1.stride == (1, 1)
+    # local fusion (AFF over [x; y], 2C -> C / 4 -> C) in layer3 and layer4 only
+    assert keys["layer3.5.fuse_models.0.local_att.0.weight"] == (26, 208, 1, 1)
+    assert keys["layer4.0.fuse_models.0.local_att.3.weight"] == (208, 52, 1, 1)
+    assert "layer2.0.fuse_models.0.local_att.0.weight" not in keys
+    assert "layer3.0.fuse_models.1.local_att.0.bias" not in keys
+    # global fusion: layer3's output (512 channels) down-sampled to layer4's (1024), AFF; pooling over 1024 x 10
+    assert keys["layer3_ds.weight"] == (1024, 512, 3, 3) and "layer3_ds.bias" not in keys
+    assert keys["fuse34.local_att.0.weight"] == (256, 2048, 1, 1) and keys["fuse34.local_att.4.running_var"] == (1024,)
+    assert keys["seg_1.weight"] == (192, 2 * 1024 * 10) and len([k for k in keys if k.startswith("seg_")]) == 2
+    assert ERes2NetV2(in_dim=81, base_width=4).seg_1.in_features == 2 * 64 * 11  # ceil at each halving
+
+
+def test_eres2netv2_fusion_and_clipped_activation():
+    """AFF(x, y) = x * a + y * (2 - a) with a = 1 + tanh(local_att([x; y])): 2x when y = x whatever the attention,
+    and the direct formula otherwise; the blocks' activations are clipped at 20."""
+    from avtk.models.eres2net import Aff, ERes2NetV2Block
+
+    aff = randomize_stats(Aff(8))
+    x, y = torch.randn(2, 8, 5, 7), torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(aff(x, x), 2 * x)
+        a = 1 + torch.tanh(aff.local_att(torch.cat([x, y], dim=1)))
+        torch.testing.assert_close(aff(x, y), x * a + y * (2 - a))
+        assert aff.local_att(torch.cat([x, y], dim=1)).abs().max() > 0.1  # not a trivial attention
+        block = ERes2NetV2Block(4, 4, 2, 2).eval()
+        out = block(torch.full((1, 4, 3, 3), 1e3))
+    assert out.max() == 20.0 and out.min() >= 0
 
 
 def test_campplus_segment_context_and_short_inputs():
@@ -259,6 +305,13 @@ def test_peer_networks_reject_bad_input():
     with pytest.raises(AvtkError, match=r"CAM\+\+ needs bn_size x growth_rate >= 2 \(the CAM layer halves it\), "
                                         r"got 1 x 1"):
         CamPlusPlus(growth_rate=1, bn_size=1)
+    with pytest.raises(AvtkError, match=r"ERes2NetV2 expects features \(batch, 40, frames\), got \(2, 80, 10\)"):
+        ERes2NetV2(**SMALL_ERES2NET)(torch.randn(2, 80, 10))
+    with pytest.raises(AvtkError, match=r"lengths must lie in \[1, 10\]"):
+        ERes2NetV2(**SMALL_ERES2NET)(torch.randn(2, 40, 10), torch.tensor([11, 10]))
+    with pytest.raises(AvtkError, match=r"ERes2NetV2 needs base_width x branch_width >= 64 \(branches of at least one "
+                                        r"channel\), got 2 x 26"):
+        ERes2NetV2(base_width=2)
 
 
 # ---------------------------------------------------------------- AAM softmax
@@ -346,7 +399,7 @@ def test_margin_scheduler():
 
 def test_registries():
     assert set(ENCODERS) == {"ecapa_tdnn", "resnet34", "resnet221", "resnet293", "campplus", "iresnet18", "iresnet34",
-                             "iresnet50", "iresnet100", "gated_fusion"}
+                             "iresnet50", "iresnet100", "gated_fusion", "eres2netv2"}
     assert set(LOSSES) == {"aam_softmax"}
     enc = build_encoder("ecapa_tdnn", in_dim=40, channels=64, embed_dim=32)
     assert isinstance(enc, EcapaTdnn) and enc.embed_dim == 32
@@ -354,8 +407,9 @@ def test_registries():
     assert build_loss("aam_softmax", embed_dim=32, num_classes=4, margin=0.1).margin == 0.1
     assert isinstance(build_encoder("resnet293", base_width=2), ResNet293)
     assert isinstance(build_encoder("campplus", growth_rate=4), CamPlusPlus)
-    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: campplus, ecapa_tdnn, gated_fusion, iresnet100, "
-                                        "iresnet18, iresnet34, iresnet50, resnet221, resnet293, resnet34"):
+    assert isinstance(build_encoder("eres2netv2", base_width=4, scale=3), ERes2NetV2)
+    with pytest.raises(AvtkError, match="unknown encoder 'tdnn'; known: campplus, ecapa_tdnn, eres2netv2, gated_fusion, "
+                                        "iresnet100, iresnet18, iresnet34, iresnet50, resnet221, resnet293, resnet34"):
         build_encoder("tdnn")
     with pytest.raises(AvtkError, match="unknown argument chanels for encoder 'ecapa_tdnn'; accepted: in_dim, channels"):
         build_encoder("ecapa_tdnn", chanels=512)

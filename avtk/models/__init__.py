@@ -9,6 +9,7 @@ import inspect
 from avtk.errors import AvtkError
 from avtk.models.campplus import CamPlusPlus
 from avtk.models.ecapa import EcapaTdnn
+from avtk.models.eres2net import ERes2NetV2
 from avtk.models.iresnet import iresnet18, iresnet34, iresnet50, iresnet100
 from avtk.models.joint import GatedFusion
 from avtk.models.losses import AamSoftmax, MarginScheduler
@@ -16,11 +17,11 @@ from avtk.models.resnet import ResNet34, ResNet221, ResNet293
 
 ENCODERS = {"ecapa_tdnn": EcapaTdnn, "resnet34": ResNet34, "resnet221": ResNet221, "resnet293": ResNet293,
             "campplus": CamPlusPlus, "iresnet18": iresnet18, "iresnet34": iresnet34, "iresnet50": iresnet50,
-            "iresnet100": iresnet100, "gated_fusion": GatedFusion}
+            "iresnet100": iresnet100, "gated_fusion": GatedFusion, "eres2netv2": ERes2NetV2}
 LOSSES = {"aam_softmax": AamSoftmax}
 
-__all__ = ["ENCODERS", "LOSSES", "EcapaTdnn", "ResNet34", "ResNet221", "ResNet293", "CamPlusPlus", "AamSoftmax",
-           "MarginScheduler", "build_encoder", "build_loss", "build_network", "modality"]
+__all__ = ["ENCODERS", "LOSSES", "EcapaTdnn", "ResNet34", "ResNet221", "ResNet293", "CamPlusPlus", "ERes2NetV2",
+           "AamSoftmax", "MarginScheduler", "build_encoder", "build_loss", "build_network", "modality"]
 
 
 def _build(kind, registry, name, kwargs):
