@@ -212,10 +212,10 @@ def test_stage12_joint_embedding_beats_each_modality_and_embeds_utterances_witho
     assert joint[2] < audio[2], rows
     gone = set((recipe / "exp/av_joint/faceless/face.no_face").read_text().split()[::2])
     assert len(gone) == 72
-    emb = kaldiio.load_scp(str(recipe / "exp/av_joint/emb/test_faceless.scp"))
+    emb = kaldiio.load_scp(str(recipe / "exp/av_joint/emb/joint_test_faceless.scp"))
     assert len(emb) == 240
     assert {u for u, e in emb.items() if not e[192:].any()} == gone
-    assert (recipe / "exp/av_joint/emb/test_faceless.no_face").read_text().split()[::2] == sorted(gone)
+    assert (recipe / "exp/av_joint/emb/joint_test_faceless.no_face").read_text().split()[::2] == sorted(gone)
     # bench/joint_embedding.py reads this run: its untrained gated network is the mean fusion exactly
     out = run([sys.executable, REPO / "bench/joint_embedding.py", recipe, "--seeds", "1"], cwd=REPO).stdout
     mean = re.search(r"seed mean fusion \(audio alone if no face\)\s+([\d.]+)", out).group(1)
@@ -228,3 +228,27 @@ def test_stage6_resumes_from_files_on_disk(recipe, ran):
     proc = run(["./run.sh", "--stage", "6", "--stop-stage", "8"], cwd=recipe)
     assert "Stage 5" not in proc.stderr and "Stage 6" in proc.stderr
     assert (recipe / "exp/RESULTS.md").read_text().split("\nCleansing")[0] == before
+
+
+def test_stage12_fine_tunes_both_networks_through_the_joint_one_by_option(recipe, ran):
+    """--av-finetune-conf (here 1 epoch that trains the networks, to keep the test short): two more rows, the
+    fine-tuned networks' own model files embed the sets again."""
+    conf = (recipe / "conf/av_finetune_mini.yaml").read_text()
+    short = conf.replace("freeze_encoder_epochs: 1", "freeze_encoder_epochs: 0").replace("epochs: 4", "epochs: 1")
+    assert short.count("epochs: 0") == 1 and short.count("epochs: 1") == 1
+    (recipe / "conf/av_finetune_test.yaml").write_text(short)
+    proc = run(["./run.sh", "--stage", "12", "--av-finetune-conf", "conf/av_finetune_test.yaml"], cwd=recipe)
+    assert "training gated_fusion on 480 utterances of 40 speakers, epochs 1-1" in proc.stderr
+    text = (recipe / "exp/RESULTS.md").read_text().split("\nJoint audio-visual embedding (stage 12)")[-1]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [float(c) for c in line.split("|")[3:7]]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| system")}
+    assert len(rows) == 8, rows
+    tuned = rows[("joint, networks fine-tuned through it (conf/av_finetune_test.yaml)", "cosine")]
+    audio = rows[("audio: ECAPA-TDNN C=256 + LM", "cosine")]
+    assert tuned[0] < audio[0] and tuned[2] < audio[2], rows  # still an audio-visual system
+    ft = recipe / "exp/av_finetune"
+    for name in ("speaker_model.pt", "face_model.pt", "audio/test.scp", "face/faceless.no_face",
+                 "emb/joint_test_faceless.scp", "scores/all_joint_asnorm.txt"):
+        assert (ft / name).is_file(), name
+    gone = set((recipe / "exp/av_joint/faceless/face.no_face").read_text().split()[::2])
+    assert set((ft / "face/faceless.no_face").read_text().split()[::2]) == gone

@@ -15,6 +15,7 @@ lm_conf=conf/ecapa_mini_lm.yaml  # stage 3: large-margin fine-tuning of the spea
 speaker_nets=ecapa  # stage 3: speaker networks, comma-separated: ecapa (always), campplus, resnet221, resnet293
                     # (conf/<net>_mini.yaml)
 av_conf=conf/av_joint_mini.yaml  # stage 12: the joint audio-visual embedding
+av_finetune_conf=none  # stage 12: also fine-tune both networks through it (conf/av_finetune_mini.yaml; none: no)
 faceless=30     # stage 12: percent of the test utterances whose face frames are removed
 
 help_message="Usage: $0 [options]
@@ -37,10 +38,11 @@ help_message="Usage: $0 [options]
        test utterance (the remaining speakers are impostors) -> exp/identify/, a table in exp/RESULTS.md
     12 the joint audio-visual embedding (--av-conf) over the frozen speaker and face networks, against score
        fusion, on all test trials and with the face frames of --faceless % of the test utterances removed
-       -> exp/av_joint/, a table in exp/RESULTS.md
+       -> exp/av_joint/, a table in exp/RESULTS.md; with --av-finetune-conf also both networks fine-tuned
+       through it -> exp/av_finetune/ (speaker_model.pt and face_model.pt embed again), two more rows
   Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --id-speakers --lm-conf (none: no LM)
     --speaker-nets (more speaker networks in stages 3, 5, 6 and 8: ecapa,campplus,resnet221,resnet293) --av-conf
-    --faceless"
+    --faceless --av-finetune-conf (none: no fine-tuning through the joint network)"
 
 . ./path.sh
 . ./cmd.sh
@@ -50,6 +52,9 @@ case $faceless in
   [0-9]|[1-9][0-9]|100) ;;
   *) echo "$0: option --faceless must be a percentage 0-100, not '$faceless'" >&2; exit 1 ;;
 esac
+for conf in "$av_conf" "$av_finetune_conf"; do
+  [ "$conf" = none ] || [ -f "$conf" ] || { echo "$0: no such config file: $conf" >&2; exit 1; }
+done
 
 # the speaker systems (exp/<name>) and the one that fusion, calibration and cleansing use
 speaker_systems=ecapa spk=ecapa
@@ -74,6 +79,27 @@ check_count() {
   local got want
   got=$(wc -l < "$1"); want=$(wc -l < "$2")
   if [ "$got" -ne "$want" ]; then log "ERROR: $1 has $got lines but $2 has $want"; exit 1; fi
+}
+# embed MODEL TABLE DIR NAME [extract-embeddings options]: the embeddings of TABLE (feats.scp, or frames.scp for
+# a face model) by $cmd JOB=1:$nj over split_scp splits -> DIR/NAME.scp (the utterances of a face model without
+# a face: DIR/NAME.no_face); what comes out must add up to TABLE.
+embed() {
+  local model=$1 table=$2 dir=$3 name=$4 n
+  shift 4
+  mkdir -p "$dir/split$nj"
+  split_scp "$table" $(for n in $(seq "$nj"); do echo "$dir/split$nj/$name.$n.scp"; done)
+  $cmd JOB=1:"$nj" "$exp/log/embed_$(basename "$(dirname "$model")")_$name.JOB.log" \
+    avtk extract-embeddings "$@" --model "$model" \
+      "scp:$dir/split$nj/$name.JOB.scp" "ark,scp:$PWD/$dir/$name.JOB.ark,$PWD/$dir/$name.JOB.scp"
+  for n in $(seq "$nj"); do cat "$dir/$name.$n.scp"; done | sort > "$dir/$name.scp"
+  if [ "${table##*/}" = frames.scp ]; then
+    for n in $(seq "$nj"); do cat "$dir/$name.$n.no_face"; done | sort > "$dir/$name.no_face"
+    cat "$dir/$name.scp" "$dir/$name.no_face" > "$dir/$name.all"  # an embedding or "no face" for each
+    check_count "$dir/$name.all" "$table"
+    rm "$dir/$name.all"
+  else
+    check_count "$dir/$name.scp" "$table"
+  fi
 }
 
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
@@ -149,14 +175,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "Stage 5: extract speaker embeddings ($speaker_systems)"
   for sys in $speaker_systems; do
     for x in train test dev; do
-      dir=$exp/$sys/emb
-      mkdir -p "$dir/split$nj"
-      split_scp "$data/$x/feats.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/feats_$x.$n.scp"; done)
-      $cmd JOB=1:"$nj" "$exp/log/embed_${sys}_$x.JOB.log" \
-        avtk extract-embeddings --model "$exp/$sys/avg_model.pt" \
-          "scp:$dir/split$nj/feats_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
-      for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
-      check_count "$dir/$x.scp" "$data/$x/feats.scp"
+      embed "$exp/$sys/avg_model.pt" "$data/$x/feats.scp" "$exp/$sys/emb" "$x"
     done
   done
 fi
@@ -164,18 +183,7 @@ fi
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "Stage 5: extract face embeddings"
   for x in train test dev; do
-    dir=$exp/iresnet/emb
-    mkdir -p "$dir/split$nj"
-    split_scp "$data/$x/frames.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/frames_$x.$n.scp"; done)
-    $cmd JOB=1:"$nj" "$exp/log/embed_face_$x.JOB.log" \
-      avtk extract-embeddings --model "$exp/iresnet/avg_model.pt" \
-        "scp:$dir/split$nj/frames_$x.JOB.scp" "ark,scp:$PWD/$dir/$x.JOB.ark,$PWD/$dir/$x.JOB.scp"
-    for n in $(seq "$nj"); do cat "$dir/$x.$n.scp"; done | sort > "$dir/$x.scp"
-    for n in $(seq "$nj"); do cat "$dir/$x.$n.no_face"; done | sort > "$dir/$x.no_face"
-    # every utterance has an embedding or is listed as having no face
-    cat "$dir/$x.scp" "$dir/$x.no_face" > "$dir/$x.all"
-    check_count "$dir/$x.all" "$data/$x/frames.scp"
-    rm "$dir/$x.all"
+    embed "$exp/iresnet/avg_model.pt" "$data/$x/frames.scp" "$exp/iresnet/emb" "$x"
   done
 fi
 
@@ -283,13 +291,8 @@ if [ "$stage" -le 10 ] && [ "$stop_stage" -ge 10 ]; then
   avtk train --config conf/ecapa_mini.yaml --train-data "$data/train_clean" --exp "$exp/ecapa_clean" \
     --val-trials "$data/test/trials"
   dir=$exp/ecapa_clean/emb
-  mkdir -p "$dir/split$nj" "$exp/ecapa_clean/scores"
-  split_scp "$data/test/feats.scp" $(for n in $(seq "$nj"); do echo "$dir/split$nj/feats_test.$n.scp"; done)
-  $cmd JOB=1:"$nj" "$exp/log/embed_clean_test.JOB.log" \
-    avtk extract-embeddings --model "$exp/ecapa_clean/avg_model.pt" \
-      "scp:$dir/split$nj/feats_test.JOB.scp" "ark,scp:$PWD/$dir/test.JOB.ark,$PWD/$dir/test.JOB.scp"
-  for n in $(seq "$nj"); do cat "$dir/test.$n.scp"; done | sort > "$dir/test.scp"
-  check_count "$dir/test.scp" "$data/test/feats.scp"
+  mkdir -p "$exp/ecapa_clean/scores"
+  embed "$exp/ecapa_clean/avg_model.pt" "$data/test/feats.scp" "$dir" test
   avtk score --trials "$data/test/trials" "scp:$dir/test.scp" "$exp/ecapa_clean/scores/test_cosine.txt"
   avtk score --trials "$data/test/trials" "scp:$exp/ecapa/emb/test.scp" "$exp/ecapa_clean/scores/test_cosine_noisy_model.txt"
   noisy=$(avtk compute-metrics "$exp/ecapa_clean/scores/test_cosine_noisy_model.txt" | awk '/^EER/ {print $2}')
@@ -353,15 +356,11 @@ fi
 if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
   log "Stage 12: the joint audio-visual embedding ($av_conf) over $spk and iresnet"
   av=$exp/av_joint
-  mkdir -p "$av/data/train" "$av/emb/split$nj" "$av/scores" "$av/faceless"
+  mkdir -p "$av/data/train" "$av/scores" "$av/faceless"
   # training input: the speaker network's embeddings of 8 random 2 s crops per training utterance (the whole
   # utterances are memorised by it), the face network's embeddings of the training utterances
-  split_scp "$data/train/feats.scp" $(for n in $(seq "$nj"); do echo "$av/emb/split$nj/feats_train.$n.scp"; done)
-  $cmd JOB=1:"$nj" "$exp/log/av_crops.JOB.log" \
-    avtk extract-embeddings --seed-crops 8 --crop-seconds 2 --model "$exp/$spk/avg_model.pt" \
-      "scp:$av/emb/split$nj/feats_train.JOB.scp" "ark,scp:$PWD/$av/data/train/audio_emb.JOB.ark,$PWD/$av/data/train/audio_emb.JOB.scp"
-  for n in $(seq "$nj"); do cat "$av/data/train/audio_emb.$n.scp"; done | sort > "$av/data/train/audio_emb.scp"
-  check_count "$av/data/train/audio_emb.scp" "$data/train/feats.scp"
+  embed "$exp/$spk/avg_model.pt" "$data/train/feats.scp" "$av/emb" train_crops --seed-crops 8 --crop-seconds 2
+  cp "$av/emb/train_crops.scp" "$av/data/train/audio_emb.scp"
   cp "$data/train/utt2spk" "$av/data/train/utt2spk"
   cp "$exp/iresnet/emb/train.scp" "$av/data/train/face_emb.scp"
   avtk train --config "$av_conf" --train-data "$av/data/train" --exp "$av"
@@ -373,24 +372,32 @@ if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
   for u in $(cut -d' ' -f1 "$av/faceless/data/utt2spk"); do mkdir -p "$av/faceless/frames/$u"; done
   awk -v d="$PWD/$av/faceless/frames" 'NR == FNR {gone[$1]; next} ($1 in gone) {print $1, d "/" $1; next} {print}' \
     "$av/faceless/data/utt2spk" "$data/test/frames.scp" > "$av/faceless/frames.scp"
-  avtk extract-embeddings --model "$exp/iresnet/avg_model.pt" "scp:$av/faceless/frames.scp" \
-    "ark,scp:$PWD/$av/faceless/face.ark,$PWD/$av/faceless/face.scp"
-  cat "$av/faceless/face.scp" "$av/faceless/face.no_face" > "$av/faceless/face.all"
-  check_count "$av/faceless/face.all" "$data/test/frames.scp"
-  rm "$av/faceless/face.all"
+  embed "$exp/iresnet/avg_model.pt" "$av/faceless/frames.scp" "$av/faceless" face
   a=$exp/$spk f=$exp/iresnet
-  # the joint network centres its inputs itself: its embeddings are scored without --mean-from
-  cohort=(--cohort "scp:$av/emb/train.scp" --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n")
-  avtk extract-joint-embeddings --model "$av/avg_model.pt" --face-emb "scp:$f/emb/train.scp" \
-    "scp:$a/emb/train.scp" "ark,scp:$PWD/$av/emb/train.ark,$PWD/$av/emb/train.scp"
+  # joint_scores DIR AUDIO FACE FACELESS: DIR/avg_model.pt embeds the training set (the AS-Norm cohort) and the
+  # test set with all faces and without the faceless ones (AUDIO and FACE: directories of train.scp and
+  # test.scp; FACELESS: the test faces that are left) -> DIR/scores/{all,faceless}_joint_{cosine,asnorm}.txt.
+  # The joint network centres its inputs itself: its embeddings are scored without --mean-from.
+  joint_scores() {
+    local dir=$1 audio=$2 face=$3 faces cond
+    mkdir -p "$dir/emb" "$dir/scores"
+    avtk extract-joint-embeddings --model "$dir/avg_model.pt" --face-emb "scp:$face/train.scp" \
+      "scp:$audio/train.scp" "ark,scp:$PWD/$dir/emb/joint_train.ark,$PWD/$dir/emb/joint_train.scp"
+    for cond in all faceless; do
+      faces=$face/test.scp
+      [ "$cond" = faceless ] && faces=$4
+      avtk extract-joint-embeddings --model "$dir/avg_model.pt" --face-emb "scp:$faces" \
+        "scp:$audio/test.scp" "ark,scp:$PWD/$dir/emb/joint_test_$cond.ark,$PWD/$dir/emb/joint_test_$cond.scp"
+      avtk score --trials "$data/test/trials" "scp:$dir/emb/joint_test_$cond.scp" "$dir/scores/${cond}_joint_cosine.txt"
+      avtk score --trials "$data/test/trials" --cohort "scp:$dir/emb/joint_train.scp" \
+        --cohort-utt2spk "$data/train/utt2spk" --top-n "$top_n" \
+        "scp:$dir/emb/joint_test_$cond.scp" "$dir/scores/${cond}_joint_asnorm.txt"
+    done
+  }
+  joint_scores "$av" "$a/emb" "$f/emb" "$av/faceless/face.scp"
   for cond in all faceless; do
     faces=$f/emb/test.scp
     [ "$cond" = faceless ] && faces=$av/faceless/face.scp
-    avtk extract-joint-embeddings --model "$av/avg_model.pt" --face-emb "scp:$faces" \
-      "scp:$a/emb/test.scp" "ark,scp:$PWD/$av/emb/test_$cond.ark,$PWD/$av/emb/test_$cond.scp"
-    avtk score --trials "$data/test/trials" "scp:$av/emb/test_$cond.scp" "$av/scores/${cond}_joint_cosine.txt"
-    avtk score --trials "$data/test/trials" "${cohort[@]}" \
-      "scp:$av/emb/test_$cond.scp" "$av/scores/${cond}_joint_asnorm.txt"
     # score fusion of the same faces: trials without a face fall back to the audio score (mean) or to the audio
     # calibration (logistic regression, stage 7's model)
     avtk score --allow-missing --trials "$data/test/trials" --mean-from "scp:$f/emb/train.scp" \
@@ -403,6 +410,19 @@ if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
     avtk fuse --model "$exp/fusion/logreg.yaml" --allow-missing --trials "$data/test/trials" \
       --out "$av/scores/${cond}_logreg.txt" "$a/scores/test_asnorm.txt" "$av/scores/${cond}_face_asnorm.txt"
   done
+  ft=$exp/av_finetune
+  if [ "$av_finetune_conf" != none ]; then
+    # the speaker and face networks fine-tuned through the joint network (data.input: av), then each embeds the
+    # sets again with its fine-tuned copy (ft/speaker_model.pt, ft/face_model.pt) for ft/avg_model.pt
+    avtk train --config "$av_finetune_conf" --train-data "$data/train" --exp "$ft" \
+      "finetune.speaker_model=$a/avg_model.pt" "finetune.face_model=$f/avg_model.pt"
+    for x in train test; do
+      embed "$ft/speaker_model.pt" "$data/$x/feats.scp" "$ft/audio" "$x"
+      embed "$ft/face_model.pt" "$data/$x/frames.scp" "$ft/face" "$x"
+    done
+    embed "$ft/face_model.pt" "$av/faceless/frames.scp" "$ft/face" faceless
+    joint_scores "$ft" "$ft/audio" "$ft/face" "$ft/face/faceless.scp"
+  fi
   eer() { avtk compute-metrics "$1" | awk '/^EER/ {e = $2} /minDCF\(p=0.01\)/ {d = $2} END {printf "%s | %s", e, d}'; }
   avrow() {  # system, scoring, scores file of all faces, of the faceless condition
     echo "| $1 | $2 | $(eer "$3") | $(eer "$4") |"
@@ -425,6 +445,12 @@ if [ "$stage" -le 12 ] && [ "$stop_stage" -ge 12 ]; then
       "$av/scores/all_logreg.txt" "$av/scores/faceless_logreg.txt"
     avrow "joint audio-visual embedding" "cosine" "$av/scores/all_joint_cosine.txt" "$av/scores/faceless_joint_cosine.txt"
     avrow "joint audio-visual embedding" "AS-Norm" "$av/scores/all_joint_asnorm.txt" "$av/scores/faceless_joint_asnorm.txt"
+    if [ "$av_finetune_conf" != none ]; then
+      avrow "joint, networks fine-tuned through it ($av_finetune_conf)" "cosine" "$ft/scores/all_joint_cosine.txt" \
+        "$ft/scores/faceless_joint_cosine.txt"
+      avrow "joint, networks fine-tuned through it" "AS-Norm" "$ft/scores/all_joint_asnorm.txt" \
+        "$ft/scores/faceless_joint_asnorm.txt"
+    fi
   } >> "$exp/RESULTS.md"
   tail -10 "$exp/RESULTS.md"
 fi
