@@ -38,6 +38,7 @@ per measure, min then max; each subset its own).
 """
 import itertools
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -47,6 +48,12 @@ import yaml
 from avtk.data.table import read_yaml
 from avtk.errors import AvtkError
 from avtk.io.atomic import atomic_open
+
+log = logging.getLogger(__name__)
+# logistic regression is trusted with at least this many trials of the rarer class per fitted parameter (the
+# "events per variable" rule of thumb of Peduzzi et al., J Clin Epidemiol 1996); below it the WARNING of
+# `train_model` says the calibration may overfit
+MIN_TRIALS_PER_PARAMETER = 10
 
 METHODS = ("mean", "weighted", "zmean", "logreg")
 QUALITY_MEASURES = {"duration": False, "cohort_mean": True, "face_frames": True}  # measure -> of a modality?
@@ -486,6 +493,13 @@ def train_model(method, modalities, scores, labels=None, weights=None, prior=0.5
         x = scores[rows][:, idx]
         if quality_specs:
             x = np.hstack([x, quality_features(quality_specs, quality, [modalities[i] for i in idx], rows)])
+        params = x.shape[1] + 1
+        if min(n_tar, n_non) < MIN_TRIALS_PER_PARAMETER * params:
+            log.warning("logreg (%s): %d target and %d non-target development trials for %d parameters (%s): fewer "
+                        "than %d of the rarer class per parameter, so the calibration may fit these trials rather "
+                        "than the task; use more calibration trials%s", key, n_tar, n_non, params,
+                        f"{len(idx)} score{'s' if len(idx) > 1 else ''}, {x.shape[1] - len(idx)} quality features "
+                        "and a bias", MIN_TRIALS_PER_PARAMETER, " or fewer quality measures" if quality_specs else "")
         w, b = train_logreg(x, labels[rows], prior)
         w = [float(v) for v in w]
         cal = {"weights": w[:len(idx)], "bias": float(b)}

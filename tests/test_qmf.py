@@ -373,3 +373,30 @@ def test_model_file_quality_entries(tmp_path):
     path = tmp_path / "m.yaml"
     FusionModel.from_dict(base).save(path)
     assert FusionModel.load(path) == FusionModel.from_dict(base)
+
+
+def test_a_calibration_list_too_small_for_its_parameters_is_warned_about(sets, tmp_path, capsys):
+    """Fewer than 10 trials of the rarer class per fitted parameter: a WARNING naming the counts (the fit itself
+    goes ahead); the full development list (about 1,500 per class for 5 parameters) gives none."""
+    dev, ev = sets
+    lines = dev["audio"].read_text().splitlines()
+    small = tmp_path / "small.txt"
+    # 30 target and 30 non-target trials: enough for score + bias (2 parameters), not for 4 quality features more
+    tar = [line for line in lines if line.endswith(" target")][:30]
+    non = [line for line in lines if line.endswith(" nontarget")][:30]
+    small.write_text("\n".join(sorted(tar + non)) + "\n")
+    quality = ["--train-quality-data", dev["data"], "--train-cohort-stats", dev["cohort"],
+               "--quality-data", ev["data"], "--cohort-stats", ev["cohort"]]
+    err = ok(capsys, "fuse", "--method", "logreg", "--modalities", "audio", "--train-scores", small, *quality,
+             "--out", tmp_path / "qmf.txt", ev["audio"])
+    warned = [line for line in err.splitlines() if " WARNING " in line]
+    assert len(warned) == 1 and ("logreg (audio): 30 target and 30 non-target development trials for 6 parameters "
+                                 "(1 score, 4 quality features and a bias): fewer than 10 of the rarer class per "
+                                 "parameter") in warned[0] and "or fewer quality measures" in warned[0], err
+    assert (tmp_path / "qmf.txt").is_file()
+    err = ok(capsys, "fuse", "--method", "logreg", "--modalities", "audio", "--train-scores", small,
+             "--out", tmp_path / "plain.txt", ev["audio"])
+    assert " WARNING " not in err, err
+    err = ok(capsys, "fuse", "--method", "logreg", "--modalities", "audio", "--train-scores", dev["audio"], *quality,
+             "--out", tmp_path / "full.txt", ev["audio"])
+    assert " WARNING " not in err, err
