@@ -188,9 +188,10 @@ class SpeakerModel(_Model):
 
     Inputs. Audio is a path (any file avtk.io.audio reads: wav, flac, ..., m4a, mp4, ...; the file's own rate
     is used), or a numpy array or torch tensor of samples at `sample_rate` Hz: 1-D (samples,) or
-    (channels, samples); float (any precision, full scale +-1) or int16 PCM (divided by 32768). Channels are
-    averaged (channel="mean") or one is picked (channel=0, 1, ...); audio at another rate than the model's is
-    resampled (avtk.io.resample). Each recording is embedded whole.
+    (channels, samples); float (any precision, full scale +-1) or int16 PCM (divided by 32768). Of several
+    channels the first is taken (channel=0, the default: avtk.io.audio's one rule, as Kaldi and every avtk
+    command read a multi-channel file), another by index, or their average (channel="mean"); audio at another
+    rate than the model's is resampled (avtk.io.resample). Each recording is embedded whole.
     """
 
     KIND, OTHER, OTHERS_NAMES = "speaker", "face", _FACE_ONLY
@@ -206,7 +207,7 @@ class SpeakerModel(_Model):
         wav, e.g. an imported one with the seed's front end) takes audio only."""
         return self.config.get("data", {}).get("input") == "feats"
 
-    def waveform(self, audio, sample_rate=16000, channel="mean", label="audio"):
+    def waveform(self, audio, sample_rate=16000, channel=0, label="audio"):
         """(float32 (samples,) mono at the model's rate, description) of one recording (class doc: inputs).
 
         Errors (AvtkError naming the file, or `label` for an array): a missing, corrupt or truncated file;
@@ -240,7 +241,7 @@ class SpeakerModel(_Model):
             raise AvtkError(f"{name} is too short: {len(wave)} samples give no feature frames")
         return wave
 
-    def embed(self, audio, sample_rate=16000, channel="mean"):
+    def embed(self, audio, sample_rate=16000, channel=0):
         """The embedding, float32 (embed_dim,), of one whole recording: a path or an array at `sample_rate` Hz
         (class doc). The cosine of two is `avtk verify`'s speaker_score; the value equals `avtk
         extract-embeddings` on the same audio within float32 rounding. Errors: `waveform`'s, a recording too
@@ -250,7 +251,7 @@ class SpeakerModel(_Model):
         log.info("%s", what)
         return _verify.speaker_embedding(self._fast, wave, label, self.device)
 
-    def embed_batch(self, audios, sample_rate=16000, channel="mean", max_frames=20000):
+    def embed_batch(self, audios, sample_rate=16000, channel=0, max_frames=20000):
         """float32 (n, embed_dim): `embed` of each recording of `audios` (a list of paths and arrays, all
         arrays at `sample_rate`), batched by length as extract-embeddings batches (avtk.embed.embed, at most
         `max_frames` padded frames a batch; the networks mask the padding, so each row equals `embed`'s)."""
@@ -308,7 +309,7 @@ class SpeakerModel(_Model):
             return embed_with_crops(self._fast, items, input_type, self.device, max_frames, skipped, *crops)
         return embed(self._fast, items, input_type, self.device, max_frames, skipped, fused=False)
 
-    def score(self, a, b, sample_rate=16000, channel="mean"):
+    def score(self, a, b, sample_rate=16000, channel=0):
         """The cosine of two embeddings or two recordings (each an embedding, a 1-D float array of length
         embed_dim, or any audio `embed` takes); the plain cosine `avtk verify` prints as speaker_score. An
         embedding that is not finite or all zeros is an AvtkError."""
@@ -431,13 +432,13 @@ class Verifier:
     speaker_model: a SpeakerModel; face_model: a FaceModel or None; calibration: a logreg calibration/fusion
     model (a path, from `avtk fuse --method logreg --model-out`, or an avtk.calibration.FusionModel) or None;
     modalities: its modality names for the speaker and the face score ("audio,face"; default: its modalities in
-    order); prior: target prior of LLR decisions (same if LLR > ln((1 - prior) / prior)); channel: "mean" or a
-    channel index; face_frames, interval: frames taken per face input, seconds between a video's frames.
+    order); prior: target prior of LLR decisions (same if LLR > ln((1 - prior) / prior)); channel: a channel
+    index (default 0, the first, as every avtk command reads audio) or "mean" (their average); face_frames, interval: frames taken per face input, seconds between a video's frames.
     Decisions: avtk.verify's module doc (fused LLR, else the speaker model's stored threshold, else the LLR).
     """
 
     def __init__(self, speaker_model, face_model=None, calibration=None, *, modalities=None, prior=0.5,
-                 channel="mean", face_frames=FACE_FRAMES, interval=FACE_INTERVAL):
+                 channel=0, face_frames=FACE_FRAMES, interval=FACE_INTERVAL):
         if not isinstance(speaker_model, SpeakerModel):
             what = f"a face model ({speaker_model.path})" if isinstance(speaker_model, FaceModel) \
                 else f"a {type(speaker_model).__name__}"

@@ -4,7 +4,8 @@ The pair is verified by avtk.api.Verifier (the Python API; `verify_pair` is `avt
 module holds its parts: reading audio and faces, the cosine, calibration, decisions and stored thresholds.
 
 Speaker score. Each recording is read whole (wav, flac, ... through libsndfile; m4a, mp4 and other media
-containers through PyAV), its channels averaged (`channel="mean"`, the default; or one channel by index),
+containers through PyAV), its first channel taken (`channel=0`, the default, the rule of every avtk reader; another by index, or
+`channel="mean"`: their average),
 resampled to the model's rate (16 kHz) with `avtk.io.resample` when it differs, and embedded whole by the
 speaker model (its own front end). The score is the cosine of the two embeddings: the plain cosine, with no
 mean subtraction and no score normalisation, i.e. what `avtk score` gives without --mean-from/--cohort.
@@ -119,11 +120,11 @@ def eer_threshold(scores_path):
 # ---------------------------------------------------------------------------------------------- audio
 
 
-def read_audio(path, sample_rate=16000, channel="mean"):
+def read_audio(path, sample_rate=16000, channel=0):
     """(float32 mono samples at sample_rate, description) of an audio or media file (avtk.io.audio.read_file:
     its checks and errors), its channels mixed and its rate converted by `mono_at_rate`.
 
-    channel: "mean" averages the channels, an int picks one (0 is the first).
+    channel: an int picks one (0, the default, is the first), "mean" averages them.
     """
     from avtk.io.audio import read_file
 
@@ -133,9 +134,9 @@ def read_audio(path, sample_rate=16000, channel="mean"):
     return wave, f"{path}: {what}"
 
 
-def mono_at_rate(data, rate, sample_rate=16000, channel="mean", name="audio"):
+def mono_at_rate(data, rate, sample_rate=16000, channel=0, name="audio"):
     """(float32 (samples,) at sample_rate, description) of float32 audio `data` (samples, channels) at `rate`
-    Hz: the channels averaged (channel "mean") or one picked (an int, 0 = the first), then resampled with
+    Hz: one channel picked (an int, 0 = the first, the default) or the channels averaged ("mean"), then resampled with
     avtk.io.resample when the rates differ (a windowed-sinc polyphase filter). Errors (AvtkError) name `name`:
     no samples, a channel that does not exist, rates that cannot be converted."""
     from avtk.io.resample import resample
@@ -153,7 +154,7 @@ def mono_at_rate(data, rate, sample_rate=16000, channel="mean", name="audio"):
     else:
         if not 0 <= int(channel) < channels:
             raise AvtkError(f"{name} has {channels} channel(s); channel {channel} does not exist")
-        wave, how = data[:, int(channel)], f"channel {channel}"
+        wave, how = data[:, int(channel)], "mono" if channels == 1 else f"channel {channel}"
     wave = np.ascontiguousarray(wave, dtype=np.float32)
     what = f"{len(wave) / rate:.2f} s at {rate} Hz, {channels} channel(s), {how}"
     if rate != sample_rate:
@@ -338,7 +339,7 @@ def _same(flag):
 
 
 def verify_pair(model_path, audio_a, audio_b, *, face_model=None, face_a=None, face_b=None, calibration=None,
-                modalities=None, prior=0.5, channel="mean", face_frames=FACE_FRAMES, interval=FACE_INTERVAL,
+                modalities=None, prior=0.5, channel=0, face_frames=FACE_FRAMES, interval=FACE_INTERVAL,
                 device="cpu"):
     """`avtk verify` of a pair: the options checked, the model files loaded (avtk.api.load_model) and the pair
     verified by avtk.api.Verifier; returns its [(key, value)] lines: speaker_score, face_score, llr, face_llr,

@@ -76,7 +76,7 @@ def test_embed_equals_extract_embeddings_for_wav_m4a_and_feats(setup):
 
 def test_arrays_tensors_rates_and_channels(setup, tmp_path):
     """An array, a tensor and int16 PCM of the file's samples embed as the file does; a 44.1 kHz stereo array
-    as the same samples written to a float wav (resampled, channels averaged, or channel 1 picked)."""
+    as the same samples written to a float wav (resampled; channel 0, the default, channel 1, or the mean)."""
     speaker = avtk.load_model(setup["speaker"])
     path = setup["wav"][setup["utts"][0]]
     x, _ = sf.read(path, dtype="float32")
@@ -92,7 +92,8 @@ def test_arrays_tensors_rates_and_channels(setup, tmp_path):
     assert np.array_equal(speaker.embed(stereo, sample_rate=44100), speaker.embed(tmp_path / "s.wav"))
     assert np.array_equal(speaker.embed(stereo, 44100, channel=1), speaker.embed(tmp_path / "s.wav", channel=1))
     e = speaker.embed(stereo, 44100)
-    assert close(e, speaker.embed(0.75 * up, 44100))  # the channels' mean
+    assert np.array_equal(e, speaker.embed(up, 44100))  # channel 0, as every command reads a stereo file
+    assert close(speaker.embed(stereo, 44100, channel="mean"), speaker.embed(0.75 * up, 44100))
     assert close(speaker.embed_batch([stereo, path], sample_rate=44100)[0], e)
     assert speaker.score(e, e) == pytest.approx(1.0, abs=1e-6)
     b = setup["wav"][setup["utts"][2]]
@@ -264,3 +265,16 @@ def test_readme_python_example_runs(setup, tmp_path, monkeypatch, capsys):
     cosine, verdict = capsys.readouterr().out.splitlines()
     assert re.fullmatch(r"cosine -?0\.\d+", cosine), cosine
     assert re.fullmatch(r"(target|nontarget) -?0\.\d+ -?[01]\.\d+ None", verdict), verdict
+
+
+def test_a_stereo_file_embeds_as_extract_embeddings_embeds_it(setup, tmp_path):
+    """One rule for multi-channel audio: the API, `verify` and `extract-embeddings` take channel 0."""
+    x, _ = sf.read(setup["wav"][setup["utts"][0]], dtype="float32")
+    sf.write(tmp_path / "st.wav", np.stack([x, 0.3 * x[::-1]], 1), 16000, subtype="FLOAT")
+    (tmp_path / "wav.scp").write_text(f"st {tmp_path}/st.wav\n")
+    assert cli.main(["extract-embeddings", "--model", str(setup["speaker"]), f"scp:{tmp_path}/wav.scp",
+                     f"ark,scp:{tmp_path}/e.ark,{tmp_path}/e.scp"]) == 0
+    ours = dict(open_reader(f"scp:{tmp_path}/e.scp"))["st"]
+    speaker = avtk.load_model(setup["speaker"])
+    assert close(speaker.embed(tmp_path / "st.wav"), ours)
+    assert not close(speaker.embed(tmp_path / "st.wav", channel="mean"), ours)

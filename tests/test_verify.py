@@ -103,7 +103,8 @@ def test_stored_threshold_round_trip(setup, tmp_path, capsys):
 
 
 def test_resampled_stereo_wav_and_m4a(setup, tmp_path):
-    """A 44.1 kHz stereo wav (channels averaged) and an AAC m4a of the same utterance read back at 16 kHz."""
+    """A 44.1 kHz stereo wav (channel 0, the default; channel 1; the mean) and an AAC m4a of the same utterance
+    read back at 16 kHz."""
     from avtk.io.media import write_audio
     from avtk.io.resample import resample
 
@@ -111,7 +112,10 @@ def test_resampled_stereo_wav_and_m4a(setup, tmp_path):
     up = resample(torch.from_numpy(x), 16000, 44100).numpy()
     sf.write(tmp_path / "stereo.wav", np.stack([up, 0.5 * up], 1), 44100, subtype="PCM_16")
     write_audio(tmp_path / "a.m4a", x, 16000)
-    mean, what = read_audio(tmp_path / "stereo.wav")
+    first, what = read_audio(tmp_path / "stereo.wav")
+    assert len(first) == len(x) and np.abs(first - x).max() < 5e-3
+    assert "44100 Hz, 2 channel(s), channel 0, resampled to 16000 Hz" in what
+    mean, what = read_audio(tmp_path / "stereo.wav", channel="mean")
     assert len(mean) == len(x) and np.abs(mean - 0.75 * x).max() < 5e-3
     assert "44100 Hz, 2 channel(s), channels averaged, resampled to 16000 Hz" in what
     second, _ = read_audio(tmp_path / "stereo.wav", channel=1)

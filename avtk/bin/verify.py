@@ -9,7 +9,7 @@ def get_parser():
         "of the whole-recording embeddings), face_score with --face-model (dot product of the mean "
         "L2-normalised embeddings of 5 evenly spaced aligned frames: the mean 5x5 frame cosine), llr / face_llr "
         "/ fused_llr with --calibration, and decision: same|different. Audio: wav/flac/... or m4a/mp4 (PyAV), "
-        "channels averaged (--channel), resampled to 16 kHz. The decision is the fused LLR > ln((1-prior)/prior) "
+        "the first channel of a multi-channel file (--channel), resampled to 16 kHz. The decision is the fused LLR > ln((1-prior)/prior) "
         "when a calibration covers both modalities, else speaker_score >= the threshold stored in the speaker "
         "model, else the speaker LLR > ln((1-prior)/prior); with none of them only the scores are printed. "
         "Store a threshold with `avtk verify --model M --set-threshold T` (or --set-threshold-eer DEV_SCORES); "
@@ -31,8 +31,9 @@ def get_parser():
                         "(default: the model's modalities in order)")
     p.add_argument("--prior", type=number(0, 1, low_open=True, high_open=True), default=0.5,
                    help="target prior of LLR decisions: same if LLR > ln((1 - prior) / prior)")
-    p.add_argument("--channel", default="mean",
-                   help="multi-channel audio: mean (average the channels) or a channel index (0 = first)")
+    p.add_argument("--channel", default="0",
+                   help="multi-channel audio: a channel index (0 = the first, as every avtk command reads audio) "
+                        "or mean (average the channels)")
     p.add_argument("--face-frames", type=count(1), default=5, help="evenly spaced frames embedded per face input")
     p.add_argument("--interval", type=number(0, low_open=True), default=0.4,
                    help="seconds between the frames taken from a video")
