@@ -182,6 +182,35 @@ def test_a_normal_install_carries_the_helpers_in_the_package(tmp_path):
             f"{src / 'lib/utils'}: reinstall avtk") in proc.stderr
 
 
+def test_a_wheel_installed_in_a_fresh_environment_runs_outside_the_source_tree(tmp_path):
+    """`pip wheel` of a copy of the source tree (setup.py's real build), installed with pip into a new virtual
+    environment: its avtk is the installed one, lists every command and finds the helpers in its own package."""
+    src = tmp_path / "src"
+    for name in ("avtk", "utils"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "setup.py", src)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "wheel", src], check=True,
+                   capture_output=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "wheel").glob("avtk-*.whl")
+    venv = tmp_path / "venv"  # the installed torch, numpy, ... are seen; avtk itself comes from the wheel
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True, capture_output=True)
+    subprocess.run([venv / "bin/python", "-m", "pip", "-q", "install", "--no-deps", "--no-index", wheel], check=True,
+                   capture_output=True)
+    shutil.rmtree(src)
+    site = subprocess.run([venv / "bin/python", "-c", "import avtk, sysconfig; print(avtk.__file__); "
+                           "print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, check=True, capture_output=True,
+                          text=True).stdout.split()
+    assert site[0] == f"{site[1]}/avtk/__init__.py"
+    where = subprocess.run([venv / "bin/avtk", "utils-dir"], cwd=tmp_path, check=True, capture_output=True,
+                           text=True).stdout.strip()
+    assert where == f"{site[1]}/avtk/utils"
+    assert all(os.access(f"{where}/{p.name}", os.X_OK) == os.access(p, os.X_OK) for p in UTILS.iterdir())
+    listed = subprocess.run([venv / "bin/avtk", "--help"], cwd=tmp_path, check=True, capture_output=True,
+                            text=True).stdout
+    assert all(f.stem.replace("_", "-") in listed for f in (REPO / "avtk/bin").glob("[a-z]*.py"))
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "ERROR: --train-set DIR is required"),
     (["--train-set", "T"], "ERROR: --test-sets \"DIR ...\" is required"),
