@@ -4,7 +4,7 @@
 
     python bench/extract.py [--utts 12] [--repeats 3] [--threads 2] [--max-frames 20000] [--onnx] [--compile]
     python bench/extract.py --quick          # a smoke run (4 short utterances, one repeat)
-    python bench/extract.py --rtf [--networks ecapa_tdnn,campplus,resnet34,resnet221,resnet293] [--utts 4]
+    python bench/extract.py --rtf [--networks ecapa_tdnn,campplus,resnet34,resnet221,resnet293,eres2netv2] [--utts 4]
                             [--seconds 5] [--repeats 3] [--threads 1]
 
 --rtf: each network at its VoxCeleb size (randomly initialised, eval mode, fp32; ecapa_tdnn is the seed's
@@ -16,7 +16,8 @@ network exported to ONNX (features in, the unpadded path, opset 17) on onnxrunti
 RTF = seconds of compute per second of audio (the median of --repeats back-to-back runs per utterance, the
 variants in rotated order, summed). The last column is WeSpeaker's published onnxruntime RTF (its
 runtime/onnxruntime/README.md: 1 thread, 5 s chunks, an Intel Xeon Platinum 8160 at 2.1 GHz, its C++ runtime
-with its own fbank): a different CPU and program, for context only. The front end's own RTF (avtk's fbank
+with its own fbank): a different CPU and program, for context only ("none" for ERes2NetV2: neither WeSpeaker nor
+3D-Speaker publishes one). The front end's own RTF (avtk's fbank
 on the same audio) is printed below the table. Inference copy and onnxruntime must agree with the eager
 network within 1e-4 (exit status 1 otherwise). Needs onnxruntime (`pip install -e '.[bench]'`), not
 SpeechBrain.
@@ -327,6 +328,7 @@ RTF_NETWORKS = {
     "resnet34": ({"embed_dim": 256, "base_width": 32}, 0.060735),
     "resnet221": ({"embed_dim": 256, "base_width": 32}, 0.267511),
     "resnet293": ({"embed_dim": 256, "base_width": 32}, 0.364011),
+    "eres2netv2": ({"embed_dim": 192, "base_width": 64}, None),  # 3D-Speaker's VoxCeleb size, 17.86 M
 }
 
 
@@ -379,7 +381,7 @@ def rtf_table(args):
         params = sum(p.numel() for p in net.encoder.parameters())
         rows.append((name, f"{params / 1e6:.2f} M", f"{rtf['eager']:.4f}", f"{rtf['copy']:.4f}",
                      f"{rtf['eager'] / rtf['copy']:.2f}x", f"{rtf['onnx']:.4f}", f"{rtf['onnx'] / rtf['copy']:.2f}x",
-                     f"{published:.4f}"))
+                     "none" if published is None else f"{published:.4f}"))
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
