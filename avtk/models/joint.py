@@ -135,6 +135,8 @@ class JointNet(nn.Module):
             x = images[present]
             emb = F.normalize(self.face.encode(x.flatten(0, 1)).float(), dim=1)
             face[present] = emb.view(x.shape[0], x.shape[1], -1).mean(1).to(face.dtype)
+        elif self.training:  # no face in this batch: DDP still expects a gradient (zero) for every parameter
+            face = face + 0.0 * sum(p.flatten()[0] for p in self.face.parameters())
         return torch.cat([audio, face, flag[:, None].to(audio.dtype)], 1)
 
     def encode(self, x, lengths=None):
