@@ -40,7 +40,7 @@ def test_unknown_option_fails(recipe):
 
 def test_bad_option_values_fail_before_any_stage(recipe):
     proc = run(["./run.sh", "--speaker-nets", "ecapa,xvector"], cwd=recipe, check=False)
-    assert proc.returncode == 1 and "--speaker-nets: unknown network 'xvector' (known: ecapa, campplus, resnet221, resnet293)" in proc.stderr
+    assert proc.returncode == 1 and "--speaker-nets: unknown network 'xvector' (known: ecapa, campplus, resnet221, resnet293, eres2netv2)" in proc.stderr
     for nets, message in (("-n", "unknown network '-n'"), ("*", "unknown network '*'"),
                           ("campplus,ecapa,campplus", "'campplus' is named twice")):
         proc = run(["./run.sh", "--speaker-nets", nets], cwd=recipe, check=False)

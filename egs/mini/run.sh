@@ -12,7 +12,8 @@ exp=exp
 id_speakers=15  # stage 11: test speakers enrolled for identification (the others are impostors)
 top_n=20        # AS-Norm cohort size (the cohort is the 40 training speakers' mean embeddings)
 lm_conf=conf/ecapa_mini_lm.yaml  # stage 3: large-margin fine-tuning of the speaker network (none: skip it)
-speaker_nets=ecapa  # stage 3: speaker networks, comma-separated: ecapa (always), campplus, resnet221, resnet293
+speaker_nets=ecapa  # stage 3: speaker networks, comma-separated: ecapa (always), campplus, resnet221, resnet293,
+                    # eres2netv2
                     # (conf/<net>_mini.yaml)
 av_conf=conf/av_joint_mini.yaml  # stage 12: the joint audio-visual embedding
 av_finetune_conf=none  # stage 12: also fine-tune both networks through it (conf/av_finetune_mini.yaml; none: no)
@@ -41,7 +42,8 @@ help_message="Usage: $0 [options]
        -> exp/av_joint/, a table in exp/RESULTS.md; with --av-finetune-conf also both networks fine-tuned
        through it -> exp/av_finetune/ (speaker_model.pt and face_model.pt embed again), two more rows
   Options: --stage --stop-stage --nj --seed --top-n (AS-Norm cohort size) --id-speakers --lm-conf (none: no LM)
-    --speaker-nets (more speaker networks in stages 3, 5, 6 and 8: ecapa,campplus,resnet221,resnet293) --av-conf
+    --speaker-nets (more speaker networks in stages 3, 5, 6 and 8: ecapa,campplus,resnet221,resnet293,
+    eres2netv2) --av-conf
     --faceless --av-finetune-conf (none: no fine-tuning through the joint network)"
 
 . ./path.sh
@@ -64,10 +66,10 @@ IFS=, read -r -a nets <<< "$speaker_nets"
 for net in "${nets[@]}"; do
   case $net in
     ecapa) ;;
-    campplus|resnet221|resnet293)
+    campplus|resnet221|resnet293|eres2netv2)
       case " $extra_nets " in *" $net "*) echo "$0: option --speaker-nets: '$net' is named twice" >&2; exit 1 ;; esac
       extra_nets="$extra_nets $net" ;;
-    *) echo "$0: option --speaker-nets: unknown network '$net' (known: ecapa, campplus, resnet221, resnet293)" >&2
+    *) echo "$0: option --speaker-nets: unknown network '$net' (known: ecapa, campplus, resnet221, resnet293, eres2netv2)" >&2
        exit 1 ;;
   esac
 done
@@ -255,6 +257,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
         campplus) label="CAM++ (1.07 M)" ;;
         resnet221) label="ResNet221 w=4 (0.79 M)" ;;
         resnet293) label="ResNet293 w=4 (0.87 M)" ;;
+        eres2netv2) label="ERes2NetV2 w=8 (0.71 M)" ;;
       esac
       row "audio: $label" "cosine" "$exp/$net/scores/test_cosine.txt"
       row "audio: $label" "AS-Norm" "$exp/$net/scores/test_asnorm.txt"
