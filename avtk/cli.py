@@ -62,15 +62,22 @@ def run_command(command, argv):
         raise AvtkError(f"{message} (usage: avtk {command} --help)")
 
     parser.error = usage_error
+    # no output of the command may replace a file it read (avtk.io.atomic), its --config file included: the
+    # arguments are parsed inside the block, so the config file(s) configargparse reads are recorded too
+    with command_inputs():
+        try:
+            args = parser.parse_args(argv)
+        except AvtkError as err:
+            logging.getLogger().error("%s", err)
+            return 1
+        setup_logging(command, getattr(args, "verbose", 0))
+        return _run_main(module, args)
+
+
+def _run_main(module, args):
+    """module.main(args) -> exit status; AvtkError becomes one ERROR line and 1, ^C 130, a closed stdout 141."""
     try:
-        args = parser.parse_args(argv)
-    except AvtkError as err:
-        logging.getLogger().error("%s", err)
-        return 1
-    setup_logging(command, getattr(args, "verbose", 0))
-    try:
-        with command_inputs():  # no output of the command may replace a file it read (avtk.io.atomic)
-            rc = module.main(args)
+        rc = module.main(args)
     except AvtkError as err:
         logging.getLogger().error("%s", err)
         return 1

@@ -77,6 +77,12 @@ def work(tmp_path_factory):
     write_model(w / "m.pt", SMALL_SPEAKER)
     os.link(w / "m.pt", w / "mlink.pt")
     avtk("enroll", "--utt2spk", "u2s", "scp:emb.scp", "ark,scp:g0.ark,g0.scp", cwd=w)
+    # --config files (configargparse's, of every command but train)
+    _write(w / "score.yaml", "trials: trials\n")
+    _write(w / "split.yaml", "utt2spk: u2s\n")
+    _write(w / "fb.yaml", "num-mel-bins: 40\n")
+    _write(w / "fuse.yaml", "method: mean\nout: ./fuse.yaml\n")
+    _write(w / "id.yaml", "top-k: 2\n")
     return w
 
 
@@ -136,6 +142,18 @@ CASES = {
         ["subset-data-dir", "--utt-list", "./sub/wav.scp", "d", "sub"], "sub/wav.scp", "./sub/wav.scp"),
     "combine-data: an output that is a symlink to an input": (["combine-data", "comb", "d"], "comb/utt2spk",
                                                              "d/utt2spk"),
+    # the command's own --config file (read while the arguments are parsed)
+    "score: its --config file": (["score", "--config", "score.yaml", "scp:emb.scp", "score.yaml"], "score.yaml",
+                                 "score.yaml"),
+    "split-scp: its --config file as ./": (["split-scp", "--config", "split.yaml", "emb.scp", "p1.scp",
+                                            "./split.yaml"], "./split.yaml", "split.yaml"),
+    "compute-fbank --write-num-frames over its --config": (
+        ["compute-fbank", "--config", "fb.yaml", "scp:d/wav.scp", "ark,scp:o.ark,o.scp", "--write-num-frames",
+         f"{W}/fb.yaml"], f"{W}/fb.yaml", "fb.yaml"),
+    "fuse: out: in its --config names the config": (["fuse", "--config", "fuse.yaml", "sA", "sB"], "./fuse.yaml",
+                                                    "fuse.yaml"),
+    "identify: its --config file as ./": (["identify", "--config", "id.yaml", "scp:g0.scp", "scp:emb.scp",
+                                           "./id.yaml"], "./id.yaml", "id.yaml"),
     # score --allow-missing: SCORES.missing is an output too
     "score --allow-missing: --trials is SCORES.missing": (
         ["score", "--trials", "o2.missing", "--allow-missing", "scp:emb.scp", "o2"], "o2.missing", "o2.missing"),
