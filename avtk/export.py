@@ -66,7 +66,7 @@ from avtk import __version__
 from avtk.errors import AvtkError
 from avtk.features.fbank import FLOAT_EPSILON, KaldiFbank, positions, reflect_index
 from avtk.features.seed_frontend import LOG_OFFSET, SeedFrontend, _reflect_no_edge
-from avtk.io.atomic import atomic_open, atomic_path
+from avtk.io.atomic import atomic_group, atomic_open, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +419,8 @@ def export_model(model_path, out_path, fmt=None, check=True):
     example, checks = _examples(net, speaker)
     meta = describe(net, cfg, fmt, out_path, model_path, blob)
     out_path = os.fspath(out_path)
-    try:
-        with atomic_path(out_path) as tmp:
+    try:  # the graph and its sidecar as one group, checked against the inputs (the model) before the export
+        with atomic_group(out_path, out_path + ".json"), atomic_path(out_path) as tmp:
             if fmt == "torchscript":
                 traced = _trace(graph, example)
                 with warnings.catch_warnings(), open(tmp, "wb") as f:  # a file: a full disk is an OSError
@@ -430,7 +430,7 @@ def export_model(model_path, out_path, fmt=None, check=True):
                 _onnx_export(graph, example, tmp, speaker, meta)
             if check:
                 meta["parity"] = _check(tmp, fmt, net, checks, speaker, out_path)
-            # inside: a sidecar that cannot be written leaves no graph without its description
+            # in the group: a sidecar that cannot be written leaves no graph without its description
             with atomic_open(out_path + ".json", "w", encoding="utf-8") as f:
                 f.write(_json(meta, indent=2) + "\n")
     except OSError as err:

@@ -83,6 +83,8 @@ def work(tmp_path_factory):
     _write(w / "fb.yaml", "num-mel-bins: 40\n")
     _write(w / "fuse.yaml", "method: mean\nout: ./fuse.yaml\n")
     _write(w / "id.yaml", "top-k: 2\n")
+    (w / "mo.onnx").write_bytes((w / "m.pt").read_bytes())  # a model file named like an ONNX graph
+    (w / "msym.pt").symlink_to(w / "m.pt")
     return w
 
 
@@ -154,6 +156,12 @@ CASES = {
                                                     "fuse.yaml"),
     "identify: its --config file as ./": (["identify", "--config", "id.yaml", "scp:g0.scp", "scp:emb.scp",
                                            "./id.yaml"], "./id.yaml", "id.yaml"),
+    # export: the graph over its --model, refused before the export, so no OUT.json describes a graph never written
+    "export --format onnx over its --model": (["export", "--model", "mo.onnx", "--format", "onnx", "mo.onnx"],
+                                              "mo.onnx", "mo.onnx"),
+    "export over a symlink to its --model": (["export", "--model", "m.pt", "msym.pt"], "msym.pt", "m.pt"),
+    "export over a hard link to its --model, by ./": (["export", "--model", "m.pt", "./mlink.pt"], "./mlink.pt",
+                                                      "m.pt"),
     # score --allow-missing: SCORES.missing is an output too
     "score --allow-missing: --trials is SCORES.missing": (
         ["score", "--trials", "o2.missing", "--allow-missing", "scp:emb.scp", "o2"], "o2.missing", "o2.missing"),
