@@ -273,3 +273,62 @@ def test_bulk_media_files_are_recorded_up_to_a_cap_and_only_by_the_command_proce
         monkeypatch.setattr(atomic._INPUTS, "pid", -1)  # as in a forked worker
         atomic.note_input(tmp_path / "c.wav")
         assert atomic.input_of(tmp_path / "c.wav") is None
+
+
+def _raw_frames(root, utts, linked_landmarks=False):
+    """root/raw/<utt>/0010.jpg (a 112x112 frame of noise) with a landmarks.txt on the 112x112 template (or a
+    symlink to one in root/lm) and root/raw.scp; returns the scp."""
+    from PIL import Image
+
+    from avtk.face.align import TEMPLATE_112
+
+    lines, rng = [], np.random.default_rng(0)
+    for utt in utts:
+        d = root / "raw" / utt
+        d.mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(d / "0010.jpg")
+        marks = "0010.jpg " + " ".join(map(str, TEMPLATE_112.ravel())) + "\n"
+        if linked_landmarks:
+            _write(root / "lm" / f"{utt}.txt", marks)
+            (d / "landmarks.txt").symlink_to(root / "lm" / f"{utt}.txt")
+        else:
+            _write(d / "landmarks.txt", marks)
+        lines.append(f"{utt} {d}\n")
+    _write(root / "raw.scp", "".join(lines))
+    return root / "raw.scp"
+
+
+@pytest.mark.parametrize("scp, read_as", [("./raw.scp", "raw.scp"), ("raw/u2/landmarks.txt",
+                                                                        f"{W}/raw/u2/landmarks.txt")])
+def test_extract_face_frames_refused_writes_no_frame(tmp_path, scp, read_as):
+    """The frames scp over the input scp is refused before any frame is written; over a landmarks.txt (read
+    only when its utterance is reached) the frames already aligned are never published: the output tree
+    holds nothing and every file is as before."""
+    _raw_frames(tmp_path, ["u1", "u2", "u3"])
+    avtk("extract-face-frames", "--detector", "landmarks", "raw.scp", "ok", "ok.scp", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "ok" / "u3").iterdir()) == ["0010.jpg"]  # the run works
+    before = _state(tmp_path)
+    proc = avtk("extract-face-frames", "--detector", "landmarks", "raw.scp", "al", scp, cwd=tmp_path, check=False)
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    assert errors[0].endswith(f"] {scp}: is also an input of this command (read as {read_as.replace(W, str(tmp_path))})"
+                              "; give each output its own file"), errors[0]
+    assert _state(tmp_path) == before
+    al = tmp_path / "al"  # no frame, no utterance directory (refused up front: not even the directory)
+    assert not al.exists() if scp == "./raw.scp" else list(al.iterdir()) == []
+
+
+def test_extract_face_frames_into_its_raw_frames_is_refused(tmp_path):
+    """OUT_DIR the raw tree itself: each utterance directory holds the frames just read (recorded by inode only,
+    as every frame and wav is) and its landmarks.txt is a symlink elsewhere, so only those frames tell that
+    replacing the directory would destroy an input; they do: refused, every raw frame as before (this run used
+    to exit 0 with the raw frames replaced by the aligned ones and the landmarks links gone)."""
+    _raw_frames(tmp_path, ["u1", "u2"], linked_landmarks=True)
+    before = _state(tmp_path)
+    proc = avtk("extract-face-frames", "--detector", "landmarks", "raw.scp", "raw", "al.scp", cwd=tmp_path,
+                check=False)
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    assert errors[0].endswith(f"] {tmp_path}/raw/u1: is also an input of this command (read as {tmp_path}/raw/u1/"
+                              "0010.jpg); give each output its own file"), errors[0]
+    assert _state(tmp_path) == before

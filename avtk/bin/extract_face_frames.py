@@ -12,12 +12,13 @@ def get_parser():
         "is taken every --interval seconds, named by its 25-fps frame number (0010.jpg at 0.4 s, the seed's "
         "layout); directories give their images in sorted name order. Each frame's 5 landmarks come from "
         "--detector, and a least-squares similarity (Umeyama) warps the frame to the insightface 112x112 template. "
-        "Writes OUT_DIR/<utt>/NNNN.jpg (each utterance's directory appears whole) and the frames.scp table "
-        "(`<utt> <absolute directory>`). Frames without a face, or whose landmarks coincide or fall outside the "
-        "frame, are left out and counted; each file is one distinct frame (a sampling time that lands on a frame "
-        "already taken, as in variable-frame-rate video, adds none). An utterance with no "
-        "face in any frame keeps an empty directory, which avtk extract-embeddings lists as no_face. Already "
-        "aligned frames (the seed's frame_align tree) need no processing: list them in frames.scp directly."
+        "Writes OUT_DIR/<utt>/NNNN.jpg and the frames.scp table (`<utt> <absolute directory>`) as one group: "
+        "the directories appear with the table when all are done, or none does. Frames without a face, or whose "
+        "landmarks coincide or fall outside the frame, are left out and counted; each file is one distinct frame "
+        "(a sampling time that lands on a frame already taken, as in variable-frame-rate video, adds none). An "
+        "utterance with no face in any frame keeps an empty directory, which avtk extract-embeddings lists as "
+        "no_face. Already aligned frames (the seed's frame_align tree) need no processing: list them in "
+        "frames.scp directly."
     )
     p.add_argument("--detector", choices=["landmarks", "mtcnn"], default="mtcnn",
                    help="landmarks: read <dir>/landmarks.txt (`<frame> x1 y1 ... x5 y5`, e.g. the synthetic corpus's "
@@ -43,6 +44,7 @@ def main(args):
     from avtk.data.table import read_dict, write_dict
     from avtk.errors import AvtkError
     from avtk.face.extract import build_detector, extract_utterance
+    from avtk.io.atomic import atomic_group
 
     log = logging.getLogger(__name__)
     torch.set_num_threads(args.num_threads)
@@ -51,21 +53,25 @@ def main(args):
     out = {}
     frames = faces = rejected = 0
     no_face, bad = [], []
-    for utt, source in sources.items():
-        target = os.path.abspath(os.path.join(args.out_dir, utt))
-        try:
-            n, k, r = extract_utterance(utt, source, target, detector, args.interval, args.size)
-        except AvtkError as err:
-            if not args.skip_bad:
-                raise
-            log.warning("skipping %s: %s", utt, err)
-            bad.append(utt)
-            continue
-        frames, faces, rejected = frames + n, faces + k, rejected + r
-        if k == 0:
-            no_face.append(utt)
-        out[utt] = target
-    write_dict(args.frames_scp, out)
+    # one group: the frames scp is checked against the input scp before any frame is written, and the
+    # utterance directories appear with the scp at the end, or none does (a landmarks.txt or video named as
+    # the scp, found only when read, leaves no frames behind)
+    with atomic_group(args.frames_scp):
+        for utt, source in sources.items():
+            target = os.path.abspath(os.path.join(args.out_dir, utt))
+            try:
+                n, k, r = extract_utterance(utt, source, target, detector, args.interval, args.size)
+            except AvtkError as err:
+                if not args.skip_bad:
+                    raise
+                log.warning("skipping %s: %s", utt, err)
+                bad.append(utt)
+                continue
+            frames, faces, rejected = frames + n, faces + k, rejected + r
+            if k == 0:
+                no_face.append(utt)
+            out[utt] = target
+        write_dict(args.frames_scp, out)
     if no_face:
         log.warning("%d of %d utterances have no face in any frame (empty directories), e.g. %s",
                     len(no_face), len(sources), no_face[0])

@@ -17,7 +17,8 @@ skipped ids are written by `write_skipped`.
 No writer here replaces a file that the running command has read as an input. While `command_inputs` is open
 (`avtk.cli` opens it around every command) the shared readers (text tables, arks and the arks an scp points to,
 audio, face frames, model files) record each file they open (`note_input`); a writer about to rename over one of
-them (by its path, a symlink or a hard link) refuses: ``OUTPUT: is also an input of this command (read as
+them (by its path, a symlink or a hard link), or about to replace a directory holding one (a wav or frame
+included, `under_inputs`), refuses: ``OUTPUT: is also an input of this command (read as
 INPUT); give each output its own file`` (`refuse_input`), its temporary file removed and the input untouched.
 A command that rewrites its input on purpose (`avtk fix-data-dir`) says so with ``replaces_input=True``.
 """
@@ -225,8 +226,11 @@ def input_clash(path, read_as):
 
 
 def refuse_input(path, given=None):
-    """AvtkError (`input_clash`) if writing `path` would replace an input of the running command (`input_of`)."""
+    """AvtkError (`input_clash`) if writing `path` would replace an input of the running command (`input_of`),
+    or, `path` being a directory (an `atomic_dir` output), would remove one inside it (`under_inputs`)."""
     read_as = input_of(path, given)
+    if read_as is None and os.path.isdir(path) and not os.path.islink(path):
+        read_as = next(iter(under_inputs(path)), None)
     if read_as is not None:
         raise AvtkError(input_clash(path, read_as))
 
@@ -311,6 +315,7 @@ def atomic_group(*paths, dirs=(), inputs=()):
             prepare(path)
     for path in dirs:
         if path is not None:
+            refuse_input(os.fspath(path).rstrip("/"))
             prepare(os.fspath(path).rstrip("/"), is_dir=True)
     _GROUPS.append(group)
     try:
@@ -480,9 +485,23 @@ def atomic_dir(path):
 
 
 def under_inputs(directory):
-    """The recorded inputs of the running command (`note_input`) inside `directory`, by the names they were read
-    under: replacing the directory would remove them."""
-    if not _INPUTS:
+    """The recorded inputs of the running command (`note_input`, tables and bulk media files alike) that are
+    files of the tree `directory` (by inode: a hard link counts; a symlink in the tree does not, replacing the
+    tree removes only the link), by the names they were read under: replacing the directory would remove
+    them. The tree is walked (one lstat a file), so a directory that does not exist yet costs nothing; the first
+    input found is returned alone."""
+    inputs = _INPUTS
+    if not inputs or not inputs.inodes:
         return []
-    top = os.path.join(os.path.realpath(directory), "")
-    return [name for real, name in _INPUTS.real.items() if real.startswith(top)]
+    for top, _, files in os.walk(directory):
+        for file in files:
+            path = os.path.join(top, file)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            name = inputs.inodes.get((info.st_dev, info.st_ino)) if stat.S_ISREG(info.st_mode) else None
+            with contextlib.suppress(OSError):
+                if name is not None and os.path.samefile(name, path):  # its inode not reused since it was read
+                    return [name]
+    return []
