@@ -68,7 +68,7 @@ import numpy as np
 
 from avtk.errors import AvtkError
 from avtk.io.ark import VectorTable, empty_embedding_error
-from avtk.scoring import check_centred, check_embeddings
+from avtk.scoring import check_centred, check_embeddings, unit
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def utterance_matrix(table, utts, where, required, frames=False):
             raise AvtkError(f"{where}: no embedding for utterance {utts[int(np.argmin(found))]!r}")
         X = table.matrix[found[rows]]
         check_embeddings(X, [utts[i] for i in rows], where)
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
-        return rows, X
+        return rows, unit(X)  # the float32 norm of a tiny or huge vector under- or overflows; unit's does not
     rows, out, dim = [], [], None
     for i, utt in enumerate(utts):
         value = table.get(utt)

@@ -106,11 +106,19 @@ def _bad_rows_error(bad, source, what):
     return AvtkError(f"{source}: embedding of utterance {bad[0]!r} {what}{more}")
 
 
+# An embedding whose norm is this many times above or below the median norm of its table is not one of them (a
+# corrupted row, or another network's): above, it would dominate a mean that centres them all (every score 1);
+# below, its direction is that of rounding noise. A network's embeddings vary in norm by a few times at most.
+NORM_OUTLIER = 1e4
+
+
 def check_embeddings(matrix, keys, source):
     """Raise AvtkError naming the first key whose embedding in `matrix` (n, dim), or crop set (n, 1+N, dim),
-    has a NaN or an infinity, or a row that is all zeros: the one rule for embeddings that are scored
-    (score, cleanse, verify, AS-Norm cohorts, extraction outputs). A zero vector has no direction, so it
-    has no cosine: it is an error, never a score of 0."""
+    has a NaN or an infinity, a row that is all zeros, or a row whose norm is NORM_OUTLIER times above or below
+    the median norm of the rows: the one rule for embeddings that are scored, averaged or trained on (score and
+    its --mean-from/--cohort tables, enroll, identify, cleanse, verify, extract-joint-embeddings, training on
+    embeddings, extraction outputs). A zero vector has no direction, so it has no cosine: it is an error,
+    never a score of 0."""
     matrix = np.asarray(matrix)
     rows = matrix.reshape(len(matrix), -1, matrix.shape[-1])
     bad = ~np.isfinite(rows).all(axis=(1, 2))
@@ -120,6 +128,18 @@ def check_embeddings(matrix, keys, source):
     if zero.any():
         raise _bad_rows_error([keys[i] for i in np.flatnonzero(zero)], source,
                               "is all zeros (no direction, so no cosine)")
+    norms = np.concatenate([np.linalg.norm(rows[a:a + 65536].astype(np.float64), axis=2)
+                            for a in range(0, len(rows), 65536)]) if len(rows) else np.zeros((0, 1))
+    median = float(np.median(norms)) if norms.size else 0.0
+    ratio = norms / median if median > 0 else np.ones_like(norms)
+    odd = ((ratio > NORM_OUTLIER) | (ratio < 1 / NORM_OUTLIER)).any(axis=1)
+    if odd.any():
+        i = int(np.flatnonzero(odd)[0])
+        j = int(np.argmax(np.abs(np.log(ratio[i]))))
+        raise _bad_rows_error([keys[k] for k in np.flatnonzero(odd)], source,
+                              f"has norm {norms[i, j]:.3g}, {ratio[i, j]:.3g} times the median norm {median:.3g} of "
+                              f"the {len(rows)} embeddings (more than {NORM_OUTLIER:g} times off: a corrupted "
+                              "embedding, or another network's)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,11 +237,8 @@ def _rows(table, source, whole_only=False):
     """(keys, matrix): every embedding of `table` ({key: array}, or a `VectorTable`, whose own matrix is
     returned, not a copy) as float32 rows; crop sets give all their rows, or only the whole-utterance row 0
     with whole_only. Checks shapes, and finiteness and non-zero rows (`check_embeddings`)."""
-    if isinstance(table, VectorTable):  # read in bulk: finite already, one float32 matrix
-        zero = ~table.matrix.any(axis=1)
-        if zero.any():
-            raise _bad_rows_error([table.keys_list[i] for i in np.flatnonzero(zero)], source,
-                                  "is all zeros (no direction, so no cosine)")
+    if isinstance(table, VectorTable):  # read in bulk: one float32 matrix
+        check_embeddings(table.matrix, table.keys_list, source)
         return table.keys_list, table.matrix
     keys = list(table)
     if not keys:
@@ -235,12 +252,7 @@ def _rows(table, source, whole_only=False):
     used = 1 if whole_only else None  # the rows of each crop set that are used
     parts = [np.asarray(table[k], np.float32).reshape(-1, dim)[:used] for k in keys]
     matrix = np.concatenate(parts)
-    if not np.isfinite(matrix).all() or not matrix.any(axis=1).all():
-        bad = [k for k, part in zip(keys, parts) if not np.isfinite(part).all()]
-        if bad:
-            raise _bad_rows_error(bad, source, "has NaN or infinite values")
-        zero = [k for k, part in zip(keys, parts) if not part.any(axis=1).all()]
-        raise _bad_rows_error(zero, source, "is all zeros (no direction, so no cosine)")
+    check_embeddings(matrix, [k for k, part in zip(keys, parts) for _ in range(len(part))], source)
     return keys, matrix
 
 

@@ -1,6 +1,8 @@
 """The joint audio-visual embedding (avtk/models/joint.py): the gated concatenation's algebra, training through
 `avtk train` (data.input: embeddings) and embedding through `avtk extract-joint-embeddings`, with utterances
 without a face, and the errors of its inputs."""
+import shutil
+
 import kaldiio
 import numpy as np
 import pytest
@@ -113,7 +115,9 @@ def trained(corpus):
 
 def test_train_on_embeddings_writes_a_model_and_its_config(corpus, trained):
     exp, proc = trained
-    assert "2 of 48 training utterances have no face embedding: they train the audio branch" in proc.stderr
+    assert (f"WARNING [avtk train] 2 of 48 training utterances have no face: they train the audio branch only (ids in "
+            f"{exp}/train_no_face.txt)") in proc.stderr
+    assert len((exp / "train_no_face.txt").read_text().split()) == 2
     assert "training gated_fusion on 48 utterances of 6 speakers, epochs 1-3, 3 steps/epoch" in proc.stderr
     assert (exp / "avg_model.pt").is_file()
     import yaml
@@ -279,3 +283,33 @@ def test_a_joint_model_is_not_exported(corpus, trained, tmp_path):
     err = one_error(avtk("export", "--model", exp / "avg_model.pt", tmp_path / "x.pt", check=False))
     assert "a joint audio-visual network (gated_fusion) is not exported" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_zero_or_corrupted_inputs_are_refused_not_embedded_as_minus_the_training_mean(corpus, trained, tmp_path):
+    """A zero speaker or face embedding (the network would centre it into minus its training mean, a confident
+    wrong embedding) or one far off the others' norm is one error naming its table and utterance; identical
+    training embeddings (centring leaves nothing) are refused by training."""
+    root, train, _, test, test_gone, conf = corpus
+    exp, _ = trained
+    audio = dict(kaldiio.load_scp(str(test / "audio_emb.scp")))
+    face = dict(kaldiio.load_scp(str(test / "face_emb.scp")))
+    victim = sorted(face)[0]
+    cases = [("a_zero", {**audio, victim: np.zeros(AUDIO_DIM)}, face, "audio", "is all zeros"),
+             ("f_zero", audio, {**face, victim: np.zeros(FACE_DIM)}, "face", "is all zeros"),
+             ("a_tiny", {**audio, victim: audio[victim] * 1e-25}, face, "audio", "more than 10000 times off"),
+             ("f_huge", audio, {**face, victim: face[victim] * 1e25}, "face", "more than 10000 times off")]
+    for name, a, f, side, what in cases:
+        write_table(tmp_path / f"{name}_a", a)
+        write_table(tmp_path / f"{name}_f", f)
+        table = f"scp:{tmp_path}/{name}_{side[0]}.scp"
+        err = one_error(avtk("extract-joint-embeddings", "--model", exp / "avg_model.pt", "--face-emb",
+                             f"scp:{tmp_path}/{name}_f.scp", f"scp:{tmp_path}/{name}_a.scp",
+                             f"ark,scp:{tmp_path}/{name}.ark,{tmp_path}/{name}.scp", check=False))
+        assert f"{table}: embedding of utterance '{victim}' " in err and what in err, (name, err)
+        assert not (tmp_path / f"{name}.scp").exists() and not (tmp_path / f"{name}.no_face").exists()
+    ident = tmp_path / "ident"
+    shutil.copytree(train, ident)
+    keys = list(kaldiio.load_scp(str(train / "audio_emb.scp")))
+    write_table(ident / "audio_emb", {u: np.tile(np.arange(1.0, AUDIO_DIM + 1), (4, 1)) for u in keys})
+    err = one_error(avtk("train", "--config", conf, "--train-data", ident, "--exp", tmp_path / "e", check=False))
+    assert f"{ident}/audio_emb.scp: embedding of utterance '{keys[0]}' is all zeros once the mean is subtracted" in err

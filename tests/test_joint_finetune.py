@@ -60,7 +60,9 @@ def weights(path, prefix=""):
 
 def test_the_networks_are_frozen_then_fine_tuned_and_written_as_model_files_of_their_own(setup):
     exp, log = setup["exp"], setup["log"]
-    assert "1 of 16 training utterances have no face frames: they train the audio branch" in log
+    assert (f"WARNING [avtk train] 1 of 16 training utterances have no face: they train the audio branch only (ids in "
+            f"{exp}/train_no_face.txt)") in log
+    assert (exp / "train_no_face.txt").read_text() == f"{setup['faceless']}\n"
     assert "classifier: the mean embeddings of 8 crops of 4 classes" in log
     for key, source in (("speaker", setup["speaker"]), ("face", setup["face"])):
         start = weights(source)

@@ -341,3 +341,33 @@ def test_cli_unlabeled_trials_and_read_trials_roundtrip(tmp_path):
     pairs, got, labels = read_scores(tmp_path / "s")
     assert labels == [[]] * len(trials) and pairs == list(zip(trials.enroll, trials.test))
     assert np.abs(got - naive_scores(table, read_trials(tr))).max() < 2e-6
+
+
+def test_one_huge_vector_in_a_mean_table_is_refused_not_every_score_one(tmp_path):
+    """A finite vector 1e25 times the others would be the whole --mean-from mean (every centred test vector minus
+    it: every score 1.0, exit 0); the one rule names it, in score's mean and cohort tables and enroll's."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    train = {f"t{i:02d}": rng.normal(size=8).astype(np.float32) for i in range(30)}
+    train["t07"] = train["t07"] * np.float32(1e25)
+    test = {f"e{i}": rng.normal(size=8).astype(np.float32) for i in range(4)}
+    kaldiio.save_ark(str(tmp_path / "train.ark"), train, scp=str(tmp_path / "train.scp"))
+    kaldiio.save_ark(str(tmp_path / "test.ark"), test, scp=str(tmp_path / "test.scp"))
+    (tmp_path / "trials").write_text("e0 e1\ne2 e3\n")
+    (tmp_path / "utt2spk").write_text("".join(f"t{i:02d} s{i % 5}\n" for i in range(30)))
+    (tmp_path / "spk2utt").write_text("A e0 e1\n")
+    runs = [["score", "--trials", tmp_path / "trials", "--mean-from", f"scp:{tmp_path}/train.scp"],
+            ["score", "--trials", tmp_path / "trials", "--cohort", f"scp:{tmp_path}/train.scp", "--cohort-utt2spk",
+             tmp_path / "utt2spk"],
+            ["enroll", "--spk2utt", tmp_path / "spk2utt", "--mean-from", f"scp:{tmp_path}/train.scp"]]
+    outs = [tmp_path / "s1.txt", tmp_path / "s2.txt", f"ark,scp:{tmp_path}/g.ark,{tmp_path}/g.scp"]
+    for args, out in zip(runs, outs):
+        proc = subprocess.run([sys.executable, "-m", "avtk.cli", *map(str, args), f"scp:{tmp_path}/test.scp",
+                               str(out)], capture_output=True, text=True)
+        errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+        assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"scp:{tmp_path}/train.scp: embedding of utterance 't07' has norm " in errors[0], errors[0]
+        assert "more than 10000 times off" in errors[0]
+    assert not any((tmp_path / n).exists() for n in ("s1.txt", "s2.txt", "g.scp"))

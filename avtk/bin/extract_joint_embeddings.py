@@ -33,9 +33,10 @@ def main(args):
     from avtk.data.table import write_dict
     from avtk.embed import check_outputs, load_network
     from avtk.errors import AvtkError
-    from avtk.io.ark import empty_embedding_error, input_files, load_vectors, open_reader, open_writer, side_file
+    from avtk.io.ark import input_files, load_vectors, open_writer, side_file
     from avtk.io.atomic import atomic_group
     from avtk.models.joint import JointNet, pack
+    from avtk.scoring import check_embeddings
 
     log = logging.getLogger(__name__)
     net, _, _ = load_network(args.model)
@@ -49,7 +50,6 @@ def main(args):
             raise AvtkError(f"{args.face_emb}: utterance {utt}: a face embedding of shape {np.shape(v)}, but "
                             f"{args.model} takes ({enc.face_dim},)")
     no_face_path = side_file(args.wspecifier, ".no_face", args.no_face)
-    order, no_face = [], []
 
     def flush(writer, keys, audio):
         rows = pack(np.stack(audio), [faces.get(k) for k in keys], enc.face_dim)
@@ -66,26 +66,26 @@ def main(args):
         for k, e in zip(keys, out):
             writer[k] = e
 
+    # both tables whole, by the one rule of embedding tables (avtk.scoring.check_embeddings: finite, not zero,
+    # no norm far off the others'): a zero or corrupted input would otherwise embed as minus the training mean
+    table = load_vectors(args.rspecifier)
+    order = list(table)
+    audio = []
+    for utt in order:
+        x = np.atleast_2d(table[utt])
+        if x.shape[1] != enc.audio_dim:
+            raise AvtkError(f"{args.rspecifier}: utterance {utt}: speaker embeddings of dimension "
+                            f"{x.shape[1]}, but {args.model} takes {enc.audio_dim}")
+        audio.append(x[0])
+    if order:
+        check_embeddings(np.stack(audio), order, args.rspecifier)
+    if len(faces):
+        check_embeddings(np.stack([faces[u] for u in faces]), list(faces), args.face_emb)
+    no_face = [u for u in order if u not in faces]
     with atomic_group(no_face_path, inputs=input_files(args.rspecifier, args.face_emb)):  # the table and the list appear together, or neither does
         with open_writer(args.wspecifier) as writer:
-            keys, audio = [], []
-            for utt, x in open_reader(args.rspecifier):
-                if np.size(x) == 0:
-                    raise empty_embedding_error(args.rspecifier, utt, np.shape(x))
-                x = np.atleast_2d(x)
-                if x.shape[1] != enc.audio_dim:
-                    raise AvtkError(f"{args.rspecifier}: utterance {utt}: speaker embeddings of dimension "
-                                    f"{x.shape[1]}, but {args.model} takes {enc.audio_dim}")
-                order.append(utt)
-                if utt not in faces:
-                    no_face.append(utt)
-                keys.append(utt)
-                audio.append(x[0])
-                if len(keys) == args.batch_size:
-                    flush(writer, keys, audio)
-                    keys, audio = [], []
-            if keys:
-                flush(writer, keys, audio)
+            for a in range(0, len(order), args.batch_size):
+                flush(writer, order[a:a + args.batch_size], audio[a:a + args.batch_size])
         write_dict(no_face_path, {u: "no_face" for u in no_face})
     unused = len(set(faces) - set(order))
     if unused:

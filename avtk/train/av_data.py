@@ -27,7 +27,7 @@ class EmbeddingDataset(torch.utils.data.Dataset):
     audio_emb.scp: every utterance of utt2spk, a (dim,) vector or a (1+K, dim) matrix (`avtk
     extract-embeddings --seed-crops K`: the whole utterance, then K crops; a sample takes one of the K crops at
     random, as training takes random crops, and the means use the whole rows). face_emb.scp: the utterances
-    that have a face (the others train the audio branch; counted in the log). Dimensions must agree across
+    that have a face (the others train the audio branch; avtk train lists them in EXP/train_no_face.txt). Dimensions must agree across
     utterances and with the network (`feature_dim`); values are finite (avtk.io.ark's reader)."""
 
     skipped, skip_reason = [], ""
@@ -76,19 +76,25 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         if not self.has_face.any():
             raise AvtkError(f"{paths['face_emb.scp']}: none of the {len(self.utts)} utterances of utt2spk has a face "
                             "embedding; the audio-visual network needs faces to train its face branch")
-        if not self.has_face.all():
-            log.info("%d of %d training utterances have no face embedding: they train the audio branch",
-                     int((~self.has_face).sum()), len(self.utts))
+        # avtk train warns with their count and lists them in EXP/train_no_face.txt
+        self.no_face = [u for u, has in zip(self.utts, self.has_face) if not has]
         extra = len(set(face) - set(utt2spk))
         if extra:
             log.info("%s: %d face embeddings of utterances that are not in utt2spk: not used", paths["face_emb.scp"],
                      extra)
         # the one rule for embeddings (avtk.scoring.check_embeddings): no all-zero vector, no direction
-        from avtk.scoring import check_embeddings
+        from avtk.scoring import check_centred, check_embeddings
 
         check_embeddings(self.audio, self.utts, paths["audio_emb.scp"])
         present = np.flatnonzero(self.has_face)
         check_embeddings(self.face[present], [self.utts[i] for i in present], paths["face_emb.scp"])
+        # and none that the network's centring removes (identical embeddings: avtk.scoring.check_centred)
+        audio_mean, face_mean = self.means()
+        for x, mean, keys, path in ((self.audio, audio_mean, self.utts, paths["audio_emb.scp"]),
+                                    (self.face[present], face_mean, [self.utts[i] for i in present],
+                                     paths["face_emb.scp"])):
+            for a in range(0, len(x), 65536):
+                check_centred(x[a:a + 65536], x[a:a + 65536] - mean, keys[a:a + 65536], path)
 
     def __len__(self):
         return len(self.utts)
@@ -144,13 +150,11 @@ class AVDataset(torch.utils.data.Dataset):
                             "utterances; build it with avtk extract-face-frames)")
         self.dirs = [dirs.get(u) for u in self.speech.utts]
         self.names = ["\0".join(frame_names(u, d)) if d is not None else "" for u, d in zip(self.speech.utts, self.dirs)]
-        faceless = sum(not n for n in self.names)
-        if faceless == len(self.names):
+        # avtk train warns with their count and lists them in EXP/train_no_face.txt
+        self.no_face = [u for u, n in zip(self.speech.utts, self.names) if not n]
+        if len(self.no_face) == len(self.names):
             raise AvtkError(f"{dd.file('frames.scp')}: none of the {len(self.names)} training utterances has face "
                             "frames; the audio-visual network needs faces to train its face branch")
-        if faceless:
-            log.info("%d of %d training utterances have no face frames: they train the audio branch", faceless,
-                     len(self.names))
 
     def __len__(self):
         return len(self.speech)

@@ -297,19 +297,25 @@ class Trainer:
                  "; ".join(f"{k}: {c['from']!r} -> {c['to']!r}" for k, c in self.resume_changes.items()))
 
     def _write_skipped(self):
-        """EXP/train_skipped.txt: the ids of the training utterances the dataset skipped (WARNING and count)."""
-        path = os.path.join(self.exp, "train_skipped.txt")
-        skipped = self.dataset.skipped
-        if not skipped:
-            if os.path.exists(path):
-                os.remove(path)
-            return
+        """EXP/train_skipped.txt: the ids of the training utterances the dataset skipped (WARNING and count);
+        EXP/train_no_face.txt: those an audio-visual network trains without a face (its audio branch)."""
         from avtk.io.atomic import atomic_open
 
-        with atomic_open(path, "w", encoding="utf-8") as f:
-            f.writelines(f"{u}\n" for u in skipped)
-        log.warning("skipped %d of %d training utterances %s (ids in %s)", len(skipped),
-                    len(skipped) + len(self.dataset), self.dataset.skip_reason, path)
+        skipped = self.dataset.skipped
+        no_face = getattr(self.dataset, "no_face", [])
+        for name, ids, what in (
+                ("train_skipped.txt", skipped, f"skipped %d of %d training utterances {self.dataset.skip_reason}"),
+                ("train_no_face.txt", no_face, "%d of %d training utterances have no face: they train the audio "
+                                               "branch only")):
+            path = os.path.join(self.exp, name)
+            if not ids:
+                if os.path.exists(path):
+                    os.remove(path)
+                continue
+            with atomic_open(path, "w", encoding="utf-8") as f:
+                f.writelines(f"{u}\n" for u in ids)
+            total = len(self.dataset) + (len(skipped) if ids is skipped else 0)
+            log.warning(what + " (ids in %s)", len(ids), total, path)
 
     def _snapshot(self):
         """Copies (on the device, no host sync) of the weights, loss, optimiser and scaler states: the last good
