@@ -135,7 +135,7 @@ def test_resume_accepts_the_run_s_own_config(setup, tmp_path):
     ({"data__input": "embeddings"},
      "config finetune.speaker_model is set but data.input is embeddings"),
     ({"finetune__speaker_model": "FACE"}, "finetune.speaker_model FACE: a face network (iresnet18), not a speech one"),
-    ({"finetune__face_model": "MISSING"}, "model file MISSING does not exist"),
+    ({"finetune__face_model": "MISSING"}, "finetune.face_model: model file MISSING does not exist"),
     ({"model__encoder_args": {"audio_dim": 12, "face_dim": 16}},
      "model.speaker_net embeds 16 dimensions but model.encoder_args.audio_dim is 12"),
 ])

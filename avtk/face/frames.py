@@ -30,8 +30,10 @@ def frame_names(utt, frames_dir):
     try:
         with os.scandir(frames_dir) as entries:
             return sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in EXTENSIONS)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         raise AvtkError(f"utterance {utt}: frames directory {frames_dir} does not exist") from None
+    except NotADirectoryError:
+        raise AvtkError(f"utterance {utt}: {frames_dir} is a file, not a directory of frames") from None
 
 
 # PIL modes whose pixels are 8-bit (or 1-bit) samples that PIL's convert("RGB") maps to RGB exactly: alpha is

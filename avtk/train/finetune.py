@@ -241,9 +241,13 @@ def joint_networks(cfg):
         return
     for key, want in (("speaker", "speech"), ("face", "face")):
         path = cfg["finetune"][f"{key}_model"]
-        model = read_model_file(path)["config"]["model"]
+        try:
+            model = read_model_file(path)["config"]["model"]
+        except AvtkError as err:
+            raise AvtkError(f"finetune.{key}_model: {err}") from None
         if modality(model["encoder"]) != want:
-            raise AvtkError(f"finetune.{key}_model {path}: a {modality(model['encoder'])} network "
+            kind = modality(model["encoder"])
+            raise AvtkError(f"finetune.{key}_model {path}: a{'n' if kind[0] in 'aeiou' else ''} {kind} network "
                             f"({model['encoder']}), not a {want} one")
         cfg["model"][f"{key}_net"] = {k: v for k, v in model.items() if k not in ("speaker_net", "face_net")}
 

@@ -521,7 +521,7 @@ class Trainer:
                 gone = ckpt.clear_previous_run(self.exp)  # first: a file it cannot remove leaves config.yaml as it was
                 save_config(self.cfg, os.path.join(self.exp, "config.yaml"))
                 if gone:
-                    log.warning("%s held %d files of a previous run (checkpoints, validation.txt, avg_model.pt); "
+                    log.warning("%s held %d files of a previous run (checkpoints, avg_model.pt, ...); "
                                 "removed them: this run starts afresh (--resume continues a run)", self.exp, gone)
             else:
                 self._record_resume(path)
