@@ -186,11 +186,11 @@ def prepare_for_inference(net):
     BatchNorms folded into the convs (avtk.models.fold.fold_batchnorms); any other network (or a network in
     training mode) unchanged. `net` itself is not changed; the copy holds folded copies of its weights, so
     prepare again after they change (`embed` and `embed_faces` prepare on every call)."""
-    from avtk.models import campplus, ecapa, fold, iresnet, resnet
+    from avtk.models import campplus, ecapa, eres2net, fold, iresnet, resnet
 
     fuse = {ecapa.EcapaTdnn: ecapa.fuse_for_inference, iresnet.IResNet: iresnet.fuse_for_inference,
             resnet.ResNet34: fold.fold_batchnorms, resnet.ResNet221: fold.fold_batchnorms,
-            resnet.ResNet293: fold.fold_batchnorms,
+            resnet.ResNet293: fold.fold_batchnorms, eres2net.ERes2NetV2: fold.fold_batchnorms,
             campplus.CamPlusPlus: fold.fold_batchnorms}.get(type(getattr(net, "encoder", None)))
     if net.training or fuse is None:
         return net

@@ -52,7 +52,7 @@ from avtk.errors import AvtkError
 from avtk.io.ark import load_table, load_vectors, open_writer, parse_specifier
 from avtk.io.atomic import atomic_group, atomic_open, side_path
 from avtk.scoring import (
-    DEFAULT_TOP_N, asnorm, check_centred, check_embeddings, check_mean, cohort_stats, embedding_matrix, unit,
+    DEFAULT_TOP_N, asnorm, centre_unit, check_embeddings, cohort_stats, embedding_matrix, unit,
 )
 
 log = logging.getLogger(__name__)
@@ -64,19 +64,6 @@ MIN_MODEL_NORM = 1e-6  # a speaker model shorter than this: its enrollment embed
 
 def _preview(keys, n=5):
     return ", ".join(repr(k) for k in keys[:n]) + (", ..." if len(keys) > n else "")
-
-
-def centre_unit(x, mean, keys, source):
-    """Rows of `x` (n, dim) with `mean` (dim,) or nothing subtracted, L2-normalised (float32). A row that the
-    mean reduces to zero is an AvtkError naming its key (`avtk.scoring.check_centred`); a mean of another
-    dimension or not finite is one naming `source` (`avtk.scoring.check_mean`)."""
-    x = np.asarray(x, np.float32)
-    if mean is None:
-        return unit(x)
-    mean = check_mean(mean, x.shape[1], source, "the gallery mean")
-    centred = x - mean
-    check_centred(x, centred, keys, source)
-    return unit(centred)
 
 
 def check_id(name, source, what):
@@ -455,7 +442,7 @@ def top_candidates(scores, k):
 def _speaker_means(matrix, owner, speakers, mean, keys, source):
     """(S, dim) float32: per speaker the mean of its rows of `matrix` centred (`mean`) and L2-normalised;
     owner[i] is the speaker index of row i. A model of norm < MIN_MODEL_NORM is an AvtkError."""
-    x = centre_unit(matrix, mean, keys, source).astype(np.float64)
+    x = centre_unit(matrix, mean, keys, source, "the gallery mean").astype(np.float64)
     sums = np.zeros((len(speakers), x.shape[1]))
     np.add.at(sums, owner, x)
     models = (sums / np.bincount(owner, minlength=len(speakers))[:, None]).astype(np.float32)
@@ -493,7 +480,7 @@ class _Scorer:
             raise AvtkError(f"{source}: embeddings have dimension {matrix.shape[1]} but the gallery's speaker "
                             f"models have {gallery.dim}")
         self.models = unit(gallery.models)
-        self.test = centre_unit(matrix, gallery.mean, keys, source)
+        self.test = centre_unit(matrix, gallery.mean, keys, source, "the gallery mean")
         self.cohort = cohort = None if cohort is None else _cohort_rows(cohort, gallery.dim)
         if cohort is not None:
             mu, sigma = cohort_stats(np.concatenate([self.models, self.test]), cohort, top_n)

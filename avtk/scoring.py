@@ -106,19 +106,12 @@ def _bad_rows_error(bad, source, what):
     return AvtkError(f"{source}: embedding of utterance {bad[0]!r} {what}{more}")
 
 
-# An embedding whose norm is this many times above or below the median norm of its table is not one of them (a
-# corrupted row, or another network's): above, it would dominate a mean that centres them all (every score 1);
-# below, its direction is that of rounding noise. A network's embeddings vary in norm by a few times at most.
-NORM_OUTLIER = 1e4
-
-
 def check_embeddings(matrix, keys, source):
     """Raise AvtkError naming the first key whose embedding in `matrix` (n, dim), or crop set (n, 1+N, dim),
-    has a NaN or an infinity, a row that is all zeros, or a row whose norm is NORM_OUTLIER times above or below
-    the median norm of the rows: the one rule for embeddings that are scored, averaged or trained on (score and
-    its --mean-from/--cohort tables, enroll, identify, cleanse, verify, extract-joint-embeddings, training on
-    embeddings, extraction outputs). A zero vector has no direction, so it has no cosine: it is an error,
-    never a score of 0."""
+    has a NaN or an infinity, or a row that is all zeros: the one rule for embeddings that are scored
+    (score, cleanse, verify, AS-Norm cohorts, extraction outputs). A zero vector has no direction, so it
+    has no cosine: it is an error, never a score of 0. A cosine does not see a vector's scale, so any finite
+    magnitude is taken (`unit`); where a mean is subtracted it matters, and `check_norms` applies too."""
     matrix = np.asarray(matrix)
     rows = matrix.reshape(len(matrix), -1, matrix.shape[-1])
     bad = ~np.isfinite(rows).all(axis=(1, 2))
@@ -128,18 +121,38 @@ def check_embeddings(matrix, keys, source):
     if zero.any():
         raise _bad_rows_error([keys[i] for i in np.flatnonzero(zero)], source,
                               "is all zeros (no direction, so no cosine)")
+
+
+# Where embeddings are centred (a mean subtracted), an embedding whose norm is this many times above or below the
+# median norm of its table is not one of them (a corrupted row, or another network's): above, it would be the
+# whole mean (every centred vector minus it: every score 1); below, centring turns it into minus the mean. A
+# network's embeddings vary in norm by a few times at most.
+NORM_OUTLIER = 1e4
+
+
+def check_norms(matrix, keys, source):
+    """Raise AvtkError naming the first key of `keys` whose row of `matrix` (n, dim) or (n, 1+N, dim) has a
+    norm NORM_OUTLIER times above or below the median norm of the rows: the rule for embeddings that are
+    averaged into a mean or centred by one (--mean-from and --subtract-mean tables, cleanse, the joint
+    audio-visual network's inputs). Norms in float64, a block of rows at a time."""
+    matrix = np.asarray(matrix)
+    rows = matrix.reshape(len(matrix), -1, matrix.shape[-1])
+    if not len(rows):
+        return
     norms = np.concatenate([np.linalg.norm(rows[a:a + 65536].astype(np.float64), axis=2)
-                            for a in range(0, len(rows), 65536)]) if len(rows) else np.zeros((0, 1))
-    median = float(np.median(norms)) if norms.size else 0.0
-    ratio = norms / median if median > 0 else np.ones_like(norms)
+                            for a in range(0, len(rows), 65536)])
+    median = float(np.median(norms))
+    if not median > 0:
+        return
+    ratio = norms / median
     odd = ((ratio > NORM_OUTLIER) | (ratio < 1 / NORM_OUTLIER)).any(axis=1)
     if odd.any():
         i = int(np.flatnonzero(odd)[0])
         j = int(np.argmax(np.abs(np.log(ratio[i]))))
         raise _bad_rows_error([keys[k] for k in np.flatnonzero(odd)], source,
                               f"has norm {norms[i, j]:.3g}, {ratio[i, j]:.3g} times the median norm {median:.3g} of "
-                              f"the {len(rows)} embeddings (more than {NORM_OUTLIER:g} times off: a corrupted "
-                              "embedding, or another network's)")
+                              f"the {len(rows)} embeddings (more than {NORM_OUTLIER:g} times off, where a mean is "
+                              "subtracted: a corrupted embedding, or another network's)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,8 +270,13 @@ def _rows(table, source, whole_only=False):
 
 
 def table_mean(table, source="embeddings"):
-    """Mean of every embedding vector of `table` (every row of crop sets), float32 (dim,)."""
-    return _rows(table, source)[1].mean(axis=0, dtype=np.float64).astype(np.float32)
+    """Mean of every embedding vector of `table` (every row of crop sets), float32 (dim,); their norms must be
+    alike (`check_norms`: one corrupted row would be the whole mean)."""
+    keys, matrix = _rows(table, source)
+    if len(keys) != len(matrix):  # crop sets: a key per row
+        keys = [k for k in keys for _ in range(len(np.atleast_2d(table[k])))]
+    check_norms(matrix, keys, source)
+    return matrix.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
 # a centred row shorter than this fraction of its norm before centring is zero up to float32 rounding
@@ -292,12 +310,16 @@ def check_mean(mean, dim, source, what="the mean"):
     return mean
 
 
-def _center_unit(x, mean, source, keys):
-    """Subtract `mean` (dim,) or nothing from the rows of `x` and L2-normalise them; a row that centring
-    reduces to zero is an AvtkError naming its key (`check_centred`)."""
+def centre_unit(x, mean, keys, source, what="the mean"):
+    """Rows of `x` (n, dim) or (n, 1+N, dim) with `mean` (dim,) or nothing subtracted, L2-normalised (float32).
+    With a mean (`what`, for messages): one of another dimension or not finite is an AvtkError naming `source`
+    (`check_mean`); so is a row whose norm is far off the others' (`check_norms`: centring would turn a tiny
+    one into minus the mean) or that the mean reduces to zero (`check_centred`), each naming its key."""
+    x = np.asarray(x, np.float32)
     if mean is None:
         return unit(x)
-    mean = check_mean(mean, x.shape[-1], source)
+    mean = check_mean(mean, x.shape[-1], source, what)
+    check_norms(x, keys, source)
     centred = x - mean
     check_centred(x, centred, keys, source)
     return unit(centred)
@@ -331,7 +353,7 @@ def make_cohort(table, mean=None, utt2spk=None, source="cohort", utt2spk_path="u
     the table's keys.
     """
     keys, matrix = _rows(table, source, whole_only=True)
-    matrix = _center_unit(matrix, mean, source, keys)
+    matrix = centre_unit(matrix, mean, keys, source)
     if utt2spk is None:
         return keys, matrix
     use = [i for i, k in enumerate(keys) if k in utt2spk]
@@ -501,7 +523,7 @@ def score_trials(table, trials, mean=None, cohort=None, top_n=DEFAULT_TOP_N, whe
     if cohort_means and cohort is None:
         raise AvtkError("cohort statistics need an AS-Norm cohort")
     keys, ei, ti = key_index(trials)
-    emb = _center_unit(embedding_matrix(table, keys, where, source), mean, source, keys)
+    emb = centre_unit(embedding_matrix(table, keys, where, source), mean, keys, source)
     workers = workers or _workers()
     raw = pair_scores(emb, ei, ti, workers)
     if cohort is None:

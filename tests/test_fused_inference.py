@@ -117,13 +117,14 @@ def test_folded_resnets_and_campplus_equal_eager_and_leave_the_model_alone(encod
     assert all(p.requires_grad for p in model.parameters()) and not any(p.requires_grad for p in folded.parameters())
 
 
-def test_embed_folds_resnet_and_campplus_encoders():
+def test_embed_folds_resnet_campplus_and_eres2netv2_encoders():
     for args in ({"encoder": "resnet221", "encoder_args": {"in_dim": 80, "base_width": 2, "embed_dim": 16}},
-                 {"encoder": "campplus", "encoder_args": {**SMALL_CAMPP, "in_dim": 80}}):
+                 {"encoder": "campplus", "encoder_args": {**SMALL_CAMPP, "in_dim": 80}},
+                 {"encoder": "eres2netv2", "encoder_args": {"in_dim": 80, "base_width": 4, "embed_dim": 16}}):
         net = randomize_stats(SpeakerNet(**args))
         fast = prepare_for_inference(net)
         assert fast.encoder is not net.encoder and type(fast.encoder) is type(net.encoder)
-        assert n_batchnorms(fast.encoder) == (0 if args["encoder"] == "resnet221" else 56)
+        assert n_batchnorms(fast.encoder) == (56 if args["encoder"] == "campplus" else 0)
         rng = np.random.default_rng(0)
         feats = [(f"u{i}", rng.standard_normal((n, 80)).astype(np.float32)) for i, n in enumerate([420, 35, 260])]
         folded = dict(embed(net, feats, "feats", max_frames=2000))

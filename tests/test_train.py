@@ -210,12 +210,16 @@ def test_every_recipe_training_config_loads():
     confs = [p for p in sorted(REPO.glob("egs/*/conf/*.yaml")) if "model" in yaml.safe_load(p.read_text())]
     assert {p.name for p in confs} >= {"ecapa_mini.yaml", "iresnet_mini.yaml", "ecapa_l.yaml", "iresnet18.yaml"}
     for p in confs:
-        cfg = load_config(p)
+        # fine-tuning through the joint network: run.sh names the two networks' model files
+        joint = yaml.safe_load(p.read_text()).get("data", {}).get("input") == "av"
+        cfg = load_config(p, ["finetune.speaker_model=s.pt", "finetune.face_model=f.pt"] if joint else [])
         face = cfg["model"]["encoder"].startswith("iresnet")
         assert (cfg["data"]["input"] == "frames") == face
         margin = 0.4 if face else 0.5 if p.stem.endswith("_lm") else 0.2  # *_lm: large-margin fine-tuning
         # WeSpeaker's recipes (ResNet34/221/293, CAM++ on VoxCeleb): s 32; the seed's ECAPA and the mini nets: 30
         wespeaker = p.parts[-3] == "voxceleb" and (cfg["model"]["encoder"].startswith("resnet") or p.name == "campplus.yaml")
+        if p.parts[-3] == "voxceleb" and p.name == "eres2netv2.yaml":  # 3D-Speaker's recipe: m 0.3, s 32
+            margin, wespeaker = 0.3, True
         scale = 64.0 if face else 32.0 if wespeaker else 30.0
         assert (cfg["loss"]["margin"], cfg["loss"]["scale"]) == (margin, scale), p
 

@@ -36,7 +36,7 @@ def main(args):
     from avtk.io.ark import input_files, load_vectors, open_writer, side_file
     from avtk.io.atomic import atomic_group
     from avtk.models.joint import JointNet, pack
-    from avtk.scoring import check_embeddings
+    from avtk.scoring import check_embeddings, check_norms
 
     log = logging.getLogger(__name__)
     net, _, _ = load_network(args.model)
@@ -66,8 +66,9 @@ def main(args):
         for k, e in zip(keys, out):
             writer[k] = e
 
-    # both tables whole, by the one rule of embedding tables (avtk.scoring.check_embeddings: finite, not zero,
-    # no norm far off the others'): a zero or corrupted input would otherwise embed as minus the training mean
+    # both tables whole, by the rules of embeddings that are centred (avtk.scoring.check_embeddings: finite, not
+    # zero; check_norms: no norm far off the others'): the network centres them, so a zero or corrupted input
+    # would otherwise embed as minus its training mean
     table = load_vectors(args.rspecifier)
     order = list(table)
     audio = []
@@ -79,8 +80,10 @@ def main(args):
         audio.append(x[0])
     if order:
         check_embeddings(np.stack(audio), order, args.rspecifier)
+        check_norms(np.stack(audio), order, args.rspecifier)
     if len(faces):
         check_embeddings(np.stack([faces[u] for u in faces]), list(faces), args.face_emb)
+        check_norms(np.stack([faces[u] for u in faces]), list(faces), args.face_emb)
     no_face = [u for u in order if u not in faces]
     with atomic_group(no_face_path, inputs=input_files(args.rspecifier, args.face_emb)):  # the table and the list appear together, or neither does
         with open_writer(args.wspecifier) as writer:

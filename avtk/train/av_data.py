@@ -83,11 +83,13 @@ class EmbeddingDataset(torch.utils.data.Dataset):
             log.info("%s: %d face embeddings of utterances that are not in utt2spk: not used", paths["face_emb.scp"],
                      extra)
         # the one rule for embeddings (avtk.scoring.check_embeddings): no all-zero vector, no direction
-        from avtk.scoring import check_centred, check_embeddings
+        from avtk.scoring import check_centred, check_embeddings, check_norms
 
         check_embeddings(self.audio, self.utts, paths["audio_emb.scp"])
+        check_norms(self.audio, self.utts, paths["audio_emb.scp"])  # the network centres them
         present = np.flatnonzero(self.has_face)
         check_embeddings(self.face[present], [self.utts[i] for i in present], paths["face_emb.scp"])
+        check_norms(self.face[present], [self.utts[i] for i in present], paths["face_emb.scp"])
         # and none that the network's centring removes (identical embeddings: avtk.scoring.check_centred)
         audio_mean, face_mean = self.means()
         for x, mean, keys, path in ((self.audio, audio_mean, self.utts, paths["audio_emb.scp"]),
