@@ -134,16 +134,17 @@ def check_norms(matrix, keys, source):
     """Raise AvtkError naming the first key of `keys` whose row of `matrix` (n, dim) or (n, 1+N, dim) has a
     norm NORM_OUTLIER times above or below the median norm of the rows: the rule for embeddings that are
     averaged into a mean or centred by one (--mean-from and --subtract-mean tables, cleanse, the joint
-    audio-visual network's inputs). Norms in float64, a block of rows at a time."""
+    audio-visual network's inputs). Norms in float64, a block of rows at a time. Returns the median norm (0.0
+    for no rows)."""
     matrix = np.asarray(matrix)
     rows = matrix.reshape(len(matrix), -1, matrix.shape[-1])
     if not len(rows):
-        return
+        return 0.0
     norms = np.concatenate([np.linalg.norm(rows[a:a + 65536].astype(np.float64), axis=2)
                             for a in range(0, len(rows), 65536)])
     median = float(np.median(norms))
     if not median > 0:
-        return
+        return median
     ratio = norms / median
     odd = ((ratio > NORM_OUTLIER) | (ratio < 1 / NORM_OUTLIER)).any(axis=1)
     if odd.any():
@@ -153,6 +154,7 @@ def check_norms(matrix, keys, source):
                               f"has norm {norms[i, j]:.3g}, {ratio[i, j]:.3g} times the median norm {median:.3g} of "
                               f"the {len(rows)} embeddings (more than {NORM_OUTLIER:g} times off, where a mean is "
                               "subtracted: a corrupted embedding, or another network's)")
+    return median
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,13 +315,19 @@ def check_mean(mean, dim, source, what="the mean"):
 def centre_unit(x, mean, keys, source, what="the mean"):
     """Rows of `x` (n, dim) or (n, 1+N, dim) with `mean` (dim,) or nothing subtracted, L2-normalised (float32).
     With a mean (`what`, for messages): one of another dimension or not finite is an AvtkError naming `source`
-    (`check_mean`); so is a row whose norm is far off the others' (`check_norms`: centring would turn a tiny
-    one into minus the mean) or that the mean reduces to zero (`check_centred`), each naming its key."""
+    (`check_mean`), or one NORM_OUTLIER times longer than the rows' median norm (every centred row would be
+    minus it); so is a row whose norm is far off the others' (`check_norms`: centring would turn a tiny one
+    into minus the mean) or that the mean reduces to zero (`check_centred`), each naming its key."""
     x = np.asarray(x, np.float32)
     if mean is None:
         return unit(x)
     mean = check_mean(mean, x.shape[-1], source, what)
-    check_norms(x, keys, source)
+    median = check_norms(x, keys, source)
+    size = float(np.linalg.norm(mean.astype(np.float64)))
+    if median > 0 and size > NORM_OUTLIER * median:  # it would be every centred vector: every score 1
+        raise AvtkError(f"{source}: {what} has norm {size:.3g}, {size / median:.3g} times the median norm "
+                        f"{median:.3g} of the embeddings it centres (more than {NORM_OUTLIER:g} times: a corrupted "
+                        "mean, or another network's)")
     centred = x - mean
     check_centred(x, centred, keys, source)
     return unit(centred)

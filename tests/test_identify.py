@@ -510,3 +510,23 @@ def test_identification_on_a_synthetic_corpus_audio_face_fused_and_calibrated(co
     decided = _metrics(capsys, ident, root, root / "g_audio.spk2utt")
     assert decided["decisions"]["correct"] == pytest.approx(m["dir_at_far"]["0.1"])
     assert decided["decisions"]["false_alarm"] <= 0.1
+
+
+def test_a_gallery_whose_stored_mean_is_far_off_its_embeddings_is_refused(tmp_path):
+    """A gallery's G.mean (enroll --mean-from) centres every probe; one edited or corrupted to be 1e25 long made
+    every score 1.000000, exit 0. Now one error naming it."""
+    rng = np.random.default_rng(3)
+    table = {f"s{i % 3}-{i}": rng.normal(size=8).astype(np.float32) for i in range(12)}
+    write_table(tmp_path / "e", table)
+    (tmp_path / "spk2utt").write_text("".join(f"s{k} " + " ".join(u for u in sorted(table) if u.startswith(f"s{k}-"))
+                                              + "\n" for k in range(3)))
+    avtk("enroll", "--spk2utt", tmp_path / "spk2utt", "--mean-from", f"scp:{tmp_path}/e.scp", f"scp:{tmp_path}/e.scp",
+         f"ark,scp:{tmp_path}/g.ark,{tmp_path}/g.scp")
+    mean = dict(kaldiio.load_ark(str(tmp_path / "g.mean")))["mean"]
+    with open_writer(f"ark:{tmp_path}/g.mean") as writer:
+        writer["mean"] = mean * np.float32(1e25) + np.float32(1e25)
+    proc = avtk("identify", f"scp:{tmp_path}/g.scp", f"scp:{tmp_path}/e.scp", tmp_path / "id.txt", check=False)
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the gallery mean has norm" in errors[0] and "times the median norm" in errors[0], errors[0]
+    assert not (tmp_path / "id.txt").exists()

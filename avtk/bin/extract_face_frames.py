@@ -41,21 +41,45 @@ def get_parser():
 def main(args):
     import torch
 
-    from avtk.data.table import read_dict, write_dict
-    from avtk.errors import AvtkError
-    from avtk.face.extract import build_detector, extract_utterance
-    from avtk.io.atomic import atomic_group
+    from avtk.data.table import read_dict
+    from avtk.face.extract import build_detector
 
     log = logging.getLogger(__name__)
     torch.set_num_threads(args.num_threads)
     sources = read_dict(args.in_scp)
     detector = build_detector(args.detector, args.device, args.min_face)
-    out = {}
+    created = not os.path.lexists(args.out_dir)  # a refused or failed run leaves no empty OUT_DIR of its own
+    try:
+        out, no_face, bad, (frames, faces, rejected) = _extract_all(args, sources, detector, log)
+    except BaseException:
+        if created and os.path.isdir(args.out_dir) and not os.listdir(args.out_dir):
+            os.rmdir(args.out_dir)
+        raise
+    if no_face:
+        log.warning("%d of %d utterances have no face in any frame (empty directories), e.g. %s",
+                    len(no_face), len(sources), no_face[0])
+    if bad:
+        log.warning("skipped %d of %d utterances that could not be read (--skip-bad), e.g. %s",
+                    len(bad), len(sources), bad[0])
+    if rejected:
+        log.warning("%d frames had landmarks that cannot align a face (coinciding, outside the image, or a "
+                    "uniform warp); counted without a face (--verbose names them)", rejected)
+    log.info("%d utterances: %d frames, %d with a face (%d without) -> %s, %s", len(out), frames, faces,
+             frames - faces, args.out_dir, args.frames_scp)
+
+
+def _extract_all(args, sources, detector, log):
+    """(frames.scp table, utterances without a face, skipped ones, (frames, faces, rejected)) of every source.
+    One group: the frames scp is checked against the input scp before any frame is written, and the utterance
+    directories appear with the scp at the end, or none does (a landmarks.txt or video named as the scp,
+    found only when read, leaves no frames behind)."""
+    from avtk.data.table import write_dict
+    from avtk.errors import AvtkError
+    from avtk.face.extract import extract_utterance
+    from avtk.io.atomic import atomic_group
+
+    out, no_face, bad = {}, [], []
     frames = faces = rejected = 0
-    no_face, bad = [], []
-    # one group: the frames scp is checked against the input scp before any frame is written, and the
-    # utterance directories appear with the scp at the end, or none does (a landmarks.txt or video named as
-    # the scp, found only when read, leaves no frames behind)
     with atomic_group(args.frames_scp):
         for utt, source in sources.items():
             target = os.path.abspath(os.path.join(args.out_dir, utt))
@@ -72,14 +96,4 @@ def main(args):
                 no_face.append(utt)
             out[utt] = target
         write_dict(args.frames_scp, out)
-    if no_face:
-        log.warning("%d of %d utterances have no face in any frame (empty directories), e.g. %s",
-                    len(no_face), len(sources), no_face[0])
-    if bad:
-        log.warning("skipped %d of %d utterances that could not be read (--skip-bad), e.g. %s",
-                    len(bad), len(sources), bad[0])
-    if rejected:
-        log.warning("%d frames had landmarks that cannot align a face (coinciding, outside the image, or a "
-                    "uniform warp); counted without a face (--verbose names them)", rejected)
-    log.info("%d utterances: %d frames, %d with a face (%d without) -> %s, %s", len(out), frames, faces,
-             frames - faces, args.out_dir, args.frames_scp)
+    return out, no_face, bad, (frames, faces, rejected)
