@@ -1,7 +1,10 @@
 """Fine-tuning the speaker and face networks through the joint audio-visual network (data.input: av): `avtk
 train` with finetune.speaker_model and finetune.face_model, its outputs (avg_model.pt, speaker_model.pt,
 face_model.pt) used by `avtk extract-embeddings` and `avtk extract-joint-embeddings`, and the errors of its
-config and data."""
+config and data.
+
+Marked `recipe` (end-to-end trainings of a speaker, a face and the joint network; about a minute on 2 cores):
+run with `python -m pytest -q -m recipe tests`, as CI's second step does."""
 import shutil
 
 import kaldiio
@@ -11,6 +14,8 @@ import torch
 import yaml
 
 from conftest import SMALL_FACE, SMALL_SPEAKER, avtk, write_conf, write_model
+
+pytestmark = pytest.mark.recipe
 
 BASE = {
     "model": {"encoder": "gated_fusion", "encoder_args": {"audio_dim": 16, "face_dim": 16, "hidden": 8}},
