@@ -31,7 +31,7 @@ from avtk.data.table import read_dict  # noqa: E402
 from avtk.data.trials import read_trials  # noqa: E402
 from avtk.io.ark import load_table  # noqa: E402
 from avtk.metrics import eer  # noqa: E402
-from avtk.models.joint import GatedFusion  # noqa: E402
+from avtk.models.joint import GatedFusion, pack  # noqa: E402
 from avtk.models.losses import AamSoftmax  # noqa: E402
 
 
@@ -91,11 +91,8 @@ def main():
                                                        replace=False))
 
     def embed(net, drop):
-        rows = np.zeros((len(test_utts), da + df + 1), dtype=np.float32)
-        for i, u in enumerate(test_utts):
-            rows[i, :da] = a_test[u]
-            if u not in drop:
-                rows[i, da:-1], rows[i, -1] = f_test[u], 1.0
+        rows = pack(np.stack([a_test[u] for u in test_utts]), [None if u in drop else f_test[u] for u in test_utts],
+                    df)
         with torch.no_grad():
             e = F.normalize(net.eval()(torch.from_numpy(rows)), dim=1).numpy()
         return dict(zip(test_utts, e))
