@@ -78,12 +78,11 @@ def main(args):
             raise AvtkError(f"{args.rspecifier}: utterance {utt}: speaker embeddings of dimension "
                             f"{x.shape[1]}, but {args.model} takes {enc.audio_dim}")
         audio.append(x[0])
-    if order:
-        check_embeddings(np.stack(audio), order, args.rspecifier)
-        check_norms(np.stack(audio), order, args.rspecifier)
-    if len(faces):
-        check_embeddings(np.stack([faces[u] for u in faces]), list(faces), args.face_emb)
-        check_norms(np.stack([faces[u] for u in faces]), list(faces), args.face_emb)
+    for keys, rows, source in ((order, audio, args.rspecifier), (list(faces), [faces[u] for u in faces], args.face_emb)):
+        if keys:  # each table stacked once for both rules
+            matrix = np.stack(rows)
+            check_embeddings(matrix, keys, source)
+            check_norms(matrix, keys, source)
     no_face = [u for u in order if u not in faces]
     with atomic_group(no_face_path, inputs=input_files(args.rspecifier, args.face_emb)):  # the table and the list appear together, or neither does
         with open_writer(args.wspecifier) as writer:
